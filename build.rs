@@ -1,20 +1,17 @@
 //! Build script: find libevent (2.1 or newer) and, with the `bindgen` feature, regenerate the FFI.
 //!
-//! Order: pkg-config (unless `EVCO_NO_PKG_CONFIG` is set), then the runtime libraries by soname
-//! in `EVCO_LIBEVENT_DIR` and the usual library directories, then an error naming the package to
-//! install. No network, no git, no cmake; libclang only with the opt-in `bindgen` feature.
-
-use std::env;
-use std::path::{Path, PathBuf};
+//! Order: the directory in `EVCO_LIBEVENT_DIR` if set, then pkg-config (unless
+//! `EVCO_NO_PKG_CONFIG` is set), then the runtime libraries by soname in the usual library
+//! directories, then an error naming the package to install. A machine with only libevent's
+//! runtime package (no headers, no `.pc` files, no unversioned `.so` links) builds through the
+//! soname path. No network, no git, no cmake; libclang only with the opt-in `bindgen` feature.
+//! With the `libevent-sys` feature that crate links libevent and this script does nothing.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=wrapper.h");
-    for var in ["EVCO_NO_PKG_CONFIG", "EVCO_LIBEVENT_DIR"] {
-        println!("cargo:rerun-if-env-changed={var}");
-    }
-    if env::var_os("CARGO_FEATURE_LIBEVENT_SYS").is_some() {
-        // libevent-sys links libevent itself; linking it a second time here would be redundant.
+    knobs::declare();
+    if cfg!(feature = "libevent-sys") {
         return;
     }
     let include_dirs = probe::link_libevent();
@@ -24,130 +21,218 @@ fn main() {
     let _ = include_dirs;
 }
 
-mod probe {
-    use super::*;
+/// The environment variables this script reads; cargo sets the rest (`CARGO_*`, `OUT_DIR`).
+mod knobs {
+    use std::env;
+    use std::path::PathBuf;
 
-    /// The runtime libraries a machine without libevent's dev files still has, by soname.
-    const SONAMES: &[&str] = &["libevent_core-2.1.so.7", "libevent-2.1.so.7"];
-    const MACOS_NAMES: &[&str] = &["libevent_core-2.1.7.dylib", "libevent-2.1.7.dylib"];
+    /// Skip pkg-config, as on a machine whose pkg-config knows another libevent.
+    const NO_PKG_CONFIG: &str = "EVCO_NO_PKG_CONFIG";
+    /// A libevent install prefix or library directory to use before anything else.
+    const LIBEVENT_DIR: &str = "EVCO_LIBEVENT_DIR";
+    /// Read by libclang's loader (clang-sys) when the `bindgen` feature runs.
+    const LIBCLANG_PATH: &str = "LIBCLANG_PATH";
 
-    /// Emits the link directives and returns the include directories pkg-config reported.
-    pub fn link_libevent() -> Vec<PathBuf> {
-        if env::var_os("EVCO_NO_PKG_CONFIG").is_none() {
-            if let Some(dirs) = pkg_config() {
-                return dirs;
-            }
+    pub fn declare() {
+        for var in [NO_PKG_CONFIG, LIBEVENT_DIR, LIBCLANG_PATH] {
+            println!("cargo:rerun-if-env-changed={var}");
         }
-        if let Some(dir) = by_soname() {
-            return dir.parent().map(|p| vec![p.join("include")]).unwrap_or_default();
-        }
-        panic!("{}", missing_message());
     }
 
-    fn pkg_config() -> Option<Vec<PathBuf>> {
-        let core = pkg_config::Config::new()
-            .atleast_version("2.1")
-            .probe("libevent_core")
-            .ok()?;
-        let mut dirs = core.include_paths;
-        // evdns lives in libevent_extra; older packagings only ship the combined `libevent`.
-        match pkg_config::Config::new().atleast_version("2.1").probe("libevent_extra") {
-            Ok(extra) => dirs.extend(extra.include_paths),
-            Err(_) => {
-                if let Ok(all) = pkg_config::Config::new().atleast_version("2.1").probe("libevent") {
-                    dirs.extend(all.include_paths);
+    /// Set to anything but empty or `0`.
+    pub fn no_pkg_config() -> bool {
+        env::var_os(NO_PKG_CONFIG).is_some_and(|v| !v.is_empty() && v != "0")
+    }
+
+    pub fn libevent_dir() -> Option<PathBuf> {
+        env::var_os(LIBEVENT_DIR)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }
+
+    /// A `CARGO_CFG_*` value cargo sets for the target.
+    pub fn target(key: &str) -> String {
+        env::var(format!("CARGO_CFG_TARGET_{key}")).unwrap_or_default()
+    }
+}
+
+/// Finding libevent and emitting the link directives.
+mod probe {
+    use super::knobs;
+    use std::path::{Path, PathBuf};
+
+    /// The runtime libraries of libevent 2.1, by soname: `libevent` is core + extra (evdns).
+    /// Core comes first so its symbols bind there; `--as-needed` drops `libevent` when unused.
+    const SONAMES: &[&str] = &["libevent_core-2.1.so.7", "libevent-2.1.so.7"];
+
+    /// Emits the link directives and returns the include directories that go with the library.
+    pub fn link_libevent() -> Vec<PathBuf> {
+        if let Some(dir) = knobs::libevent_dir() {
+            return from_dir(&dir);
+        }
+        let pkg_config_result = if knobs::no_pkg_config() {
+            "not asked (EVCO_NO_PKG_CONFIG is set)".to_string()
+        } else {
+            match pkg_config() {
+                Ok(include_dirs) => return include_dirs,
+                Err(e) => {
+                    let e = e.to_string();
+                    let first = e.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+                    format!("no libevent_core >= 2.1 ({first})")
                 }
             }
+        };
+        for dir in system_dirs() {
+            if link_sonames(&dir) {
+                return Vec::new();
+            }
         }
-        Some(dirs)
+        panic!("{}", missing_message(&pkg_config_result));
     }
 
-    fn candidate_dirs() -> Vec<PathBuf> {
-        let mut dirs = Vec::new();
-        if let Some(dir) = env::var_os("EVCO_LIBEVENT_DIR") {
-            let dir = PathBuf::from(dir);
-            dirs.push(dir.join("lib"));
-            dirs.push(dir);
+    fn pkg_config() -> Result<Vec<PathBuf>, pkg_config::Error> {
+        let probe = |name| pkg_config::Config::new().atleast_version("2.1").probe(name);
+        let mut include_dirs = probe("libevent_core")?.include_paths;
+        // evdns lives in libevent_extra; older packagings ship only the combined `libevent`.
+        if let Ok(extra) = probe("libevent_extra").or_else(|_| probe("libevent")) {
+            include_dirs.extend(extra.include_paths);
         }
-        let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-        let abi = env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
-        let multiarch = match (arch.as_str(), abi.as_str()) {
+        Ok(include_dirs)
+    }
+
+    /// `EVCO_LIBEVENT_DIR`: a prefix (`lib/` and `include/` below it) or the library directory.
+    fn from_dir(dir: &Path) -> Vec<PathBuf> {
+        for lib in [dir.join("lib"), dir.to_path_buf()] {
+            if link_sonames(&lib) || link_plain(&lib) {
+                if knobs::target("OS") != "windows" {
+                    // Lets evco's own tests and examples load the libraries from there too.
+                    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+                }
+                return vec![dir.join("include")];
+            }
+        }
+        panic!(
+            "EVCO_LIBEVENT_DIR={} holds neither {} nor libevent_core.so + libevent.so, \
+             in itself or in lib/ below it",
+            dir.display(),
+            SONAMES.join(" + ")
+        );
+    }
+
+    /// Multiarch, lib64 and the Homebrew/MacPorts prefixes, in the order the loader looks.
+    fn system_dirs() -> Vec<PathBuf> {
+        let arch = knobs::target("ARCH");
+        let multiarch = match (arch.as_str(), knobs::target("ENV").as_str()) {
             ("x86", _) => "i386-linux-gnu".to_string(),
             ("arm", _) => "arm-linux-gnueabihf".to_string(),
             (a, "musl") => format!("{a}-linux-musl"),
             (a, _) => format!("{a}-linux-gnu"),
         };
-        for d in [
+        [
             format!("/usr/lib/{multiarch}"),
             format!("/lib/{multiarch}"),
             "/usr/lib64".into(),
+            "/lib64".into(),
             "/usr/lib".into(),
             "/usr/local/lib".into(),
             "/opt/homebrew/lib".into(),
             "/opt/local/lib".into(),
-        ] {
-            dirs.push(PathBuf::from(d));
-        }
-        dirs
+        ]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect()
     }
 
-    /// Links the runtime libraries by file name; returns the directory they were found in.
-    fn by_soname() -> Option<PathBuf> {
-        let names = if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("macos") {
-            MACOS_NAMES
-        } else {
-            SONAMES
-        };
-        for dir in candidate_dirs() {
-            if names.iter().all(|n| dir.join(n).exists()) {
-                link_verbatim(&dir, names);
-                return Some(dir);
-            }
+    /// Links the runtime libraries by file name if `dir` has them all.
+    fn link_sonames(dir: &Path) -> bool {
+        if knobs::target("OS") == "macos" {
+            return link_plain(dir);
         }
-        None
-    }
-
-    fn link_verbatim(dir: &Path, names: &[&str]) {
+        if !SONAMES.iter().all(|n| dir.join(n).exists()) {
+            return false;
+        }
         println!("cargo:rustc-link-search=native={}", dir.display());
-        for name in names {
+        for name in SONAMES {
             // `+verbatim` passes the file name through unchanged (`-l:libevent_core-2.1.so.7`),
             // and unlike `rustc-link-arg` it reaches every crate that depends on evco.
             println!("cargo:rustc-link-lib=dylib:+verbatim={name}");
         }
+        true
     }
 
-    fn missing_message() -> String {
-        "evco needs libevent 2.1 or newer and could not find it.\n\
-         Looked for pkg-config's libevent_core (set EVCO_NO_PKG_CONFIG to skip) and for \
-         libevent_core-2.1.so.7 + libevent-2.1.so.7 in EVCO_LIBEVENT_DIR and the usual library \
-         directories.\nInstall it with one of:\n  \
-         Debian/Ubuntu: apt install libevent-2.1-7   (or libevent-dev)\n  \
-         Fedora:        dnf install libevent          (or libevent-devel)\n  \
-         Arch:          pacman -S libevent\n  \
-         macOS:         brew install libevent\n\
-         or point EVCO_LIBEVENT_DIR at the directory that holds the libraries."
-            .to_string()
+    /// Links `-levent_core -levent` if `dir` has the unversioned libraries (a source install,
+    /// or macOS, where packages ship them and ld64 has no `-l:file` form).
+    fn link_plain(dir: &Path) -> bool {
+        let ext = if knobs::target("OS") == "macos" {
+            "dylib"
+        } else {
+            "so"
+        };
+        let names = ["event_core", "event"];
+        if !names
+            .iter()
+            .all(|n| dir.join(format!("lib{n}.{ext}")).exists())
+        {
+            return false;
+        }
+        println!("cargo:rustc-link-search=native={}", dir.display());
+        for name in names {
+            println!("cargo:rustc-link-lib=dylib={name}");
+        }
+        true
+    }
+
+    fn missing_message(pkg_config_result: &str) -> String {
+        format!(
+            "evco needs libevent 2.1 or newer and could not find it.\n\
+             pkg-config: {pkg_config_result}\n\
+             soname: no directory among {dirs} holds {sonames}.\n\
+             Install libevent's runtime library with one of:\n  \
+             Debian/Ubuntu: apt install libevent-2.1-7 libevent-core-2.1-7   (or libevent-dev)\n  \
+             Fedora:        dnf install libevent   (or libevent-devel)\n  \
+             Arch:          pacman -S libevent\n  \
+             macOS:         brew install libevent\n\
+             or set EVCO_LIBEVENT_DIR to the prefix or directory that holds the libraries.",
+            dirs = system_dirs()
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            sonames = SONAMES.join(" + "),
+        )
     }
 }
 
+/// Regenerating the FFI from the system headers (the `bindgen` feature).
 #[cfg(feature = "bindgen")]
 mod bindings {
-    use super::*;
+    use std::env;
+    use std::path::PathBuf;
 
-    /// Regenerates the FFI from the system headers into `$OUT_DIR/bindings.rs`.
-    ///
-    /// `src/sys/mod.rs` includes that file instead of the committed `src/sys/bindings.rs` when the
-    /// feature is on; `scripts/check-bindings` compares the two.
+    /// Writes `$OUT_DIR/bindings.rs`, which `src/sys/mod.rs` includes instead of the committed
+    /// `src/sys/bindings.rs` when the feature is on; `scripts/check-bindings` compares the two.
     pub fn generate(include_dirs: &[PathBuf]) {
         let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("bindings.rs");
+        // The crate's MSRV: output that does not change when bindgen learns newer Rust.
+        let rust_target = bindgen::RustTarget::stable(85, 0).unwrap_or_else(|e| panic!("{e}"));
         let mut builder = bindgen::Builder::default()
             .header("wrapper.h")
+            .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()))
+            .rust_target(rust_target)
             .allowlist_function("event_.*")
             .allowlist_function("evutil_.*")
             .allowlist_function("evdns_.*")
+            .allowlist_function("evthread_.*")
+            // In libevent_pthreads, which a machine with only the runtime package lacks; evco
+            // would install its own callbacks through evthread_set_lock_callbacks (in core).
+            .blocklist_item("evthread_use_pthreads|EVTHREAD_USE_PTHREADS_IMPLEMENTED")
             .allowlist_var("EV_.*")
             .allowlist_var("EVLOOP_.*")
             .allowlist_var("EVDNS_.*")
+            .allowlist_var("EVENT_BASE_COUNT_.*")
+            .allowlist_var("EVENT_LOG_.*")
+            .allowlist_var("EVENT_DBG_.*")
+            .allowlist_var("EVTHREAD_.*")
             .allowlist_type("event_base_config_flag")
             .allowlist_type("event_method_feature")
             .default_enum_style(bindgen::EnumVariation::Consts)

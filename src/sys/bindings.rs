@@ -11,6 +11,15 @@ pub const EV_INT8_MAX: u32 = 127;
 pub const EV_INT8_MIN: i32 = -128;
 pub const EV_MONOT_PRECISE: u32 = 1;
 pub const EV_MONOT_FALLBACK: u32 = 2;
+pub const EVENT_BASE_COUNT_ACTIVE: u32 = 1;
+pub const EVENT_BASE_COUNT_VIRTUAL: u32 = 2;
+pub const EVENT_BASE_COUNT_ADDED: u32 = 4;
+pub const EVENT_LOG_DEBUG: u32 = 0;
+pub const EVENT_LOG_MSG: u32 = 1;
+pub const EVENT_LOG_WARN: u32 = 2;
+pub const EVENT_LOG_ERR: u32 = 3;
+pub const EVENT_DBG_ALL: u32 = 4294967295;
+pub const EVENT_DBG_NONE: u32 = 0;
 pub const EVLOOP_ONCE: u32 = 1;
 pub const EVLOOP_NONBLOCK: u32 = 2;
 pub const EVLOOP_NO_EXIT_ON_EMPTY: u32 = 4;
@@ -41,6 +50,13 @@ pub const EVDNS_QTYPE_ALL: u32 = 255;
 pub const EVDNS_CLASS_INET: u32 = 1;
 pub const EVDNS_FLAGS_AA: u32 = 1024;
 pub const EVDNS_FLAGS_RD: u32 = 128;
+pub const EVTHREAD_WRITE: u32 = 4;
+pub const EVTHREAD_READ: u32 = 8;
+pub const EVTHREAD_TRY: u32 = 16;
+pub const EVTHREAD_LOCK_API_VERSION: u32 = 1;
+pub const EVTHREAD_LOCKTYPE_RECURSIVE: u32 = 1;
+pub const EVTHREAD_LOCKTYPE_READWRITE: u32 = 2;
+pub const EVTHREAD_CONDITION_API_VERSION: u32 = 1;
 pub type __off_t = ::std::os::raw::c_long;
 pub type __off64_t = ::std::os::raw::c_long;
 pub type __time_t = ::std::os::raw::c_long;
@@ -1002,6 +1018,85 @@ unsafe extern "C" {
         sa: *mut sockaddr,
         len: socklen_t,
     ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct evthread_lock_callbacks {
+    pub lock_api_version: ::std::os::raw::c_int,
+    pub supported_locktypes: ::std::os::raw::c_uint,
+    pub alloc: ::std::option::Option<
+        unsafe extern "C" fn(
+            locktype: ::std::os::raw::c_uint,
+        ) -> *mut ::std::os::raw::c_void,
+    >,
+    pub free: ::std::option::Option<
+        unsafe extern "C" fn(
+            lock: *mut ::std::os::raw::c_void,
+            locktype: ::std::os::raw::c_uint,
+        ),
+    >,
+    pub lock: ::std::option::Option<
+        unsafe extern "C" fn(
+            mode: ::std::os::raw::c_uint,
+            lock: *mut ::std::os::raw::c_void,
+        ) -> ::std::os::raw::c_int,
+    >,
+    pub unlock: ::std::option::Option<
+        unsafe extern "C" fn(
+            mode: ::std::os::raw::c_uint,
+            lock: *mut ::std::os::raw::c_void,
+        ) -> ::std::os::raw::c_int,
+    >,
+}
+unsafe extern "C" {
+    pub fn evthread_set_lock_callbacks(
+        arg1: *const evthread_lock_callbacks,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct evthread_condition_callbacks {
+    pub condition_api_version: ::std::os::raw::c_int,
+    pub alloc_condition: ::std::option::Option<
+        unsafe extern "C" fn(
+            condtype: ::std::os::raw::c_uint,
+        ) -> *mut ::std::os::raw::c_void,
+    >,
+    pub free_condition: ::std::option::Option<
+        unsafe extern "C" fn(cond: *mut ::std::os::raw::c_void),
+    >,
+    pub signal_condition: ::std::option::Option<
+        unsafe extern "C" fn(
+            cond: *mut ::std::os::raw::c_void,
+            broadcast: ::std::os::raw::c_int,
+        ) -> ::std::os::raw::c_int,
+    >,
+    pub wait_condition: ::std::option::Option<
+        unsafe extern "C" fn(
+            cond: *mut ::std::os::raw::c_void,
+            lock: *mut ::std::os::raw::c_void,
+            timeout: *const timeval,
+        ) -> ::std::os::raw::c_int,
+    >,
+}
+unsafe extern "C" {
+    pub fn evthread_set_condition_callbacks(
+        arg1: *const evthread_condition_callbacks,
+    ) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn evthread_set_id_callback(
+        id_fn: ::std::option::Option<unsafe extern "C" fn() -> ::std::os::raw::c_ulong>,
+    );
+}
+unsafe extern "C" {
+    pub fn evthread_enable_lock_debugging();
+}
+unsafe extern "C" {
+    pub fn evthread_enable_lock_debuging();
+}
+unsafe extern "C" {
+    pub fn evthread_make_base_notifiable(base: *mut event_base) -> ::std::os::raw::c_int;
 }
 pub type __builtin_va_list = [__va_list_tag; 1usize];
 #[repr(C)]
