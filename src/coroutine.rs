@@ -1,0 +1,678 @@
+//! Stackful coroutines on the `generator` crate.
+//!
+//! A coroutine is a function running on a stack of its own. It runs when something resumes it
+//! and stops where it suspends, returning control to whoever resumed it: the scheduler's ready
+//! queue, a libevent callback (for a wait), or another coroutine (for a bare [`Coroutine`]).
+//!
+//! ```text
+//!   thread stack                       coroutine stack (mmap, guard page below)
+//!   ┌───────────────────────┐          ┌──────────────────────────────┐ high
+//!   │ event_base_loop       │          │ body closure (StackBox)      │
+//!   │  └ wake callback      │ resume   │  └ user code                 │
+//!   │     └ Core::resume ───┼─────────▶│     └ io::wait               │
+//!   │        (catch_unwind) │◀─────────┼──────  └ suspend (yield_with)│
+//!   └───────────────────────┘ suspend  │  ...free...                  │
+//!                                      │ guard page (PROT_NONE)       │ low
+//!                                      └──────────────────────────────┘
+//! ```
+//!
+//! # Invariants
+//!
+//! - A coroutine never moves between threads: [`Core`] and every handle on it are `!Send`, and
+//!   the `Send` that `generator` asks of the body is asserted by [`AssertSend`] for that reason.
+//! - A panic in the body is caught by `generator` on the coroutine's stack and re-raised by
+//!   `resume`; [`Core::resume`] catches it there, so it never reaches a C frame. The same holds
+//!   for a stack overflow: the guard page faults, `generator`'s handler jumps back, and `resume`
+//!   raises `Error::StackErr`, which becomes a [`StackOverflow`] payload.
+//! - Dropping a suspended coroutine resumes it with `generator`'s `Cancel` panic, which unwinds
+//!   its stack and runs its destructors. Whatever it waited on is deleted *before* that (the
+//!   scheduler's `cancel` does it), and while the unwind runs, `cancelling` is set so that evco's
+//!   waits fail at once instead of suspending again. evco never catches `Cancel` inside a
+//!   coroutine; code that catches panics there must re-raise it ([`is_cancellation`]).
+//! - Finished stacks go back to a per-thread pool and are reused with `init_code`, so a spawn
+//!   costs no syscall once the pool is warm. An overflowed stack is never reused.
+//! - Panic messages from coroutine stacks go through a light hook (installed before the first
+//!   coroutine runs) that prints one line and no backtrace: std's default hook with
+//!   `RUST_BACKTRACE=1` can overflow a small stack while holding the backtrace lock, and every
+//!   later panic in the process would then deadlock on it.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::fmt;
+use std::io::{self, Write};
+use std::marker::PhantomData;
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::event::RawEvent;
+
+type Gen = generator::Generator<'static, (), ()>;
+
+/// Default stack size of a coroutine: 64 KiB (only the pages it touches are resident).
+pub const DEFAULT_STACK_SIZE: usize = 64 * 1024;
+/// Smallest stack size [`Builder::stack_size`] accepts; smaller requests are rounded up.
+pub const MIN_STACK_SIZE: usize = 16 * 1024;
+/// Finished stacks kept per thread for reuse.
+const POOL_LIMIT: usize = 1024;
+
+/// Wraps the body so `generator` accepts it. Sound because the generator never leaves the thread
+/// that created it (see the module invariants).
+struct AssertSend<F>(F);
+// SAFETY: a `Core` is `!Send` and so is every handle on it; the body runs and is dropped on the
+// thread that created it.
+unsafe impl<F> Send for AssertSend<F> {}
+
+/// A stack and the event storage that goes with it, reused together.
+pub(crate) struct Stack {
+    gn: Gen,
+    /// The wait event of whatever coroutine runs on this stack (see `scheduler`).
+    pub(crate) wait: RawEvent,
+    bytes: usize,
+}
+
+thread_local! {
+    static POOL: RefCell<Vec<Stack>> = const { RefCell::new(Vec::new()) };
+    static CURRENT: Cell<*const Core> = const { Cell::new(std::ptr::null()) };
+    static QUIET_PANICS: Cell<bool> = const { Cell::new(false) };
+}
+
+fn words(bytes: usize) -> usize {
+    // Even word counts keep generator's cheap (sampled) stack-usage tracking.
+    (bytes / std::mem::size_of::<usize>()) & !1
+}
+
+impl Stack {
+    /// A stack of `bytes` for `body`: from the pool when one of that size is there, else mmap.
+    fn take<F: FnOnce() + 'static>(bytes: usize, body: F) -> io::Result<Stack> {
+        let body = AssertSend(body);
+        let pooled = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().rposition(|s| s.bytes == bytes)?;
+            Some(p.swap_remove(i))
+        });
+        if let Some(mut stack) = pooled {
+            stack.gn.init_code(move || {
+                let body = body;
+                (body.0)()
+            });
+            return Ok(stack);
+        }
+        install_panic_hook();
+        // generator panics when mmap/mprotect fail; turn that into an error that names the limit.
+        QUIET_PANICS.with(|q| q.set(true));
+        let made = panic::catch_unwind(AssertUnwindSafe(|| {
+            generator::Gn::<()>::new_opt(words(bytes), move || {
+                let body = body;
+                (body.0)()
+            })
+        }));
+        QUIET_PANICS.with(|q| q.set(false));
+        match made {
+            Ok(gn) => Ok(Stack {
+                gn,
+                wait: RawEvent::new(),
+                bytes,
+            }),
+            Err(payload) => Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!(
+                    "cannot allocate a {} KiB coroutine stack ({}): each stack is two memory \
+                     mappings, so vm.max_map_count (see /proc/sys/vm/max_map_count; raise it with \
+                     `sysctl -w vm.max_map_count=N`) or the address-space limit (ulimit -v) has \
+                     been reached",
+                    bytes / 1024,
+                    crate::event::panic_message(&*payload)
+                ),
+            )),
+        }
+    }
+
+    /// Returns a finished stack to the pool (or frees it when the pool is full).
+    fn give_back(self) {
+        // The pooled event must not remember a base that may be gone by its next use.
+        self.wait.reset();
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_LIMIT {
+                p.push(self);
+            }
+        });
+    }
+}
+
+/// The lifecycle of a coroutine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Created or suspended: may be resumed.
+    Suspended,
+    /// On the CPU (somewhere up the resume chain).
+    Running,
+    /// Returned, panicked, overflowed or was cancelled. Its stack is gone.
+    Finished,
+}
+
+/// How a call to [`Core::resume`] ended.
+pub(crate) enum Resumed {
+    Suspended,
+    Finished,
+    Panicked(Box<dyn Any + Send>),
+}
+
+/// A coroutine's identity and stack; embedded in scheduler tasks and in bare [`Coroutine`]s.
+/// Its address must stay put while it runs (it is reachable through `CURRENT`).
+pub(crate) struct Core {
+    id: CoroutineId,
+    name: Option<Rc<str>>,
+    stack_size: usize,
+    stack: UnsafeCell<Option<Stack>>,
+    state: Cell<State>,
+    cancelling: Cell<bool>,
+    /// The scheduler task that owns this core, or null for a bare coroutine.
+    pub(crate) owner: Cell<*const ()>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Core {
+    pub(crate) fn new<F: FnOnce() + 'static>(
+        name: Option<Rc<str>>,
+        stack_size: usize,
+        body: F,
+    ) -> io::Result<Core> {
+        let stack = Stack::take(stack_size, body)?;
+        Ok(Core {
+            id: CoroutineId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            name,
+            stack_size,
+            stack: UnsafeCell::new(Some(stack)),
+            state: Cell::new(State::Suspended),
+            cancelling: Cell::new(false),
+            owner: Cell::new(std::ptr::null()),
+        })
+    }
+
+    pub(crate) fn id(&self) -> CoroutineId {
+        self.id
+    }
+
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    pub(crate) fn state(&self) -> State {
+        self.state.get()
+    }
+
+    pub(crate) fn is_cancelling(&self) -> bool {
+        self.cancelling.get()
+    }
+
+    /// The wait event of this coroutine's stack; `None` once it finished.
+    pub(crate) fn wait_event(&self) -> Option<&RawEvent> {
+        // SAFETY: the `Option<Stack>` is only replaced in `finish`, which no caller overlaps
+        // with a borrow obtained here (they are used and dropped within one scheduler step).
+        unsafe { (*self.stack.get()).as_ref().map(|s| &s.wait) }
+    }
+
+    /// Runs the coroutine until it suspends or finishes.
+    pub(crate) fn resume(&self) -> io::Result<Resumed> {
+        match self.state.get() {
+            State::Suspended => {}
+            State::Running => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "coroutine is already running (it cannot resume itself)",
+                ));
+            }
+            State::Finished => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "coroutine has already finished",
+                ));
+            }
+        }
+        self.state.set(State::Running);
+        let prev = CURRENT.with(|c| c.replace(self));
+        // SAFETY: the state was `Suspended`, so no other frame is inside this generator, and the
+        // stack is only taken out in `finish` below, after the switch returned.
+        let gn = unsafe {
+            &mut (*self.stack.get())
+                .as_mut()
+                .expect("suspended core has a stack")
+                .gn
+        };
+        let result = panic::catch_unwind(AssertUnwindSafe(|| gn.resume()));
+        CURRENT.with(|c| c.set(prev));
+        match result {
+            Ok(_) if !gn.is_done() => {
+                self.state.set(State::Suspended);
+                Ok(Resumed::Suspended)
+            }
+            Ok(_) => {
+                self.finish(true);
+                Ok(Resumed::Finished)
+            }
+            Err(payload) => {
+                let overflowed = matches!(
+                    payload.downcast_ref::<generator::Error>(),
+                    Some(generator::Error::StackErr)
+                );
+                if overflowed {
+                    self.finish(false);
+                    Ok(Resumed::Panicked(Box::new(StackOverflow {
+                        id: self.id,
+                        name: self.name.as_deref().map(str::to_owned),
+                        stack_size: self.stack_size,
+                    })))
+                } else {
+                    self.finish(true);
+                    Ok(Resumed::Panicked(payload))
+                }
+            }
+        }
+    }
+
+    /// Unwinds a suspended coroutine's stack (its destructors run) and finishes it. The caller
+    /// has already deleted whatever event could resume it.
+    pub(crate) fn cancel(&self) -> io::Result<()> {
+        match self.state.get() {
+            State::Finished => return Ok(()),
+            State::Running => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "a running coroutine cannot be cancelled (it would unwind its own caller)",
+                ));
+            }
+            State::Suspended => {}
+        }
+        self.cancelling.set(true);
+        self.state.set(State::Running);
+        let prev = CURRENT.with(|c| c.replace(self));
+        // SAFETY: suspended, so no frame is inside the generator (see `resume`).
+        let gn = unsafe {
+            &mut (*self.stack.get())
+                .as_mut()
+                .expect("suspended core has a stack")
+                .gn
+        };
+        // `cancel` resumes the body with a `Cancel` panic that generator catches on the
+        // coroutine's stack; a destructor that panics during that unwind would abort, as in std.
+        let result = panic::catch_unwind(AssertUnwindSafe(|| gn.cancel()));
+        CURRENT.with(|c| c.set(prev));
+        self.finish(result.is_ok() && gn.is_done());
+        Ok(())
+    }
+
+    fn finish(&self, reusable: bool) {
+        self.state.set(State::Finished);
+        // SAFETY: the generator returned control for the last time; nothing borrows the stack.
+        if let Some(stack) = unsafe { (*self.stack.get()).take() } {
+            if reusable {
+                stack.give_back();
+            } else {
+                // An overflowed stack still holds frames that never unwound; generator's drop
+                // knows (it marks the context) and releases the mapping without running them.
+                stack.wait.reset();
+                drop(stack);
+            }
+        }
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if self.state.get() == State::Suspended {
+            if let Some(ev) = self.wait_event() {
+                ev.del();
+            }
+            if std::thread::panicking() {
+                // Unwinding the coroutine now would be a panic during a panic (an abort): leak
+                // its stack instead. Its event is already deleted, so nothing can resume it.
+                // SAFETY: suspended, so nothing borrows the stack.
+                if let Some(stack) = unsafe { (*self.stack.get()).take() } {
+                    std::mem::forget(stack);
+                }
+                return;
+            }
+            let _ = self.cancel();
+        }
+    }
+}
+
+/// The core of the coroutine running on this thread right now, if any.
+pub(crate) fn current_core() -> Option<&'static Core> {
+    let p = CURRENT.with(|c| c.get());
+    // SAFETY: `CURRENT` is set only while `Core::resume`/`cancel` runs on that core, and the core
+    // cannot move or be freed while it runs (its owner holds it across the call). The `'static`
+    // is a lie the callers never act on: they use the reference within the running coroutine.
+    unsafe { p.as_ref() }
+}
+
+/// Switches from the running coroutine back to whoever resumed it.
+///
+/// # Panics
+///
+/// Raises generator's `Cancel` panic when the coroutine is being cancelled; callers must let it
+/// unwind. Callers check they are on a coroutine first.
+pub(crate) fn switch_out() {
+    #[allow(deprecated)]
+    generator::yield_with(());
+}
+
+/// Whether the calling code runs on a coroutine's stack.
+pub fn is_coroutine() -> bool {
+    current_core().is_some()
+}
+
+/// Whether a panic payload is the unwind evco uses to cancel a coroutine. Code that catches
+/// panics inside a coroutine must re-raise such payloads with `std::panic::resume_unwind`.
+pub fn is_cancellation(payload: &(dyn Any + Send)) -> bool {
+    matches!(
+        payload.downcast_ref::<generator::Error>(),
+        Some(generator::Error::Cancel)
+    )
+}
+
+/// A process-wide unique coroutine id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CoroutineId(u64);
+
+impl CoroutineId {
+    /// The number behind the id.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for CoroutineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// What [`current`] tells about the running coroutine.
+#[derive(Clone, Debug)]
+pub struct Current {
+    id: CoroutineId,
+    name: Option<Rc<str>>,
+    stack_size: usize,
+}
+
+impl Current {
+    /// Its id.
+    pub fn id(&self) -> CoroutineId {
+        self.id
+    }
+    /// Its name, if it was given one with [`Builder::name`].
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    /// Its stack size in bytes.
+    pub fn stack_size(&self) -> usize {
+        self.stack_size
+    }
+}
+
+/// The coroutine running on this thread, or `None` outside coroutines.
+pub fn current() -> Option<Current> {
+    current_core().map(|c| Current {
+        id: c.id,
+        name: c.name.clone(),
+        stack_size: c.stack_size,
+    })
+}
+
+/// The panic payload a [`JoinHandle`](crate::JoinHandle) or [`Coroutine::resume`] reports when a
+/// coroutine overflowed its stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackOverflow {
+    /// The coroutine that overflowed.
+    pub id: CoroutineId,
+    /// Its name, if any.
+    pub name: Option<String>,
+    /// Its stack size in bytes.
+    pub stack_size: usize,
+}
+
+impl fmt::Display for StackOverflow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "coroutine {} '{}' overflowed its {} KiB stack (give it more with Builder::stack_size)",
+            self.id,
+            self.name.as_deref().unwrap_or("<unnamed>"),
+            self.stack_size / 1024
+        )
+    }
+}
+
+impl std::error::Error for StackOverflow {}
+
+/// The panic payload a [`JoinHandle`](crate::JoinHandle) reports for a coroutine that was
+/// cancelled (dropped while suspended) before it finished.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cancelled {
+    /// The coroutine that was cancelled.
+    pub id: CoroutineId,
+}
+
+impl fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "coroutine {} was cancelled before it finished", self.id)
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+fn install_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if matches!(
+                info.payload().downcast_ref::<generator::Error>(),
+                Some(generator::Error::Cancel | generator::Error::Done)
+            ) {
+                return;
+            }
+            if QUIET_PANICS.try_with(|q| q.get()).unwrap_or(false) {
+                return;
+            }
+            let core = CURRENT.try_with(|c| c.get()).unwrap_or(std::ptr::null());
+            // SAFETY: see `current_core`; the hook runs on the panicking coroutine's stack, so
+            // the core is alive.
+            match unsafe { core.as_ref() } {
+                Some(core) => {
+                    // Little stack, no backtrace, no lock but stderr's.
+                    let msg = crate::event::panic_message(info.payload());
+                    let loc = info.location();
+                    let _ = writeln!(
+                        io::stderr().lock(),
+                        "coroutine {} '{}' panicked at {}:{}: {}",
+                        core.id,
+                        core.name.as_deref().unwrap_or("<unnamed>"),
+                        loc.map_or("?", |l| l.file()),
+                        loc.map_or(0, |l| l.line()),
+                        msg
+                    );
+                }
+                None => previous(info),
+            }
+        }));
+    });
+}
+
+/// Configures a coroutine before it is spawned (on the scheduler) or created (bare).
+#[derive(Debug, Clone)]
+pub struct Builder {
+    name: Option<Rc<str>>,
+    stack_size: usize,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// Default name (none) and stack size ([`DEFAULT_STACK_SIZE`]).
+    pub fn new() -> Builder {
+        Builder {
+            name: None,
+            stack_size: DEFAULT_STACK_SIZE,
+        }
+    }
+
+    /// Names the coroutine (shown by [`current`], panic messages and errors).
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(Rc::from(name.into()));
+        self
+    }
+
+    /// Sets the stack size in bytes, rounded up to [`MIN_STACK_SIZE`] and to a 4 KiB page.
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = bytes.max(MIN_STACK_SIZE).next_multiple_of(4096);
+        self
+    }
+
+    /// Spawns `f` on this thread's scheduler (see [`spawn`](crate::spawn)).
+    pub fn spawn<F, T>(self, f: F) -> io::Result<crate::JoinHandle<T>>
+    where
+        F: FnOnce() -> T + 'static,
+        T: 'static,
+    {
+        crate::scheduler::spawn_with(self.name, self.stack_size, f)
+    }
+
+    /// Creates a bare coroutine running `f`, resumed only by [`Coroutine::resume`].
+    pub fn create<F>(self, f: F) -> io::Result<Coroutine>
+    where
+        F: FnOnce() + 'static,
+    {
+        let core = Core::new(self.name, self.stack_size, f)?;
+        Ok(Coroutine {
+            core: Box::new(core),
+            _not_send: PhantomData,
+        })
+    }
+}
+
+/// How a call to [`Coroutine::resume`] ended.
+pub enum Status {
+    /// The coroutine called [`suspend`] and can be resumed again.
+    Suspended,
+    /// The coroutine returned.
+    Finished,
+    /// The coroutine panicked (the payload) or overflowed its stack ([`StackOverflow`]).
+    Panicked(Box<dyn Any + Send>),
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Suspended => write!(f, "Suspended"),
+            Status::Finished => write!(f, "Finished"),
+            Status::Panicked(p) => match p.downcast_ref::<StackOverflow>() {
+                Some(o) => write!(f, "Panicked({o})"),
+                None => write!(f, "Panicked({:?})", crate::event::panic_message(&**p)),
+            },
+        }
+    }
+}
+
+/// A bare, asymmetric coroutine: it runs only when its owner calls [`resume`](Self::resume),
+/// and [`suspend`] inside it returns control to that caller. The owner may be plain thread code
+/// or another coroutine.
+///
+/// Blocking evco calls (`io::wait`, `time::sleep`, `yield_now`) need the scheduler and return an
+/// error inside a bare coroutine; spawn a scheduled one for those.
+///
+/// # Send
+///
+/// `!Send`: its stack may hold thread-bound values (and evco's thread-local state points at it
+/// while it runs).
+pub struct Coroutine {
+    core: Box<Core>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl fmt::Debug for Coroutine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coroutine")
+            .field("id", &self.core.id)
+            .field("name", &self.core.name)
+            .field("state", &self.core.state())
+            .finish()
+    }
+}
+
+impl Coroutine {
+    /// A bare coroutine running `f` with the default stack size.
+    pub fn new<F>(f: F) -> io::Result<Coroutine>
+    where
+        F: FnOnce() + 'static,
+    {
+        Builder::new().create(f)
+    }
+
+    /// Runs the coroutine until it suspends, returns, panics or overflows its stack.
+    ///
+    /// Resuming a finished coroutine, or one that is running (itself, or one up the chain of
+    /// resumes), is an error.
+    pub fn resume(&mut self) -> io::Result<Status> {
+        Ok(match self.core.resume()? {
+            Resumed::Suspended => Status::Suspended,
+            Resumed::Finished => Status::Finished,
+            Resumed::Panicked(p) => Status::Panicked(p),
+        })
+    }
+
+    /// Whether it has finished (returned, panicked or overflowed).
+    pub fn is_finished(&self) -> bool {
+        self.core.state() == State::Finished
+    }
+
+    /// Its id.
+    pub fn id(&self) -> CoroutineId {
+        self.core.id()
+    }
+
+    /// Its name, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.core.name()
+    }
+}
+
+/// Suspends the running bare coroutine, returning control to whoever resumed it.
+///
+/// An error outside a coroutine, and inside a scheduled coroutine (nothing would resume it:
+/// use [`yield_now`](crate::yield_now) or a wait there).
+pub fn suspend() -> io::Result<()> {
+    let core = current_core().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "suspend called outside a coroutine",
+        )
+    })?;
+    if !core.owner.get().is_null() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "suspend called in a scheduled coroutine: use yield_now or a wait",
+        ));
+    }
+    if core.is_cancelling() {
+        return Err(cancelling_error());
+    }
+    switch_out();
+    Ok(())
+}
+
+pub(crate) fn cancelling_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Interrupted,
+        "coroutine is being cancelled: it cannot suspend again",
+    )
+}

@@ -1,0 +1,655 @@
+//! Safe wrappers around libevent's `event_base` and `event`.
+//!
+//! [`EventBase`] owns a base (created with the epoll changelist flag, which saves one
+//! `epoll_ctl` per one-shot wait) or borrows one a host program owns ([`EventBase::from_raw`]).
+//! [`Event`] is one fd, signal or timer event whose callback is a Rust closure.
+//!
+//! # Invariants
+//!
+//! - No event outlives its base: every [`Event`] holds a reference-counted handle on the base's
+//!   state, so the base is freed only after the last event on it.
+//! - An event is removed (`event_del`) before the memory its callback reads is freed. The closure
+//!   lives in an `Rc`; while a callback runs, the trampoline holds its own reference, so dropping
+//!   the `Event` inside its own callback deletes the event at once and frees it afterwards.
+//! - A panic in a callback never unwinds into libevent's C frames: the trampoline catches it,
+//!   logs it, and keeps the payload for [`EventBase::take_panics`].
+//! - No libevent pointer leaves this module (and `sys`) except through `as_raw`.
+//!
+//! # Send
+//!
+//! `EventBase` and `Event` are `!Send` and `!Sync` (through `Rc` and `PhantomData<*mut ()>`):
+//! evco creates its bases without libevent's locking, so a base and its events may only be touched
+//! from the thread that runs its loop. Cross-thread wake-ups go through a queue and an fd.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::ffi::CStr;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::RawFd;
+use std::os::raw::{c_int, c_short, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::sys;
+
+/// What an event waits for, or what woke it: libevent's `EV_*` bits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct What(c_short);
+
+impl What {
+    /// No condition: a pure timer, or an event that is only ever activated by hand.
+    pub const NONE: What = What(0);
+    /// The timeout passed to [`Event::add`] expired.
+    pub const TIMEOUT: What = What(sys::EV_TIMEOUT as c_short);
+    /// The fd is readable.
+    pub const READ: What = What(sys::EV_READ as c_short);
+    /// The fd is writable.
+    pub const WRITE: What = What(sys::EV_WRITE as c_short);
+    /// A signal was delivered (the fd is the signal number).
+    pub const SIGNAL: What = What(sys::EV_SIGNAL as c_short);
+    /// The event stays pending after it fires.
+    pub const PERSIST: What = What(sys::EV_PERSIST as c_short);
+    /// The peer closed the connection (epoll backends only).
+    pub const CLOSED: What = What(sys::EV_CLOSED as c_short);
+
+    /// The raw bits.
+    pub const fn bits(self) -> c_short {
+        self.0
+    }
+    /// From raw bits (unknown bits are kept as they are).
+    pub const fn from_bits(bits: c_short) -> What {
+        What(bits)
+    }
+    /// Whether every bit of `other` is set in `self`.
+    pub const fn contains(self, other: What) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// Whether any bit of `other` is set in `self`.
+    pub const fn intersects(self, other: What) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+impl std::ops::BitOr for What {
+    type Output = What;
+    fn bitor(self, rhs: What) -> What {
+        What(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for What {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = [
+            (What::TIMEOUT, "TIMEOUT"),
+            (What::READ, "READ"),
+            (What::WRITE, "WRITE"),
+            (What::SIGNAL, "SIGNAL"),
+            (What::PERSIST, "PERSIST"),
+            (What::CLOSED, "CLOSED"),
+        ];
+        let mut first = true;
+        write!(f, "What(")?;
+        for (bit, name) in names {
+            if self.contains(bit) {
+                if !first {
+                    write!(f, "|")?;
+                }
+                write!(f, "{name}")?;
+                first = false;
+            }
+        }
+        if first {
+            write!(f, "NONE")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Converts a duration into the `timeval` libevent takes, saturating at `time_t::MAX` seconds.
+pub(crate) fn timeval(d: Duration) -> sys::timeval {
+    sys::timeval {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as _,
+        tv_usec: d.subsec_micros() as _,
+    }
+}
+
+/// The state an [`EventBase`] and all its events share.
+struct BaseInner {
+    raw: NonNull<sys::event_base>,
+    owned: bool,
+    panics: RefCell<Vec<Box<dyn Any + Send>>>,
+}
+
+impl Drop for BaseInner {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: we created this base, and every `Event` on it holds an `Rc<BaseInner>`, so
+            // none is left when the last reference goes.
+            unsafe { sys::event_base_free(self.raw.as_ptr()) };
+        }
+    }
+}
+
+/// A libevent `event_base`: owned (freed on drop) or borrowed from a host program.
+///
+/// Cloning gives another handle on the same base. See the module docs for why it is `!Send`.
+#[derive(Clone)]
+pub struct EventBase {
+    inner: Rc<BaseInner>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl fmt::Debug for EventBase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventBase")
+            .field("raw", &self.inner.raw)
+            .field("owned", &self.inner.owned)
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+/// How a call to [`EventBase::dispatch`] or [`EventBase::loop_once`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoopExit {
+    /// The loop ran and stopped normally (its events ran, or `loopexit`/`loopbreak` was called).
+    Ran,
+    /// The loop had no pending or active events, so it returned at once.
+    NoEvents,
+}
+
+impl EventBase {
+    /// Creates a base of its own, with `EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST` (ignored by other
+    /// backends) and without libevent's locking: it belongs to the calling thread.
+    ///
+    /// libevent's environment switches (`EVENT_NOEPOLL=1` and the like) are honoured.
+    pub fn new() -> io::Result<EventBase> {
+        // SAFETY: plain constructor; a null result is handled below.
+        let cfg = unsafe { sys::event_config_new() };
+        if cfg.is_null() {
+            return Err(io::Error::other("event_config_new failed"));
+        }
+        // SAFETY: `cfg` is a live config we own until `event_config_free` below.
+        let raw = unsafe {
+            sys::event_config_set_flag(
+                cfg,
+                sys::event_base_config_flag_EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST as c_int,
+            );
+            sys::event_config_set_flag(
+                cfg,
+                sys::event_base_config_flag_EVENT_BASE_FLAG_NOLOCK as c_int,
+            );
+            let raw = sys::event_base_new_with_config(cfg);
+            sys::event_config_free(cfg);
+            raw
+        };
+        let raw = NonNull::new(raw)
+            .ok_or_else(|| io::Error::other("event_base_new_with_config failed (no backend?)"))?;
+        Ok(EventBase::wrap(raw, true))
+    }
+
+    /// Borrows a base a host program owns. evco never frees it.
+    ///
+    /// # Safety
+    ///
+    /// `raw` must be a live `event_base` that outlives the returned handle, every clone of it and
+    /// every event created on it, and it must only be used from the calling thread while evco
+    /// holds it. A null pointer is an error, not UB.
+    pub unsafe fn from_raw(raw: *mut sys::event_base) -> io::Result<EventBase> {
+        let raw = NonNull::new(raw).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "EventBase::from_raw: null event_base",
+            )
+        })?;
+        Ok(EventBase::wrap(raw, false))
+    }
+
+    fn wrap(raw: NonNull<sys::event_base>, owned: bool) -> EventBase {
+        EventBase {
+            inner: Rc::new(BaseInner {
+                raw,
+                owned,
+                panics: RefCell::new(Vec::new()),
+            }),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The raw pointer, for calling libevent directly. It stays valid while this handle lives.
+    pub fn as_raw(&self) -> *mut sys::event_base {
+        self.inner.raw.as_ptr()
+    }
+
+    /// Whether evco frees this base when the last handle goes (false for [`from_raw`](Self::from_raw)).
+    pub fn is_owned(&self) -> bool {
+        self.inner.owned
+    }
+
+    /// Runs the loop until no events are pending or active, or until `loopbreak`/`loopexit`.
+    pub fn dispatch(&self) -> io::Result<LoopExit> {
+        self.run_loop(0)
+    }
+
+    /// Blocks until at least one event is active, runs the active callbacks, and returns.
+    pub fn loop_once(&self) -> io::Result<LoopExit> {
+        self.run_loop(sys::EVLOOP_ONCE as c_int)
+    }
+
+    /// Runs the callbacks of events that are ready now, without blocking.
+    pub fn loop_nonblock(&self) -> io::Result<LoopExit> {
+        self.run_loop(sys::EVLOOP_NONBLOCK as c_int)
+    }
+
+    fn run_loop(&self, flags: c_int) -> io::Result<LoopExit> {
+        // SAFETY: the base is live (we hold a reference); libevent itself rejects a reentrant
+        // call from one of its callbacks with -1, which becomes an error here.
+        match unsafe { sys::event_base_loop(self.as_raw(), flags) } {
+            0 => Ok(LoopExit::Ran),
+            1 => Ok(LoopExit::NoEvents),
+            _ => Err(io::Error::other(
+                "event_base_loop failed (called from inside one of its own callbacks?)",
+            )),
+        }
+    }
+
+    /// Makes the running loop return after the callback that is running now.
+    pub fn loopbreak(&self) -> io::Result<()> {
+        // SAFETY: the base is live.
+        cvt(
+            unsafe { sys::event_base_loopbreak(self.as_raw()) },
+            "event_base_loopbreak",
+        )
+    }
+
+    /// Makes the loop return after `after` (or after the current round of callbacks with `None`).
+    pub fn loopexit(&self, after: Option<Duration>) -> io::Result<()> {
+        let tv = after.map(timeval);
+        let ptr = tv.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        // SAFETY: the base is live; libevent copies the timeval before returning.
+        cvt(
+            unsafe { sys::event_base_loopexit(self.as_raw(), ptr) },
+            "event_base_loopexit",
+        )
+    }
+
+    /// The name of the backend libevent chose: `"epoll"`, `"poll"`, `"kqueue"`, ...
+    pub fn backend(&self) -> &str {
+        // SAFETY: the base is live; libevent returns a pointer to a static string.
+        let p = unsafe { sys::event_base_get_method(self.as_raw()) };
+        if p.is_null() {
+            return "unknown";
+        }
+        // SAFETY: non-null, NUL-terminated, static.
+        unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("unknown")
+    }
+
+    /// The number of events added (pending) on this base, internal ones included.
+    pub fn added_events(&self) -> usize {
+        self.count(sys::EVENT_BASE_COUNT_ADDED)
+    }
+
+    /// The number of events active (waiting for their callback to run) on this base.
+    pub fn active_events(&self) -> usize {
+        self.count(sys::EVENT_BASE_COUNT_ACTIVE)
+    }
+
+    fn count(&self, what: u32) -> usize {
+        // SAFETY: the base is live.
+        let n = unsafe { sys::event_base_get_num_events(self.as_raw(), what as _) };
+        n.max(0) as usize
+    }
+
+    /// Takes the payloads of the panics caught in this base's callbacks since the last call.
+    pub fn take_panics(&self) -> Vec<Box<dyn Any + Send>> {
+        std::mem::take(&mut *self.inner.panics.borrow_mut())
+    }
+
+    fn record_panic(&self, payload: Box<dyn Any + Send>) {
+        log::error!(
+            "evco: a libevent callback panicked: {}",
+            panic_message(&*payload)
+        );
+        self.inner.panics.borrow_mut().push(payload);
+    }
+}
+
+/// libevent's version string, e.g. `"2.1.12-stable"`.
+pub fn version() -> &'static str {
+    // SAFETY: returns a pointer to a static NUL-terminated string.
+    let p = unsafe { sys::event_get_version() };
+    if p.is_null() {
+        return "unknown";
+    }
+    // SAFETY: non-null, static, NUL-terminated.
+    unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("unknown")
+}
+
+/// A panic payload's message, for logs.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "(non-string panic payload)"
+    }
+}
+
+fn cvt(rc: c_int, what: &str) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("{what} failed")))
+    }
+}
+
+type Callback = dyn FnMut(What);
+
+/// What the trampoline needs: the event, its base and the closure, kept alive together.
+struct EventInner {
+    raw: NonNull<sys::event>,
+    base: EventBase,
+    /// Only touched by the trampoline, which libevent never re-enters for one event.
+    callback: UnsafeCell<Box<Callback>>,
+    running: Cell<bool>,
+}
+
+impl Drop for EventInner {
+    fn drop(&mut self) {
+        // SAFETY: `raw` was created by `event_new` on `base`, which is still alive (we hold it);
+        // `event_free` deletes the event first, so no callback can follow.
+        unsafe { sys::event_free(self.raw.as_ptr()) };
+    }
+}
+
+/// One libevent event: an fd, a signal or a timer, with a Rust closure as its callback.
+///
+/// The event is not pending until [`add`](Self::add). Without [`What::PERSIST`] it fires once per
+/// `add`. Dropping it deletes it first, so its callback never runs afterwards; dropping it inside
+/// its own callback is allowed.
+pub struct Event {
+    inner: Rc<EventInner>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("raw", &self.inner.raw)
+            .field("pending", &self.is_pending())
+            .finish()
+    }
+}
+
+impl Event {
+    /// An event for `fd` (or a signal number with [`What::SIGNAL`]) and the conditions in `what`.
+    pub fn new<F>(base: &EventBase, fd: RawFd, what: What, callback: F) -> io::Result<Event>
+    where
+        F: FnMut(What) + 'static,
+    {
+        Event::create(base, fd, what, Box::new(callback))
+    }
+
+    /// A timer: fires once per [`add`](Self::add) with a timeout (or on every period with
+    /// [`timer_persist`](Self::timer_persist)).
+    pub fn timer<F>(base: &EventBase, callback: F) -> io::Result<Event>
+    where
+        F: FnMut(What) + 'static,
+    {
+        Event::create(base, -1, What::NONE, Box::new(callback))
+    }
+
+    /// A persistent timer: after `add(Some(period))` it fires every `period` until deleted.
+    pub fn timer_persist<F>(base: &EventBase, callback: F) -> io::Result<Event>
+    where
+        F: FnMut(What) + 'static,
+    {
+        Event::create(base, -1, What::PERSIST, Box::new(callback))
+    }
+
+    /// A persistent signal event for `signum` (libevent installs the handler when it is added).
+    pub fn signal<F>(base: &EventBase, signum: c_int, callback: F) -> io::Result<Event>
+    where
+        F: FnMut(What) + 'static,
+    {
+        Event::create(
+            base,
+            signum,
+            What::SIGNAL | What::PERSIST,
+            Box::new(callback),
+        )
+    }
+
+    fn create(
+        base: &EventBase,
+        fd: RawFd,
+        what: What,
+        callback: Box<Callback>,
+    ) -> io::Result<Event> {
+        // Two steps, so that libevent's callback argument is the final address of `EventInner`:
+        // create the event with a null argument, then `event_assign` it again below.
+        // SAFETY: the base is live; a null return is handled.
+        let raw =
+            unsafe { sys::event_new(base.as_raw(), fd, what.bits(), None, std::ptr::null_mut()) };
+        let raw = NonNull::new(raw).ok_or_else(|| io::Error::other("event_new failed"))?;
+        let inner = Rc::new(EventInner {
+            raw,
+            base: base.clone(),
+            callback: UnsafeCell::new(callback),
+            running: Cell::new(false),
+        });
+        let arg = Rc::as_ptr(&inner) as *mut c_void;
+        // SAFETY: the event is not pending (never added), so it may be re-assigned. `arg` points
+        // at the `EventInner` that owns the event; `EventInner::drop` frees the event, so the
+        // argument is valid whenever the callback can run.
+        let rc = unsafe {
+            sys::event_assign(
+                raw.as_ptr(),
+                base.as_raw(),
+                fd,
+                what.bits(),
+                Some(trampoline),
+                arg,
+            )
+        };
+        cvt(rc, "event_assign")?;
+        Ok(Event {
+            inner,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// Makes the event pending, with an optional timeout (required for a pure timer).
+    pub fn add(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let tv = timeout.map(timeval);
+        let ptr = tv.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        // SAFETY: the event is live (we hold it); libevent copies the timeval.
+        cvt(
+            unsafe { sys::event_add(self.inner.raw.as_ptr(), ptr) },
+            "event_add",
+        )
+    }
+
+    /// Makes the event non-pending. Its callback does not run until it is added again.
+    pub fn del(&self) -> io::Result<()> {
+        // SAFETY: the event is live.
+        cvt(
+            unsafe { sys::event_del(self.inner.raw.as_ptr()) },
+            "event_del",
+        )
+    }
+
+    /// Runs the callback from the loop as if `what` had happened.
+    pub fn activate(&self, what: What) {
+        // SAFETY: the event is live.
+        unsafe { sys::event_active(self.inner.raw.as_ptr(), c_int::from(what.bits()), 0) };
+    }
+
+    /// Whether the event is pending (added) or active.
+    pub fn is_pending(&self) -> bool {
+        let bits = What::READ | What::WRITE | What::SIGNAL | What::TIMEOUT;
+        // SAFETY: the event is live; a null timeval pointer asks for no timeout.
+        unsafe {
+            sys::event_pending(self.inner.raw.as_ptr(), bits.bits(), std::ptr::null_mut()) != 0
+        }
+    }
+
+    /// The base this event belongs to.
+    pub fn base(&self) -> &EventBase {
+        &self.inner.base
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // Delete now, even inside our own callback (the trampoline then holds the last
+        // reference and frees the event when the callback returns).
+        // SAFETY: the event is live.
+        unsafe { sys::event_del(self.inner.raw.as_ptr()) };
+    }
+}
+
+/// The C callback of every [`Event`]: runs the closure, catching any panic.
+extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_void) {
+    let inner_ptr = arg as *const EventInner;
+    // SAFETY: `arg` is the address of the `EventInner` that owns this event (set in `create`);
+    // it is alive because `EventInner::drop` frees the event, so a callback can only run while
+    // it exists. Taking a strong reference keeps it alive until the callback returns, even if
+    // the user drops the `Event` inside the callback.
+    let inner = unsafe {
+        Rc::increment_strong_count(inner_ptr);
+        Rc::from_raw(inner_ptr)
+    };
+    if inner.running.replace(true) {
+        // libevent never re-enters one event's callback; refuse rather than alias the closure.
+        return;
+    }
+    // SAFETY: the closure is only reached from here, and `running` rules out a second
+    // simultaneous call, so this is the only live reference to it.
+    let callback = unsafe { &mut *inner.callback.get() };
+    let result = catch_unwind(AssertUnwindSafe(|| callback(What(what))));
+    inner.running.set(false);
+    if let Err(payload) = result {
+        inner.base.record_panic(payload);
+    }
+}
+
+/// The C signature of the callbacks [`RawEvent`] takes.
+pub(crate) type RawCallback = unsafe extern "C" fn(sys::evutil_socket_t, c_short, *mut c_void);
+
+/// Event storage for evco's own hot paths (the scheduler's waits and ready queue): one
+/// `struct event` allocated once and reused with `event_assign`/`event_add`, with a plain C
+/// callback and argument instead of a boxed closure.
+///
+/// # Invariants
+///
+/// - It is only re-assigned while not pending (`assign` deletes first).
+/// - `Drop` deletes the event before freeing its storage, so libevent never holds a pointer into
+///   freed memory. Whoever assigns it guarantees the callback argument outlives the pending
+///   event (the scheduler passes the owning coroutine, which deletes the event before it goes).
+pub(crate) struct RawEvent {
+    mem: NonNull<u64>,
+    words: usize,
+    /// (base, fd, what, callback, arg) of the last `event_assign`; `None` before the first.
+    assigned: Cell<Option<(*mut sys::event_base, RawFd, c_short, usize, *mut c_void)>>,
+}
+
+impl RawEvent {
+    pub(crate) fn new() -> RawEvent {
+        // SAFETY: no arguments; returns libevent's sizeof(struct event).
+        let bytes = unsafe { sys::event_get_struct_event_size() };
+        let words = bytes.div_ceil(8).max(1);
+        let mem: Box<[u64]> = vec![0u64; words].into_boxed_slice();
+        // SAFETY: Box::into_raw never returns null.
+        let mem = unsafe { NonNull::new_unchecked(Box::into_raw(mem) as *mut u64) };
+        RawEvent {
+            mem,
+            words,
+            assigned: Cell::new(None),
+        }
+    }
+
+    fn raw(&self) -> *mut sys::event {
+        self.mem.as_ptr() as *mut sys::event
+    }
+
+    /// Points the event at `fd`/`what` with `callback(arg)`, unless it already is.
+    ///
+    /// # Safety
+    ///
+    /// `base` must be live and outlive the pending event; `arg` must stay valid for as long as
+    /// the event is pending or its callback may run.
+    pub(crate) unsafe fn assign(
+        &self,
+        base: *mut sys::event_base,
+        fd: RawFd,
+        what: What,
+        callback: RawCallback,
+        arg: *mut c_void,
+    ) {
+        let key = (base, fd, what.bits(), callback as usize, arg);
+        if self.assigned.get() == Some(key) {
+            return;
+        }
+        if self.assigned.get().is_some() {
+            self.del();
+        }
+        // SAFETY: the storage is sizeof(struct event) bytes, 8-aligned, and not pending (deleted
+        // above or never assigned); the caller vouches for `base` and `arg`.
+        unsafe {
+            sys::event_assign(self.raw(), base, fd, what.bits(), Some(callback), arg);
+        }
+        self.assigned.set(Some(key));
+    }
+
+    /// Adds the assigned event, with an optional timeout.
+    pub(crate) fn add(&self, timeout: Option<Duration>) -> io::Result<()> {
+        debug_assert!(self.assigned.get().is_some(), "RawEvent::add before assign");
+        let tv = timeout.map(timeval);
+        let ptr = tv.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        // SAFETY: assigned (see `assign`'s contract); libevent copies the timeval.
+        cvt(unsafe { sys::event_add(self.raw(), ptr) }, "event_add")
+    }
+
+    /// Activates the assigned event from the loop with `what`.
+    pub(crate) fn activate(&self, what: What) {
+        debug_assert!(
+            self.assigned.get().is_some(),
+            "RawEvent::activate before assign"
+        );
+        // SAFETY: assigned.
+        unsafe { sys::event_active(self.raw(), c_int::from(what.bits()), 0) };
+    }
+
+    /// Deletes the event if it was ever assigned (pending, active, or neither).
+    pub(crate) fn del(&self) {
+        if self.assigned.get().is_some() {
+            // SAFETY: assigned on a base that is still live (assign's contract).
+            unsafe { sys::event_del(self.raw()) };
+        }
+    }
+
+    /// Forgets the assignment so the next `assign` does a full `event_assign` (after `del`).
+    pub(crate) fn reset(&self) {
+        self.del();
+        self.assigned.set(None);
+    }
+}
+
+impl Drop for RawEvent {
+    fn drop(&mut self) {
+        self.del();
+        // SAFETY: `mem` came from a boxed slice of `words` u64s in `new`; the event is deleted.
+        drop(unsafe {
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.mem.as_ptr(),
+                self.words,
+            ))
+        });
+    }
+}

@@ -1,0 +1,106 @@
+//! The wait primitive every blocking call in evco becomes, and fd helpers around it.
+//!
+//! [`wait`] registers a one-shot libevent event for the fd and suspends the running coroutine;
+//! the event's callback resumes it. See [`scheduler`](crate::scheduler) for the lifecycle of
+//! that event.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use crate::event::What;
+use crate::scheduler::{self, Scheduler};
+
+/// What a [`wait`] waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Interest(What);
+
+impl Interest {
+    /// The fd is readable (or at EOF, or has an error or a pending connection).
+    pub const READABLE: Interest = Interest(What::READ);
+    /// The fd is writable (or has an error, or a non-blocking connect finished).
+    pub const WRITABLE: Interest = Interest(What::WRITE);
+
+    /// Whether it includes readability.
+    pub fn is_readable(self) -> bool {
+        self.0.contains(What::READ)
+    }
+    /// Whether it includes writability.
+    pub fn is_writable(self) -> bool {
+        self.0.contains(What::WRITE)
+    }
+}
+
+impl std::ops::BitOr for Interest {
+    type Output = Interest;
+    fn bitor(self, rhs: Interest) -> Interest {
+        Interest(self.0 | rhs.0)
+    }
+}
+
+impl fmt::Debug for Interest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.is_readable(), self.is_writable()) {
+            (true, true) => write!(f, "READABLE | WRITABLE"),
+            (true, false) => write!(f, "READABLE"),
+            (false, true) => write!(f, "WRITABLE"),
+            (false, false) => write!(f, "(none)"),
+        }
+    }
+}
+
+/// What a [`wait`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Ready(What);
+
+impl Ready {
+    /// The fd became readable.
+    pub fn is_readable(self) -> bool {
+        self.0.contains(What::READ)
+    }
+    /// The fd became writable.
+    pub fn is_writable(self) -> bool {
+        self.0.contains(What::WRITE)
+    }
+}
+
+impl fmt::Debug for Ready {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ready")
+            .field("readable", &self.is_readable())
+            .field("writable", &self.is_writable())
+            .finish()
+    }
+}
+
+/// Suspends the running coroutine until `fd` is ready for `interest`, or `timeout` passes.
+///
+/// One-shot: the event is registered for this call only and is gone when it returns (or when the
+/// coroutine is cancelled while it waits). Errors: [`io::ErrorKind::TimedOut`] on timeout;
+/// `EBADF` for a bad fd or when the fd is closed through [`close`] while waiting;
+/// [`io::ErrorKind::InvalidInput`] outside a scheduled coroutine.
+pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<Ready> {
+    let fd = fd.as_raw_fd();
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    let what = scheduler::wait_event(fd, interest.0, timeout)?;
+    if what.contains(What::TIMEOUT) {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "wait timed out"));
+    }
+    Ok(Ready(what))
+}
+
+/// Closes `fd`, first waking every coroutine of this thread waiting on it with `EBADF` (closing
+/// an fd that epoll watches would otherwise leave its waiters asleep forever).
+pub fn close(fd: RawFd) -> io::Result<()> {
+    if let Some(s) = Scheduler::current() {
+        s.notify_close(fd);
+    }
+    // SAFETY: closing a descriptor has no memory-safety preconditions; the caller owns `fd`.
+    if unsafe { libc::close(fd) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,779 @@
+//! The per-thread scheduler: spawn, the ready queue, park/unpark, and the one wait primitive.
+//!
+//! One scheduler per thread lives in a thread-local (no global map) and owns or borrows one
+//! [`EventBase`]. libevent's loop is the only loop: the ready queue is drained by an internal
+//! event activated with `event_active`, so coroutines run the same way whether evco runs the
+//! loop ([`run`](crate::run), [`JoinHandle::join`] outside a coroutine) or a host program runs
+//! `event_base_dispatch` on its own base ([`enter`]).
+//!
+//! # What a wait registers, and when it is removed
+//!
+//! Every coroutine's stack comes with one `struct event` ([`RawEvent`]), reused across its waits:
+//! `event_assign` only when fd or interest change, `event_add` otherwise. A wait is one-shot (no
+//! `EV_PERSIST`): libevent makes the event non-pending before it calls [`wake`], whose argument is
+//! the waiting [`Task`]. That argument is valid because a task is only freed after its event is
+//! deleted:
+//!
+//! - on wake-up, libevent already removed it;
+//! - on cancellation ([`JoinHandle::cancel`], [`shutdown`], the guard of [`enter`]), the
+//!   scheduler deletes the event *before* it unwinds the coroutine's stack;
+//! - when the fd is closed through [`io::close`](crate::io::close), the event is deleted and the
+//!   waiter is resumed through the ready queue with `EBADF`;
+//! - a finished coroutine's event is reset before its stack returns to the pool.
+//!
+//! `event_base_once` is never used: it cannot be cancelled, so a dropped coroutine would leave a
+//! callback pointing at freed memory.
+//!
+//! # Fairness
+//!
+//! A drain pass resumes only the coroutines that were ready when it started. libevent runs an
+//! event activated from inside a callback in the same pass, so a coroutine that yields in a loop
+//! could starve I/O; every [`FAIR_EVERY`]th re-arm of the drain therefore goes through a
+//! zero-timeout timer instead, which libevent only runs after it polled for I/O again.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::RawFd;
+use std::os::raw::{c_short, c_void};
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::coroutine::{self, Cancelled, Core, CoroutineId, Resumed, State};
+use crate::event::{EventBase, LoopExit, RawEvent, What};
+use crate::sys;
+
+/// Every this many re-arms of the ready-queue drain, let libevent poll for I/O first.
+const FAIR_EVERY: u32 = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blocked {
+    /// Running, or queued to run.
+    No,
+    /// Waiting for its wait event (fd readiness or a timer).
+    Io,
+    /// Parked until [`unpark`].
+    Parked,
+}
+
+enum Outcome {
+    Pending,
+    Done,
+    Panicked(Box<dyn std::any::Any + Send>),
+    Taken,
+}
+
+/// A coroutine on the scheduler.
+pub(crate) struct Task {
+    core: Core,
+    sched: *const Scheduler,
+    slot: Cell<usize>,
+    queued: Cell<bool>,
+    blocked: Cell<Blocked>,
+    /// What the wait event reported when it fired.
+    woke: Cell<c_short>,
+    /// Set when the fd it waited on was closed through `io::close`.
+    closed: Cell<bool>,
+    joiner: RefCell<Option<Rc<Task>>>,
+    outcome: RefCell<Outcome>,
+}
+
+impl Task {
+    fn is_finished(&self) -> bool {
+        self.core.state() == State::Finished
+    }
+}
+
+/// One thread's scheduler. See the module docs.
+pub(crate) struct Scheduler {
+    /// Declared before `base`: fields drop in order, and the event must go before its base.
+    drain: RawEvent,
+    drain_armed: Cell<bool>,
+    arms: Cell<u32>,
+    ready: RefCell<VecDeque<Rc<Task>>>,
+    tasks: RefCell<Vec<Option<Rc<Task>>>>,
+    free_slots: RefCell<Vec<usize>>,
+    live: Cell<usize>,
+    /// Coroutines waiting on each fd, so `io::close` can wake them.
+    fd_waiters: RefCell<Vec<Vec<*const Task>>>,
+    base: EventBase,
+}
+
+thread_local! {
+    static SCHED: Cell<*const Scheduler> = const { Cell::new(std::ptr::null()) };
+    static OWNER: RefCell<Option<Rc<Scheduler>>> = const { RefCell::new(None) };
+}
+
+fn misuse(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+impl Scheduler {
+    fn install(base: EventBase) -> Rc<Scheduler> {
+        let sched = Rc::new(Scheduler {
+            drain: RawEvent::new(),
+            drain_armed: Cell::new(false),
+            arms: Cell::new(0),
+            ready: RefCell::new(VecDeque::new()),
+            tasks: RefCell::new(Vec::new()),
+            free_slots: RefCell::new(Vec::new()),
+            live: Cell::new(0),
+            fd_waiters: RefCell::new(Vec::new()),
+            base,
+        });
+        let arg = Rc::as_ptr(&sched) as *mut c_void;
+        // SAFETY: the base lives as long as the scheduler (a field), the drain event is deleted
+        // first when the scheduler drops, and `arg` is the scheduler itself.
+        unsafe {
+            sched
+                .drain
+                .assign(sched.base.as_raw(), -1, What::NONE, drain, arg)
+        };
+        SCHED.with(|s| s.set(Rc::as_ptr(&sched)));
+        OWNER.with(|o| *o.borrow_mut() = Some(sched.clone()));
+        sched
+    }
+
+    /// This thread's scheduler, if one is installed.
+    pub(crate) fn current() -> Option<&'static Scheduler> {
+        let p = SCHED.try_with(|s| s.get()).unwrap_or(std::ptr::null());
+        // SAFETY: `SCHED` points at the scheduler `OWNER` holds, and is cleared before that is
+        // dropped; the scheduler is only dropped outside coroutines and outside its callbacks
+        // (see `enter`/`uninstall`), so no reference handed out here is alive then.
+        unsafe { p.as_ref() }
+    }
+
+    /// This thread's scheduler, installing one with a base of its own if there is none.
+    pub(crate) fn current_or_install() -> io::Result<&'static Scheduler> {
+        if let Some(s) = Scheduler::current() {
+            return Ok(s);
+        }
+        let sched = Scheduler::install(EventBase::new()?);
+        // SAFETY: as in `current`: `OWNER` keeps it alive.
+        Ok(unsafe { &*Rc::as_ptr(&sched) })
+    }
+
+    pub(crate) fn base(&self) -> &EventBase {
+        &self.base
+    }
+
+    fn task_rc(&self, slot: usize) -> Option<Rc<Task>> {
+        self.tasks.borrow().get(slot).and_then(|t| t.clone())
+    }
+
+    fn insert(&self, task: &Rc<Task>) {
+        let slot = match self.free_slots.borrow_mut().pop() {
+            Some(i) => {
+                self.tasks.borrow_mut()[i] = Some(task.clone());
+                i
+            }
+            None => {
+                let mut tasks = self.tasks.borrow_mut();
+                tasks.push(Some(task.clone()));
+                tasks.len() - 1
+            }
+        };
+        task.slot.set(slot);
+        self.live.set(self.live.get() + 1);
+    }
+
+    fn schedule(&self, task: Rc<Task>) {
+        if task.queued.replace(true) {
+            return;
+        }
+        self.ready.borrow_mut().push_back(task);
+        self.arm();
+    }
+
+    fn arm(&self) {
+        if self.drain_armed.replace(true) {
+            return;
+        }
+        let n = self.arms.get().wrapping_add(1);
+        self.arms.set(n);
+        if n % FAIR_EVERY == 0 {
+            // Errors are impossible for an assigned pure timer; fall back to activation anyway.
+            if self.drain.add(Some(Duration::ZERO)).is_ok() {
+                return;
+            }
+        }
+        self.drain.activate(What::READ);
+    }
+
+    fn run_task(&self, task: &Rc<Task>) {
+        if task.core.state() != State::Suspended {
+            return;
+        }
+        match task.core.resume() {
+            Ok(Resumed::Suspended) | Err(_) => {}
+            Ok(Resumed::Finished) => self.complete(task, Outcome::Done),
+            Ok(Resumed::Panicked(p)) => self.complete(task, Outcome::Panicked(p)),
+        }
+    }
+
+    fn complete(&self, task: &Rc<Task>, outcome: Outcome) {
+        *task.outcome.borrow_mut() = outcome;
+        let slot = task.slot.get();
+        let removed = {
+            let mut tasks = self.tasks.borrow_mut();
+            match tasks.get_mut(slot) {
+                Some(entry) if entry.as_ref().is_some_and(|t| Rc::ptr_eq(t, task)) => entry.take(),
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            self.free_slots.borrow_mut().push(slot);
+            self.live.set(self.live.get() - 1);
+        }
+        let joiner = task.joiner.borrow_mut().take();
+        if let Some(j) = joiner {
+            self.unpark(&j);
+        }
+        drop(removed);
+    }
+
+    fn unpark(&self, task: &Rc<Task>) {
+        if task.blocked.get() == Blocked::Parked {
+            task.blocked.set(Blocked::No);
+            self.schedule(task.clone());
+        }
+    }
+
+    /// Deletes the task's wait, unwinds its stack and reports it cancelled.
+    fn cancel(&self, task: &Rc<Task>) -> io::Result<()> {
+        match task.core.state() {
+            State::Finished => return Ok(()),
+            State::Running => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "a coroutine cannot cancel itself",
+                ));
+            }
+            State::Suspended => {}
+        }
+        if let Some(ev) = task.core.wait_event() {
+            ev.del();
+        }
+        task.blocked.set(Blocked::No);
+        task.core.cancel()?;
+        let id = task.core.id();
+        self.complete(task, Outcome::Panicked(Box::new(Cancelled { id })));
+        Ok(())
+    }
+
+    /// Cancels every suspended coroutine (running ones are up the stack and are left alone).
+    fn shutdown(&self) {
+        loop {
+            let victims: Vec<Rc<Task>> = self
+                .tasks
+                .borrow()
+                .iter()
+                .flatten()
+                .filter(|t| t.core.state() == State::Suspended)
+                .cloned()
+                .collect();
+            if victims.is_empty() {
+                break;
+            }
+            for t in &victims {
+                let _ = self.cancel(t);
+            }
+        }
+        self.ready.borrow_mut().retain(|t| !t.is_finished());
+    }
+
+    /// Runs the loop until `done()` holds. An error when nothing can make progress any more.
+    fn drive_until(&self, done: impl Fn() -> bool) -> io::Result<()> {
+        while !done() {
+            if let LoopExit::NoEvents = self.base.loop_once()? {
+                if !done() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Deadlock,
+                        format!(
+                            "deadlock: {} coroutine(s) are parked and no event can wake them",
+                            self.live.get()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn register_waiter(&self, fd: RawFd, task: *const Task) {
+        let i = fd as usize;
+        let mut w = self.fd_waiters.borrow_mut();
+        if w.len() <= i {
+            w.resize_with(i + 1, Vec::new);
+        }
+        w[i].push(task);
+    }
+
+    fn unregister_waiter(&self, fd: RawFd, task: *const Task) {
+        let mut w = self.fd_waiters.borrow_mut();
+        if let Some(list) = w.get_mut(fd as usize) {
+            if let Some(pos) = list.iter().position(|&t| std::ptr::eq(t, task)) {
+                list.swap_remove(pos);
+            }
+        }
+    }
+
+    /// Wakes every coroutine waiting on `fd` with `EBADF`: the fd is about to be closed.
+    pub(crate) fn notify_close(&self, fd: RawFd) {
+        let waiters = match self.fd_waiters.borrow_mut().get_mut(fd as usize) {
+            Some(list) if !list.is_empty() => std::mem::take(list),
+            _ => return,
+        };
+        for t in waiters {
+            // SAFETY: a task is in `fd_waiters` only while it is suspended in `wait`, which
+            // removes it before returning or unwinding; a suspended task is alive (the task
+            // table holds it).
+            let task = unsafe { &*t };
+            if task.blocked.get() != Blocked::Io {
+                continue;
+            }
+            if let Some(ev) = task.core.wait_event() {
+                ev.del();
+            }
+            task.closed.set(true);
+            task.blocked.set(Blocked::No);
+            if let Some(rc) = self.task_rc(task.slot.get()) {
+                self.schedule(rc);
+            }
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.live.get()
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let _ = SCHED.try_with(|s| {
+            if std::ptr::eq(s.get(), self) {
+                s.set(std::ptr::null());
+            }
+        });
+        // Normally `shutdown` ran first and nothing is left. When the thread exits with
+        // coroutines still parked (a spawn that was never driven), unwinding them here is not
+        // possible (generator's own thread-locals may be gone): delete their events and leak
+        // their stacks, so nothing can fire into freed memory when the base goes.
+        for t in self.tasks.get_mut().drain(..).flatten() {
+            if let Some(ev) = t.core.wait_event() {
+                ev.del();
+            }
+            if t.core.state() == State::Suspended {
+                std::mem::forget(t);
+            }
+        }
+        for t in self.ready.get_mut().drain(..) {
+            if t.core.state() == State::Suspended {
+                std::mem::forget(t);
+            }
+        }
+    }
+}
+
+/// The ready-queue drain: resumes the coroutines that were ready when it started.
+unsafe extern "C" fn drain(_fd: sys::evutil_socket_t, _what: c_short, arg: *mut c_void) {
+    // SAFETY: `arg` is the scheduler (see `install`), alive while its drain event can fire.
+    let sched = unsafe { &*(arg as *const Scheduler) };
+    sched.drain_armed.set(false);
+    let n = sched.ready.borrow().len();
+    for _ in 0..n {
+        let next = sched.ready.borrow_mut().pop_front();
+        let Some(task) = next else { break };
+        task.queued.set(false);
+        sched.run_task(&task);
+    }
+    if !sched.ready.borrow().is_empty() {
+        sched.arm();
+    }
+}
+
+/// The callback of every wait event: resumes the task that waited.
+unsafe extern "C" fn wake(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_void) {
+    // SAFETY: `arg` is the task that assigned this event in `wait`; a task deletes its event
+    // before it can be freed (module docs), so it is alive whenever the callback runs.
+    let task = unsafe { &*(arg as *const Task) };
+    // SAFETY: a task's scheduler outlives it (shutdown cancels every task first).
+    let sched = unsafe { &*task.sched };
+    if task.blocked.get() != Blocked::Io {
+        return;
+    }
+    task.blocked.set(Blocked::No);
+    task.woke.set(what);
+    if let Some(rc) = sched.task_rc(task.slot.get()) {
+        sched.run_task(&rc);
+    }
+}
+
+/// The task running now, with its scheduler; errors outside scheduled coroutines.
+fn current_task() -> io::Result<(&'static Task, &'static Scheduler)> {
+    let core = coroutine::current_core().ok_or_else(|| misuse("not inside a coroutine"))?;
+    let task = core.owner.get() as *const Task;
+    if task.is_null() {
+        return Err(misuse(
+            "inside a bare Coroutine: waits need a scheduled coroutine (evco::spawn)",
+        ));
+    }
+    // SAFETY: `owner` is set to the task that embeds this core; it is running, so the task
+    // table (or the caller's handle) keeps it alive for the duration of the call.
+    let task = unsafe { &*task };
+    if core.is_cancelling() {
+        return Err(coroutine::cancelling_error());
+    }
+    // SAFETY: the scheduler outlives its tasks.
+    Ok((task, unsafe { &*task.sched }))
+}
+
+/// Removes a wait's fd registration when the wait ends, including by cancellation.
+struct WaitGuard<'a> {
+    sched: &'a Scheduler,
+    task: &'a Task,
+    fd: RawFd,
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        if self.task.blocked.get() == Blocked::Io {
+            // Unwinding out of the wait (cancellation): make sure the event is gone.
+            if let Some(ev) = self.task.core.wait_event() {
+                ev.del();
+            }
+            self.task.blocked.set(Blocked::No);
+        }
+        if self.fd >= 0 {
+            self.sched.unregister_waiter(self.fd, self.task);
+        }
+    }
+}
+
+/// Suspends the running coroutine until `fd` is ready for `what` or `timeout` passes (with
+/// `fd == -1` and [`What::NONE`], a pure timer that reports [`What::TIMEOUT`] as success).
+pub(crate) fn wait_event(fd: RawFd, what: What, timeout: Option<Duration>) -> io::Result<What> {
+    let (task, sched) = current_task()?;
+    let ev = task
+        .core
+        .wait_event()
+        .ok_or_else(|| misuse("coroutine has no stack"))?;
+    let arg = task as *const Task as *mut c_void;
+    // SAFETY: the base outlives the task, and the task outlives its pending event (module docs).
+    unsafe { ev.assign(sched.base.as_raw(), fd, what, wake, arg) };
+    if let Err(e) = ev.add(timeout) {
+        // epoll rejects bad fds at event_add; say which.
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        if fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        return Err(e);
+    }
+    task.woke.set(0);
+    task.closed.set(false);
+    task.blocked.set(Blocked::Io);
+    if fd >= 0 {
+        sched.register_waiter(fd, task);
+    }
+    let guard = WaitGuard { sched, task, fd };
+    coroutine::switch_out();
+    drop(guard);
+    if task.closed.get() {
+        // The fd was closed under us (io::close): what a read on it would now say.
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(What::from_bits(task.woke.get()))
+}
+
+/// Parks the running coroutine until [`unpark`]; may return spuriously, so callers loop.
+pub(crate) fn park() -> io::Result<()> {
+    let (task, _) = current_task()?;
+    task.blocked.set(Blocked::Parked);
+    coroutine::switch_out();
+    task.blocked.set(Blocked::No);
+    Ok(())
+}
+
+/// Yields the running coroutine: it goes to the back of the ready queue.
+pub fn yield_now() -> io::Result<()> {
+    let (task, sched) = current_task()?;
+    let rc = sched
+        .task_rc(task.slot.get())
+        .ok_or_else(|| misuse("running coroutine is not on the scheduler"))?;
+    sched.schedule(rc);
+    coroutine::switch_out();
+    Ok(())
+}
+
+pub(crate) fn spawn_with<F, T>(
+    name: Option<Rc<str>>,
+    stack_size: usize,
+    f: F,
+) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    let sched = Scheduler::current_or_install()?;
+    let value: Rc<Cell<Option<T>>> = Rc::new(Cell::new(None));
+    let slot = value.clone();
+    let core = Core::new(name, stack_size, move || slot.set(Some(f())))?;
+    let task = Rc::new(Task {
+        core,
+        sched,
+        slot: Cell::new(usize::MAX),
+        queued: Cell::new(false),
+        blocked: Cell::new(Blocked::No),
+        woke: Cell::new(0),
+        closed: Cell::new(false),
+        joiner: RefCell::new(None),
+        outcome: RefCell::new(Outcome::Pending),
+    });
+    task.core.owner.set(Rc::as_ptr(&task) as *const ());
+    sched.insert(&task);
+    sched.schedule(task.clone());
+    Ok(JoinHandle {
+        task,
+        value,
+        _not_send: PhantomData,
+    })
+}
+
+/// Spawns `f` as a new coroutine on this thread's scheduler (installing one if needed).
+///
+/// `f` need not be `Send`: coroutines never leave their thread. It starts when the scheduler
+/// next drains its ready queue (after the caller suspends, or when the loop runs).
+///
+/// # Panics
+///
+/// When no stack can be allocated or no event base created; [`Builder::spawn`] returns those
+/// as errors instead.
+///
+/// [`Builder::spawn`]: crate::coroutine::Builder::spawn
+pub fn spawn<F, T>(f: F) -> JoinHandle<T>
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    match coroutine::Builder::new().spawn(f) {
+        Ok(h) => h,
+        Err(e) => panic!("evco::spawn: {e}"),
+    }
+}
+
+/// Runs `f` as the first coroutine on this thread's scheduler and returns its result once it
+/// and every coroutine spawned on this scheduler have finished.
+///
+/// # Panics
+///
+/// Re-raises a panic of `f`. Panics when called from inside a coroutine, when no event base can
+/// be created, and on a deadlock (coroutines parked with no event that could wake them: they are
+/// cancelled first).
+pub fn run<F, T>(f: F) -> T
+where
+    F: FnOnce() -> T + 'static,
+    T: 'static,
+{
+    assert!(
+        !coroutine::is_coroutine(),
+        "evco::run called inside a coroutine: use evco::spawn"
+    );
+    let sched = match Scheduler::current_or_install() {
+        Ok(s) => s,
+        Err(e) => panic!("evco::run: {e}"),
+    };
+    let handle = spawn(f);
+    if let Err(e) = sched.drive_until(|| sched.live() == 0) {
+        sched.shutdown();
+        panic!("evco::run: {e}");
+    }
+    match handle.join() {
+        Ok(v) => v,
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
+/// An owned permission to join a coroutine (and to cancel it).
+///
+/// Dropping the handle detaches the coroutine: it keeps running.
+///
+/// # Send
+///
+/// `!Send`: the coroutine lives on this thread's scheduler.
+pub struct JoinHandle<T> {
+    task: Rc<Task>,
+    value: Rc<Cell<Option<T>>>,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("id", &self.task.core.id())
+            .field("name", &self.task.core.name())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// Waits for the coroutine to finish and returns its result, or the payload of its panic
+    /// ([`StackOverflow`](crate::coroutine::StackOverflow) for an overflow,
+    /// [`Cancelled`](crate::coroutine::Cancelled) if it was cancelled).
+    ///
+    /// Inside a coroutine it parks the caller. Outside, it runs the event loop until the
+    /// coroutine finishes. Misuse (joining yourself, joining from a bare coroutine, a loop that
+    /// can make no progress) is reported as an `Err` whose payload is an `io::Error`.
+    pub fn join(self) -> std::thread::Result<T> {
+        if let Err(e) = self.wait_finished() {
+            return Err(Box::new(e));
+        }
+        let outcome = std::mem::replace(&mut *self.task.outcome.borrow_mut(), Outcome::Taken);
+        match outcome {
+            Outcome::Done => match self.value.take() {
+                Some(v) => Ok(v),
+                None => Err(Box::new(misuse("coroutine result already taken"))),
+            },
+            Outcome::Panicked(p) => Err(p),
+            Outcome::Pending | Outcome::Taken => {
+                Err(Box::new(misuse("coroutine result already taken")))
+            }
+        }
+    }
+
+    fn wait_finished(&self) -> io::Result<()> {
+        if self.task.is_finished() {
+            return Ok(());
+        }
+        if coroutine::is_coroutine() {
+            let (me, sched) = current_task()?;
+            if std::ptr::eq(me, &*self.task) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Deadlock,
+                    "a coroutine cannot join itself",
+                ));
+            }
+            let me_rc = sched
+                .task_rc(me.slot.get())
+                .ok_or_else(|| misuse("running coroutine is not on the scheduler"))?;
+            *self.task.joiner.borrow_mut() = Some(me_rc);
+            while !self.task.is_finished() {
+                park()?;
+            }
+            Ok(())
+        } else {
+            // SAFETY: the task's scheduler outlives it.
+            let sched = unsafe { &*self.task.sched };
+            let installed = Scheduler::current().is_some_and(|s| std::ptr::eq(s, sched));
+            if !installed {
+                return Err(misuse("join from a thread other than the coroutine's"));
+            }
+            sched.drive_until(|| self.task.is_finished())
+        }
+    }
+
+    /// Whether the coroutine has finished (returned, panicked, overflowed or was cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Cancels the coroutine if it is suspended: deletes whatever it waits on, then unwinds its
+    /// stack so its destructors run. `join` then returns a
+    /// [`Cancelled`](crate::coroutine::Cancelled) payload. A coroutine cannot cancel itself.
+    pub fn cancel(&self) -> io::Result<()> {
+        // SAFETY: the task's scheduler outlives it.
+        let sched = unsafe { &*self.task.sched };
+        sched.cancel(&self.task)
+    }
+
+    /// The coroutine's id.
+    pub fn id(&self) -> CoroutineId {
+        self.task.core.id()
+    }
+
+    /// The coroutine's name, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.task.core.name()
+    }
+}
+
+/// Installs a scheduler on this thread over `base` (typically a host program's, borrowed with
+/// [`EventBase::from_raw`]). The host then runs its own loop; coroutines spawned with
+/// [`spawn`] run from it. Dropping the guard cancels every coroutine left and uninstalls the
+/// scheduler (a borrowed base is not freed).
+///
+/// An error when this thread already has a scheduler with live coroutines, or when called
+/// inside a coroutine.
+pub fn enter(base: EventBase) -> io::Result<SchedulerGuard> {
+    if coroutine::is_coroutine() {
+        return Err(misuse("scheduler::enter called inside a coroutine"));
+    }
+    if let Some(s) = Scheduler::current() {
+        if s.live() > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "this thread already has a scheduler with live coroutines",
+            ));
+        }
+        uninstall();
+    }
+    Scheduler::install(base);
+    Ok(SchedulerGuard {
+        _not_send: PhantomData,
+    })
+}
+
+/// Keeps a scheduler installed by [`enter`]; see there.
+#[derive(Debug)]
+pub struct SchedulerGuard {
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl SchedulerGuard {
+    /// The base the scheduler runs on.
+    pub fn base(&self) -> EventBase {
+        Scheduler::current()
+            .expect("guard alive, scheduler installed")
+            .base()
+            .clone()
+    }
+}
+
+impl Drop for SchedulerGuard {
+    fn drop(&mut self) {
+        if let Some(s) = Scheduler::current() {
+            s.shutdown();
+        }
+        uninstall();
+    }
+}
+
+fn uninstall() {
+    SCHED.with(|s| s.set(std::ptr::null()));
+    let old = OWNER.with(|o| o.borrow_mut().take());
+    drop(old);
+}
+
+/// Cancels every suspended coroutine on this thread's scheduler (their destructors run, their
+/// events are deleted). An error inside a coroutine.
+pub fn shutdown() -> io::Result<()> {
+    if coroutine::is_coroutine() {
+        return Err(misuse("scheduler::shutdown called inside a coroutine"));
+    }
+    if let Some(s) = Scheduler::current() {
+        s.shutdown();
+    }
+    Ok(())
+}
+
+/// The number of coroutines on this thread's scheduler that have not finished.
+pub fn live_coroutines() -> usize {
+    Scheduler::current().map_or(0, Scheduler::live)
+}
+
+/// A handle on this thread's scheduler's event base (installing a scheduler if there is none).
+pub fn base() -> io::Result<EventBase> {
+    Ok(Scheduler::current_or_install()?.base().clone())
+}

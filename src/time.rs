@@ -1,0 +1,18 @@
+//! Timers for coroutines.
+
+use std::time::Duration;
+
+use crate::coroutine;
+use crate::event::What;
+use crate::scheduler;
+
+/// Sleeps for `duration`: a one-shot libevent timer that suspends the running coroutine (other
+/// coroutines run meanwhile). Outside a scheduled coroutine it sleeps the thread; in a
+/// coroutine that is being cancelled it returns at once.
+pub fn sleep(duration: Duration) {
+    match scheduler::wait_event(-1, What::NONE, Some(duration)) {
+        Ok(_) => {}
+        Err(_) if coroutine::current_core().is_some_and(|c| c.is_cancelling()) => {}
+        Err(_) => std::thread::sleep(duration),
+    }
+}

@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: a watchdog deadline, socket pairs, /proc readings.
+#![allow(dead_code)]
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Aborts the whole test process if it is still alive after `secs` seconds: every test is
+/// bounded in time even when the code under test hangs. Dropping the guard disarms it.
+pub struct Watchdog(Option<mpsc::Sender<()>>);
+
+pub fn watchdog(secs: u64) -> Watchdog {
+    let (tx, rx) = mpsc::channel::<()>();
+    let name = std::thread::current().name().unwrap_or("?").to_string();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs)) {
+            eprintln!("watchdog: test '{name}' still running after {secs}s, aborting");
+            std::process::abort();
+        }
+    });
+    Watchdog(Some(tx))
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A connected pair of non-blocking Unix stream sockets.
+pub fn socketpair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+pub fn write_byte(fd: &OwnedFd) {
+    use std::os::fd::AsRawFd;
+    let n = unsafe { libc::write(fd.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    assert_eq!(n, 1, "write: {}", std::io::Error::last_os_error());
+}
+
+pub fn read_byte(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) == 1 }
+}
+
+/// Resident set size of this process in KiB, from /proc/self/status.
+pub fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Number of open fds of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
