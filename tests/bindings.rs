@@ -212,3 +212,66 @@ fn the_backend_is_epoll_unless_event_noepoll_is_set() {
         assert!(method.starts_with("epoll"), "{method}");
     }
 }
+
+/// `evco::sys` has the committed bindings' names and types whether they come from
+/// `src/sys/bindings.rs` or from libevent-sys plus the shim in `src/sys/mod.rs` (CI runs this
+/// file with `--features libevent-sys` too). It proves itself by compiling.
+#[test]
+fn evco_sys_has_the_committed_signatures_in_every_configuration() {
+    use evco::sys as s;
+    use std::os::raw::{c_char, c_long, c_uint};
+
+    // The functions whose C signature has `size_t`: `usize` here, `size_t` in libevent-sys.
+    let _: unsafe extern "C" fn() -> usize = s::event_get_struct_event_size;
+    let _: unsafe extern "C" fn(*mut c_void, usize) = s::evutil_secure_rng_get_bytes;
+    let _: unsafe extern "C" fn(*const c_char, usize) = s::evutil_secure_rng_add_bytes;
+    let _: unsafe extern "C" fn(*mut c_char, usize, *const s::tm) -> c_int = s::evutil_date_rfc1123;
+    let _: unsafe extern "C" fn(*mut c_char, usize, *const c_char, ...) -> c_int =
+        s::evutil_snprintf;
+    let _: unsafe extern "C" fn(*mut c_char, usize, *const c_char, *mut s::__va_list_tag) -> c_int =
+        s::evutil_vsnprintf;
+    let _: unsafe extern "C" fn(c_int, *const c_void, *mut c_char, usize) -> *const c_char =
+        s::evutil_inet_ntop;
+    let _: unsafe extern "C" fn(*const c_char, *const c_char, usize) -> c_int =
+        s::evutil_ascii_strncasecmp;
+    let _: unsafe extern "C" fn(Option<unsafe extern "C" fn(*mut c_char, usize)>) =
+        s::evdns_set_random_bytes_fn;
+    let _: unsafe extern "C" fn(
+        Option<unsafe extern "C" fn(usize) -> *mut c_void>,
+        Option<unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void>,
+        Option<unsafe extern "C" fn(*mut c_void)>,
+    ) = s::event_set_mem_functions;
+
+    // What `bindings.rs` cannot have: libevent `#define`s it.
+    let _: s::evutil_socket_t = 0 as c_int;
+
+    // What evco's event layer uses, in the types it uses them with.
+    let _: unsafe extern "C" fn(
+        *mut s::event,
+        *mut s::event_base,
+        s::evutil_socket_t,
+        c_short,
+        s::event_callback_fn,
+        *mut c_void,
+    ) -> c_int = s::event_assign;
+    let _: unsafe extern "C" fn(*mut s::event, *const s::timeval) -> c_int = s::event_add;
+    let _: unsafe extern "C" fn(*mut s::event_base, c_uint) -> c_int = s::event_base_get_num_events;
+    let _: unsafe extern "C" fn(*mut s::event_config, c_int) -> c_int = s::event_config_set_flag;
+    let _: unsafe extern "C" fn(*const s::event_config) -> *mut s::event_base =
+        s::event_base_new_with_config;
+    let _: s::timeval = s::timeval {
+        tv_sec: 0 as c_long,
+        tv_usec: 0 as c_long,
+    };
+    let _: [u32; 6] = [
+        s::EV_TIMEOUT,
+        s::EV_READ,
+        s::EV_WRITE,
+        s::EVLOOP_ONCE,
+        s::EVENT_BASE_COUNT_ADDED,
+        s::EVENT_BASE_COUNT_ACTIVE,
+    ];
+    let _: s::event_base_config_flag =
+        s::event_base_config_flag_EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST;
+    let _: c_uint = s::event_base_config_flag_EVENT_BASE_FLAG_NOLOCK;
+}
