@@ -168,6 +168,7 @@ impl EventBase {
     ///
     /// libevent's environment switches (`EVENT_NOEPOLL=1` and the like) are honoured.
     pub fn new() -> io::Result<EventBase> {
+        route_libevent_logs();
         // SAFETY: plain constructor; a null result is handled below.
         let cfg = unsafe { sys::event_config_new() };
         if cfg.is_null() {
@@ -316,6 +317,27 @@ impl EventBase {
         );
         self.inner.panics.borrow_mut().push(payload);
     }
+}
+
+/// Sends libevent's own messages (warnings it would print to stderr) to the `log` crate.
+fn route_libevent_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn log_cb(severity: c_int, msg: *const std::os::raw::c_char) {
+        if msg.is_null() {
+            return;
+        }
+        // SAFETY: libevent passes a NUL-terminated message valid for the call.
+        let msg = unsafe { CStr::from_ptr(msg) }.to_string_lossy();
+        let level = match severity as u32 {
+            sys::EVENT_LOG_DEBUG => log::Level::Debug,
+            sys::EVENT_LOG_MSG => log::Level::Info,
+            sys::EVENT_LOG_WARN => log::Level::Warn,
+            _ => log::Level::Error,
+        };
+        log::log!(target: "libevent", level, "{msg}");
+    }
+    // SAFETY: installs a plain function pointer; it never unwinds (no panicking calls).
+    ONCE.call_once(|| unsafe { sys::event_set_log_callback(Some(log_cb)) });
 }
 
 /// libevent's version string, e.g. `"2.1.12-stable"`.
@@ -542,6 +564,9 @@ extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_v
 /// The C signature of the callbacks [`RawEvent`] takes.
 pub(crate) type RawCallback = unsafe extern "C" fn(sys::evutil_socket_t, c_short, *mut c_void);
 
+/// What a [`RawEvent`] was last assigned: base, fd, what, callback address, argument.
+type Assignment = (*mut sys::event_base, RawFd, c_short, usize, *mut c_void);
+
 /// Event storage for evco's own hot paths (the scheduler's waits and ready queue): one
 /// `struct event` allocated once and reused with `event_assign`/`event_add`, with a plain C
 /// callback and argument instead of a boxed closure.
@@ -556,7 +581,7 @@ pub(crate) struct RawEvent {
     mem: NonNull<u64>,
     words: usize,
     /// (base, fd, what, callback, arg) of the last `event_assign`; `None` before the first.
-    assigned: Cell<Option<(*mut sys::event_base, RawFd, c_short, usize, *mut c_void)>>,
+    assigned: Cell<Option<Assignment>>,
 }
 
 impl RawEvent {

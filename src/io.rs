@@ -82,7 +82,11 @@ impl fmt::Debug for Ready {
 /// [`io::ErrorKind::InvalidInput`] outside a scheduled coroutine.
 pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<Ready> {
     let fd = fd.as_raw_fd();
-    if fd < 0 {
+    // libevent's epoll changelist applies a registration at the next dispatch and only logs a
+    // failure there, so a bad fd would never wake its waiter: check it here. (evco's own I/O
+    // paths skip this syscall: they wait only after a call on the fd returned EAGAIN.)
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
     let what = scheduler::wait_event(fd, interest.0, timeout)?;

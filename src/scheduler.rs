@@ -27,9 +27,10 @@
 //! # Fairness
 //!
 //! A drain pass resumes only the coroutines that were ready when it started. libevent runs an
-//! event activated from inside a callback in the same pass, so a coroutine that yields in a loop
-//! could starve I/O; every [`FAIR_EVERY`]th re-arm of the drain therefore goes through a
-//! zero-timeout timer instead, which libevent only runs after it polled for I/O again.
+//! event activated from inside a callback in the same pass, so coroutines that yield in a loop
+//! could starve I/O; after [`FAIR_EVERY`] passes in a row that left coroutines ready, the drain
+//! re-arms through a zero-timeout timer instead, which libevent only runs after it polled for
+//! I/O again.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -91,7 +92,8 @@ pub(crate) struct Scheduler {
     /// Declared before `base`: fields drop in order, and the event must go before its base.
     drain: RawEvent,
     drain_armed: Cell<bool>,
-    arms: Cell<u32>,
+    /// Drain passes in a row that ended with coroutines still ready (see `rearm_from_drain`).
+    starved_passes: Cell<u32>,
     ready: RefCell<VecDeque<Rc<Task>>>,
     tasks: RefCell<Vec<Option<Rc<Task>>>>,
     free_slots: RefCell<Vec<usize>>,
@@ -115,7 +117,7 @@ impl Scheduler {
         let sched = Rc::new(Scheduler {
             drain: RawEvent::new(),
             drain_armed: Cell::new(false),
-            arms: Cell::new(0),
+            starved_passes: Cell::new(0),
             ready: RefCell::new(VecDeque::new()),
             tasks: RefCell::new(Vec::new()),
             free_slots: RefCell::new(Vec::new()),
@@ -188,18 +190,27 @@ impl Scheduler {
     }
 
     fn arm(&self) {
-        if self.drain_armed.replace(true) {
-            return;
+        if !self.drain_armed.replace(true) {
+            self.drain.activate(What::READ);
         }
-        let n = self.arms.get().wrapping_add(1);
-        self.arms.set(n);
-        if n % FAIR_EVERY == 0 {
-            // Errors are impossible for an assigned pure timer; fall back to activation anyway.
+    }
+
+    /// Re-arms the drain from its own callback (coroutines yielded during the pass). Every
+    /// [`FAIR_EVERY`]th consecutive time, go through a zero-timeout timer so libevent polls
+    /// for I/O before the next pass.
+    fn rearm_from_drain(&self) {
+        let n = self.starved_passes.get() + 1;
+        if n >= FAIR_EVERY {
+            self.starved_passes.set(0);
+            self.drain_armed.set(true);
             if self.drain.add(Some(Duration::ZERO)).is_ok() {
                 return;
             }
+            self.drain_armed.set(false);
+        } else {
+            self.starved_passes.set(n);
         }
-        self.drain.activate(What::READ);
+        self.arm();
     }
 
     fn run_task(&self, task: &Rc<Task>) {
@@ -381,7 +392,8 @@ impl Drop for Scheduler {
 unsafe extern "C" fn drain(_fd: sys::evutil_socket_t, _what: c_short, arg: *mut c_void) {
     // SAFETY: `arg` is the scheduler (see `install`), alive while its drain event can fire.
     let sched = unsafe { &*(arg as *const Scheduler) };
-    sched.drain_armed.set(false);
+    // `drain_armed` stays set during the pass, so coroutines that become ready meanwhile
+    // (yield_now, spawn, unpark) only queue up; the end of the pass decides how to re-arm.
     let n = sched.ready.borrow().len();
     for _ in 0..n {
         let next = sched.ready.borrow_mut().pop_front();
@@ -389,8 +401,11 @@ unsafe extern "C" fn drain(_fd: sys::evutil_socket_t, _what: c_short, arg: *mut 
         task.queued.set(false);
         sched.run_task(&task);
     }
-    if !sched.ready.borrow().is_empty() {
-        sched.arm();
+    sched.drain_armed.set(false);
+    if sched.ready.borrow().is_empty() {
+        sched.starved_passes.set(0);
+    } else {
+        sched.rearm_from_drain();
     }
 }
 

@@ -70,3 +70,21 @@ pub fn rss_kib() -> u64 {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
+
+/// Runs the named test of the current test binary in a child process with `env` set, bounded by
+/// the watchdog of the caller; returns its output. The child sees `EVCO_TEST_CHILD=1`.
+pub fn run_child(test: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("EVCO_TEST_CHILD", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Whether this process is a child started by [`run_child`].
+pub fn is_child() -> bool {
+    std::env::var_os("EVCO_TEST_CHILD").is_some()
+}

@@ -1,0 +1,352 @@
+//! Coroutines themselves: asymmetric resume/suspend, panics, overflow, cancellation, stack
+//! reuse and limits.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::{is_child, rss_kib, run_child, socketpair, watchdog};
+use evco::coroutine::{Builder, Coroutine, StackOverflow, Status, suspend};
+
+#[test]
+fn suspend_returns_control_to_whoever_resumed_the_coroutine() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    let mut co = Coroutine::new(move || {
+        l.borrow_mut().push("a1");
+        suspend().unwrap();
+        l.borrow_mut().push("a2");
+    })
+    .unwrap();
+    log.borrow_mut().push("main1");
+    assert!(matches!(co.resume().unwrap(), Status::Suspended));
+    log.borrow_mut().push("main2");
+    assert!(matches!(co.resume().unwrap(), Status::Finished));
+    assert!(co.is_finished());
+    assert_eq!(*log.borrow(), ["main1", "a1", "main2", "a2"]);
+}
+
+#[test]
+fn a_coroutine_can_create_and_resume_another_directly() {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    let mut outer = Coroutine::new(move || {
+        let l2 = l.clone();
+        let mut inner = Coroutine::new(move || {
+            l2.borrow_mut().push("inner1");
+            suspend().unwrap(); // back to outer, not to main
+            l2.borrow_mut().push("inner2");
+        })
+        .unwrap();
+        inner.resume().unwrap();
+        l.borrow_mut().push("outer-between");
+        suspend().unwrap(); // back to main
+        inner.resume().unwrap();
+        l.borrow_mut().push("outer-end");
+    })
+    .unwrap();
+    outer.resume().unwrap();
+    log.borrow_mut().push("main");
+    outer.resume().unwrap();
+    assert_eq!(
+        *log.borrow(),
+        ["inner1", "outer-between", "main", "inner2", "outer-end"]
+    );
+}
+
+#[test]
+fn resuming_a_finished_or_running_coroutine_is_an_error() {
+    let mut co = Coroutine::new(|| ()).unwrap();
+    co.resume().unwrap();
+    assert_eq!(co.resume().unwrap_err().kind(), ErrorKind::InvalidInput);
+
+    // A coroutine that tries to resume itself through a shared slot.
+    let slot: Rc<RefCell<Option<Coroutine>>> = Rc::new(RefCell::new(None));
+    let s = slot.clone();
+    let result = Rc::new(Cell::new(None));
+    let r = result.clone();
+    let me = Coroutine::new(move || {
+        // Take ourselves out of the slot while we run: the owner's `resume` keeps our core.
+        let taken = s.borrow_mut().take();
+        if let Some(mut me) = taken {
+            r.set(Some(me.resume().unwrap_err().kind()));
+            std::mem::forget(me);
+        }
+    })
+    .unwrap();
+    *slot.borrow_mut() = Some(me);
+    // Resume through a raw pointer to the slot's coroutine, as an owner would.
+    let ptr: *mut Coroutine = slot.borrow_mut().as_mut().unwrap();
+    // SAFETY: the coroutine forgets (does not drop) the value it takes out of the slot, so the
+    // pointee stays valid for the whole call.
+    unsafe { (*ptr).resume().unwrap() };
+    assert_eq!(result.get(), Some(ErrorKind::WouldBlock));
+}
+
+#[test]
+fn a_panic_in_a_bare_coroutine_is_returned_by_resume() {
+    let mut co = Coroutine::new(|| panic!("bare boom")).unwrap();
+    match co.resume().unwrap() {
+        Status::Panicked(p) => assert_eq!(p.downcast_ref::<&str>(), Some(&"bare boom")),
+        other => panic!("expected a panic, got {other:?}"),
+    }
+    assert!(co.is_finished());
+}
+
+struct DropCount(Rc<Cell<u32>>);
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn dropping_a_suspended_coroutine_runs_its_destructors() {
+    let drops = Rc::new(Cell::new(0));
+    let d = drops.clone();
+    let mut co = Coroutine::new(move || {
+        let _a = DropCount(d.clone());
+        let _b = DropCount(d);
+        suspend().unwrap();
+        unreachable!("never resumed after the first suspend");
+    })
+    .unwrap();
+    co.resume().unwrap();
+    assert_eq!(drops.get(), 0);
+    drop(co);
+    assert_eq!(drops.get(), 2);
+}
+
+#[test]
+fn a_stack_overflow_is_a_clear_error_on_its_handle_and_the_rest_continue() {
+    let _w = watchdog(30);
+    #[inline(never)]
+    fn recurse(n: u64) -> u64 {
+        let buf = [n as u8; 1024];
+        std::hint::black_box(&buf);
+        if n == u64::MAX {
+            return 0;
+        }
+        recurse(n + 1).wrapping_add(buf[7] as u64)
+    }
+    let survivors = Rc::new(Cell::new(0));
+    let s = survivors.clone();
+    evco::run(move || {
+        let others: Vec<_> = (0..3)
+            .map(|_| {
+                let s = s.clone();
+                evco::spawn(move || {
+                    evco::time::sleep(Duration::from_millis(1));
+                    s.set(s.get() + 1);
+                })
+            })
+            .collect();
+        let bad = Builder::new()
+            .name("deep")
+            .stack_size(32 * 1024)
+            .spawn(|| recurse(0))
+            .unwrap();
+        let payload = bad.join().unwrap_err();
+        let overflow = payload
+            .downcast_ref::<StackOverflow>()
+            .expect("a StackOverflow payload");
+        assert_eq!(overflow.name.as_deref(), Some("deep"));
+        assert_eq!(overflow.stack_size, 32 * 1024);
+        let msg = overflow.to_string();
+        assert!(msg.contains("deep") && msg.contains("32 KiB"), "{msg}");
+        for h in others {
+            h.join().unwrap();
+        }
+        // New coroutines still run fine afterwards.
+        assert_eq!(evco::spawn(|| 9).join().unwrap(), 9);
+    });
+    assert_eq!(survivors.get(), 3);
+}
+
+#[test]
+fn panics_on_small_stacks_with_rust_backtrace_do_not_deadlock_later_panics() {
+    let _w = watchdog(60);
+    if is_child() {
+        evco::run(|| {
+            for _ in 0..20 {
+                let h = Builder::new()
+                    .stack_size(16 * 1024)
+                    .spawn(|| -> () { panic!("small-stack panic") })
+                    .unwrap();
+                assert!(h.join().is_err());
+            }
+        });
+        // A panic on the thread's own stack after that must not hang on the backtrace lock.
+        let r = std::panic::catch_unwind(|| panic!("main-stack panic"));
+        assert!(r.is_err());
+        println!("child-finished");
+        return;
+    }
+    let out = run_child(
+        "panics_on_small_stacks_with_rust_backtrace_do_not_deadlock_later_panics",
+        &[("RUST_BACKTRACE", "1")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("child-finished"));
+}
+
+#[test]
+fn spawn_reports_an_error_naming_the_limit_when_no_stack_can_be_allocated() {
+    let _w = watchdog(60);
+    if is_child() {
+        // Cap the address space a little above what the process uses now: stacks run out fast.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) };
+        let vm_kib: u64 = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmSize:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap();
+        lim.rlim_cur = (vm_kib + 64 * 1024) * 1024;
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+        let err = evco::run(|| {
+            let mut handles = Vec::new();
+            loop {
+                match Builder::new()
+                    .stack_size(1024 * 1024)
+                    .spawn(evco::yield_now)
+                {
+                    Ok(h) => handles.push(h),
+                    Err(e) => return e,
+                }
+                assert!(handles.len() < 100_000, "the limit never hit");
+            }
+        });
+        assert_eq!(err.kind(), ErrorKind::OutOfMemory);
+        let msg = err.to_string();
+        assert!(msg.contains("vm.max_map_count"), "{msg}");
+        println!("child-finished: {msg}");
+        return;
+    }
+    let out = run_child(
+        "spawn_reports_an_error_naming_the_limit_when_no_stack_can_be_allocated",
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("child-finished"));
+}
+
+#[test]
+fn thirty_thousand_coroutines_parked_at_once() {
+    let _w = watchdog(120);
+    let n = 30_000;
+    let (a, b) = socketpair();
+    let woken = Rc::new(Cell::new(0));
+    let w = woken.clone();
+    evco::run(move || {
+        let a = Rc::new(a);
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                let (a, w) = (a.clone(), w.clone());
+                Builder::new()
+                    .stack_size(16 * 1024)
+                    .spawn(move || {
+                        use std::os::fd::AsRawFd;
+                        evco::io::wait(a.as_raw_fd(), evco::io::Interest::READABLE, None).unwrap();
+                        w.set(w.get() + 1);
+                    })
+                    .unwrap()
+            })
+            .collect();
+        evco::yield_now().unwrap();
+        assert_eq!(
+            evco::scheduler::live_coroutines(),
+            n + 1,
+            "the parked ones and this one"
+        );
+        assert_eq!(evco::scheduler::base().unwrap().added_events(), n);
+        common::write_byte(&b);
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    assert_eq!(woken.get(), n);
+}
+
+#[test]
+fn a_million_spawn_finish_cycles_keep_rss_flat() {
+    let _w = watchdog(300);
+    if is_child() {
+        let (before, after) = evco::run(|| {
+            let cycle = |k: usize| {
+                for _ in 0..k {
+                    evco::spawn(|| std::hint::black_box(1)).join().unwrap();
+                }
+            };
+            cycle(10_000); // warm the stack pool and the allocator
+            let before = rss_kib();
+            cycle(1_000_000);
+            (before, rss_kib())
+        });
+        assert!(
+            after <= before + 1024,
+            "RSS grew from {before} KiB to {after} KiB over 1,000,000 spawns"
+        );
+        println!("child-finished: RSS {before} KiB -> {after} KiB");
+        return;
+    }
+    // Alone in its own process: RSS is process-wide and other tests run in parallel.
+    let out = run_child("a_million_spawn_finish_cycles_keep_rss_flat", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("child-finished"));
+}
+
+#[test]
+fn coroutines_yielding_in_a_loop_do_not_starve_io() {
+    let _w = watchdog(30);
+    let (a, b) = socketpair();
+    evco::run(move || {
+        let stop = Rc::new(Cell::new(false));
+        let spinners: Vec<_> = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                evco::spawn(move || {
+                    let mut spins = 0u64;
+                    while !stop.get() {
+                        evco::yield_now().unwrap();
+                        spins += 1;
+                    }
+                    spins
+                })
+            })
+            .collect();
+        let s = stop.clone();
+        let reader = evco::spawn(move || {
+            use std::os::fd::AsRawFd;
+            evco::io::wait(a.as_raw_fd(), evco::io::Interest::READABLE, None).unwrap();
+            s.set(true);
+        });
+        common::write_byte(&b);
+        reader.join().unwrap();
+        for h in spinners {
+            h.join().unwrap();
+        }
+    });
+}
