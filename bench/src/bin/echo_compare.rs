@@ -27,6 +27,7 @@ struct Opts {
     bins: [PathBuf; 3],
     client: PathBuf,
     out: PathBuf,
+    stem: String,
     rounds: usize,
     secs: f64,
     conns: Vec<usize>,
@@ -38,7 +39,8 @@ struct Opts {
 
 const USAGE: &str = "\
 usage: echo_compare --c BIN --evco BIN --tokio BIN --client BIN [options]
-  --out DIR          where echo.csv and echo.svg go (default bench/results)
+  --out DIR          where the CSV and SVG go (default bench/results)
+  --stem NAME        their file name without extension (default echo)
   --rounds N         rounds of every configuration and server (default 5)
   --secs S           seconds of load per run (default 3)
   --conns LIST       connection counts, comma-separated (default 1,100,1000)
@@ -69,6 +71,7 @@ fn parse() -> Opts {
         bins: Default::default(),
         client: PathBuf::new(),
         out: PathBuf::from("bench/results"),
+        stem: "echo".into(),
         rounds: 5,
         secs: 3.0,
         conns: vec![1, 100, 1000],
@@ -90,6 +93,7 @@ fn parse() -> Opts {
             "--tokio" => bins[2] = Some(val().into()),
             "--client" => client = Some(PathBuf::from(val())),
             "--out" => o.out = val().into(),
+            "--stem" => o.stem = val(),
             "--rounds" => o.rounds = val().parse().unwrap_or_else(|_| die("bad --rounds")),
             "--secs" => o.secs = val().parse().unwrap_or_else(|_| die("bad --secs")),
             "--conns" => o.conns = list(&val()),
@@ -332,6 +336,14 @@ fn wait_with_rusage(pid: u32) -> std::io::Result<(i32, f64)> {
     Ok((status, secs(ru.ru_utime) + secs(ru.ru_stime)))
 }
 
+/// The load client's file name, for titles.
+fn client_name(o: &Opts) -> String {
+    o.client.file_name().map_or_else(
+        || o.client.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| x.is_finite());
     if v.is_empty() {
@@ -465,9 +477,11 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "echo comparison: {} rounds x {} s per run; medians; ratios are to the C libevent \
-         server in the same round",
-        o.rounds, o.secs
+        "echo comparison, load {}: {} rounds x {} s per run; medians; ratios are to the C \
+         libevent server in the same round",
+        client_name(o),
+        o.rounds,
+        o.secs
     );
     let _ = writeln!(
         t,
@@ -581,8 +595,11 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
     root.fill(&WHITE)?;
     let root = root.titled(
         &format!(
-            "echo: evco and tokio relative to C libevent, same round (median of {} rounds x {} s)",
-            o.rounds, o.secs
+            "echo: evco and tokio relative to C libevent in the same round (median of {} rounds \
+             x {} s, load: {})",
+            o.rounds,
+            o.secs,
+            client_name(o)
         ),
         ("sans-serif", 18),
     )?;
@@ -719,10 +736,10 @@ fn main() {
             }
         }
     }
-    let csv = o.out.join("echo.csv");
+    let csv = o.out.join(format!("{}.csv", o.stem));
     write_csv(&csv, &o, &runs).unwrap_or_else(|e| die(&format!("{}: {e}", csv.display())));
     let sums = summarise(&o, &runs);
-    let svg = o.out.join("echo.svg");
+    let svg = o.out.join(format!("{}.svg", o.stem));
     if let Err(e) = chart(&svg, &o, &sums) {
         die(&format!("{}: {e}", svg.display()));
     }
