@@ -108,3 +108,52 @@ pub fn close(fd: RawFd) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// THE retry primitive every evco I/O call is: try the non-blocking operation; on
+/// `WouldBlock`, wait for `interest` on `fd` (suspending the coroutine, or `poll(2)` outside
+/// coroutines, as a blocking socket would), then try again. `EINTR` retries at once. With a
+/// `timeout`, the whole call fails with [`io::ErrorKind::TimedOut`] when it expires.
+pub(crate) fn retry<T>(
+    fd: RawFd,
+    interest: Interest,
+    timeout: Option<Duration>,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+        let remaining = match deadline {
+            None => None,
+            Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
+                Some(r) if !r.is_zero() => Some(r),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "operation timed out",
+                    ));
+                }
+            },
+        };
+        wait_for(fd, interest, remaining)?;
+    }
+}
+
+/// One readiness wait: the scheduler's inside a scheduled coroutine, `poll(2)` elsewhere.
+pub(crate) fn wait_for(fd: RawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<()> {
+    if crate::coroutine::is_coroutine() {
+        match scheduler::wait_event(fd, interest.0, timeout) {
+            Ok(what) if what.contains(What::TIMEOUT) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "operation timed out",
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    } else {
+        crate::os::poll(fd, interest.is_readable(), interest.is_writable(), timeout)
+    }
+}

@@ -33,6 +33,8 @@
 pub mod coroutine;
 pub mod event;
 pub mod io;
+pub mod net;
+mod os;
 pub mod scheduler;
 #[allow(missing_debug_implementations)]
 pub mod sys;

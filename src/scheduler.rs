@@ -79,6 +79,8 @@ pub(crate) struct Task {
     closed: Cell<bool>,
     joiner: RefCell<Option<Rc<Task>>>,
     outcome: RefCell<Outcome>,
+    /// The first coroutine of a running `evco::run`: [`shutdown`] leaves it alone.
+    root: Cell<bool>,
 }
 
 impl Task {
@@ -274,15 +276,16 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Cancels every suspended coroutine (running ones are up the stack and are left alone).
-    fn shutdown(&self) {
+    /// Cancels every suspended coroutine (running ones are up the stack and are left alone),
+    /// except `run`'s root coroutine when `spare_root` is set.
+    fn shutdown(&self, spare_root: bool) {
         loop {
             let victims: Vec<Rc<Task>> = self
                 .tasks
                 .borrow()
                 .iter()
                 .flatten()
-                .filter(|t| t.core.state() == State::Suspended)
+                .filter(|t| t.core.state() == State::Suspended && !(spare_root && t.root.get()))
                 .cloned()
                 .collect();
             if victims.is_empty() {
@@ -545,6 +548,7 @@ where
         closed: Cell::new(false),
         joiner: RefCell::new(None),
         outcome: RefCell::new(Outcome::Pending),
+        root: Cell::new(false),
     });
     task.core.owner.set(Rc::as_ptr(&task) as *const ());
     sched.insert(&task);
@@ -600,8 +604,9 @@ where
         Err(e) => panic!("evco::run: {e}"),
     };
     let handle = spawn(f);
+    handle.task.root.set(true);
     if let Err(e) = sched.drive_until(|| sched.live() == 0) {
-        sched.shutdown();
+        sched.shutdown(false);
         panic!("evco::run: {e}");
     }
     match handle.join() {
@@ -759,7 +764,7 @@ impl SchedulerGuard {
 impl Drop for SchedulerGuard {
     fn drop(&mut self) {
         if let Some(s) = Scheduler::current() {
-            s.shutdown();
+            s.shutdown(false);
         }
         uninstall();
     }
@@ -772,13 +777,15 @@ fn uninstall() {
 }
 
 /// Cancels every suspended coroutine on this thread's scheduler (their destructors run, their
-/// events are deleted). An error inside a coroutine.
+/// events are deleted), except the root coroutine of a running [`run`](crate::run): it keeps
+/// going (its joins of cancelled coroutines return [`Cancelled`]) and decides what `run`
+/// returns. Typically called from a signal event's callback. An error inside a coroutine.
 pub fn shutdown() -> io::Result<()> {
     if coroutine::is_coroutine() {
         return Err(misuse("scheduler::shutdown called inside a coroutine"));
     }
     if let Some(s) = Scheduler::current() {
-        s.shutdown();
+        s.shutdown(true);
     }
     Ok(())
 }

@@ -1,0 +1,195 @@
+//! Cooperative networking: std's socket types, made to suspend the coroutine instead of the
+//! thread.
+//!
+//! Every type here wraps the std (or socket2) socket in non-blocking mode, and every blocking
+//! call is the same loop ([`io::retry`](crate::io)): try the non-blocking syscall; on
+//! `WouldBlock`, wait for readiness with a one-shot libevent event (or `poll(2)` outside a
+//! coroutine, so the types also work as plain blocking sockets); try again. Timeouts set with
+//! `set_read_timeout`/`set_write_timeout` bound those waits.
+//!
+//! Writes never raise `SIGPIPE` (std sends with `MSG_NOSIGNAL`); EOF is `Ok(0)`; a reset peer is
+//! [`std::io::ErrorKind::ConnectionReset`].
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use evco::net::{TcpListener, TcpStream};
+//!
+//! evco::run(|| {
+//!     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+//!     let addr = listener.local_addr().unwrap();
+//!     let server = evco::spawn(move || {
+//!         let (mut conn, _) = listener.accept().unwrap();
+//!         let mut buf = [0u8; 5];
+//!         conn.read_exact(&mut buf).unwrap();
+//!         conn.write_all(&buf).unwrap();
+//!     });
+//!     let mut client = TcpStream::connect(addr).unwrap();
+//!     client.write_all(b"hello").unwrap();
+//!     let mut back = [0u8; 5];
+//!     client.read_exact(&mut back).unwrap();
+//!     assert_eq!(&back, b"hello");
+//!     server.join().unwrap();
+//! });
+//! ```
+
+mod tcp;
+mod udp;
+mod unix;
+
+pub use tcp::{Incoming, TcpListener, TcpStream};
+pub use udp::UdpSocket;
+pub use unix::{UnixDatagram, UnixListener, UnixStream};
+
+use std::cell::Cell;
+use std::time::Duration;
+
+/// Per-direction timeouts of a socket, checked by evco (not `SO_RCVTIMEO`, which would not bound
+/// a coroutine's wait).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Timeouts {
+    pub(crate) read: Cell<Option<Duration>>,
+    pub(crate) write: Cell<Option<Duration>>,
+}
+
+impl Timeouts {
+    pub(crate) fn set(slot: &Cell<Option<Duration>>, t: Option<Duration>) -> std::io::Result<()> {
+        if t == Some(Duration::ZERO) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "cannot set a 0 duration timeout",
+            ));
+        }
+        slot.set(t);
+        Ok(())
+    }
+}
+
+/// Generates `set_read_timeout`/`read_timeout`/`set_write_timeout`/`write_timeout`.
+macro_rules! timeout_accessors {
+    () => {
+        /// Bounds every later read (std semantics; `None` waits forever; zero is an error).
+        pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
+            crate::net::Timeouts::set(&self.timeouts.read, t)
+        }
+        /// The read timeout.
+        pub fn read_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
+            Ok(self.timeouts.read.get())
+        }
+        /// Bounds every later write (std semantics; `None` waits forever; zero is an error).
+        pub fn set_write_timeout(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
+            crate::net::Timeouts::set(&self.timeouts.write, t)
+        }
+        /// The write timeout.
+        pub fn write_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
+            Ok(self.timeouts.write.get())
+        }
+    };
+}
+pub(crate) use timeout_accessors;
+
+/// Generates `Read`/`Write` for a stream type and for references to it, over its std inner
+/// stream, each call one [`retry`](crate::io::retry).
+macro_rules! stream_io {
+    ($ty:ty) => {
+        impl std::io::Read for &$ty {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let mut inner = &self.inner;
+                crate::io::retry(
+                    self.fd(),
+                    crate::io::Interest::READABLE,
+                    self.timeouts.read.get(),
+                    || std::io::Read::read(&mut inner, buf),
+                )
+            }
+            fn read_vectored(
+                &mut self,
+                bufs: &mut [std::io::IoSliceMut<'_>],
+            ) -> std::io::Result<usize> {
+                let mut inner = &self.inner;
+                crate::io::retry(
+                    self.fd(),
+                    crate::io::Interest::READABLE,
+                    self.timeouts.read.get(),
+                    || std::io::Read::read_vectored(&mut inner, bufs),
+                )
+            }
+        }
+        impl std::io::Write for &$ty {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let mut inner = &self.inner;
+                crate::io::retry(
+                    self.fd(),
+                    crate::io::Interest::WRITABLE,
+                    self.timeouts.write.get(),
+                    || std::io::Write::write(&mut inner, buf),
+                )
+            }
+            fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                let mut inner = &self.inner;
+                crate::io::retry(
+                    self.fd(),
+                    crate::io::Interest::WRITABLE,
+                    self.timeouts.write.get(),
+                    || std::io::Write::write_vectored(&mut inner, bufs),
+                )
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl std::io::Read for $ty {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                (&*self).read(buf)
+            }
+            fn read_vectored(
+                &mut self,
+                bufs: &mut [std::io::IoSliceMut<'_>],
+            ) -> std::io::Result<usize> {
+                (&*self).read_vectored(bufs)
+            }
+        }
+        impl std::io::Write for $ty {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                (&*self).write(buf)
+            }
+            fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                (&*self).write_vectored(bufs)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use stream_io;
+
+/// Generates the fd traits (`AsRawFd`, `AsFd`, `IntoRawFd`, `FromRawFd`, `From<OwnedFd>`) for a
+/// type whose `inner` is a std socket. `FromRawFd` sets the fd non-blocking.
+macro_rules! fd_traits {
+    ($ty:ty, $inner:ty) => {
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(&self.inner)
+            }
+        }
+        impl std::os::fd::AsFd for $ty {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(&self.inner)
+            }
+        }
+        impl std::os::fd::IntoRawFd for $ty {
+            fn into_raw_fd(self) -> std::os::fd::RawFd {
+                std::os::fd::IntoRawFd::into_raw_fd(self.inner)
+            }
+        }
+        impl std::os::fd::FromRawFd for $ty {
+            /// Takes ownership of `fd` (a socket of the right kind) and makes it non-blocking.
+            unsafe fn from_raw_fd(fd: std::os::fd::RawFd) -> Self {
+                // SAFETY: the caller passes an owned, open socket fd (FromRawFd's contract).
+                let inner = unsafe { <$inner as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                <$ty>::from_std(inner).expect("FIONBIO on a valid socket fd cannot fail")
+            }
+        }
+    };
+}
+pub(crate) use fd_traits;

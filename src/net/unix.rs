@@ -1,0 +1,240 @@
+//! Unix-domain sockets: [`UnixListener`], [`UnixStream`], [`UnixDatagram`].
+
+use std::fmt;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{self as std_unix, SocketAddr};
+use std::path::Path;
+
+use crate::io::{Interest, retry};
+use crate::net::{Timeouts, fd_traits, stream_io, timeout_accessors};
+
+/// A Unix-domain listening socket whose `accept` suspends the calling coroutine.
+pub struct UnixListener {
+    inner: std_unix::UnixListener,
+}
+
+impl fmt::Debug for UnixListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl UnixListener {
+    /// Binds to `path`.
+    pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
+        UnixListener::from_std(std_unix::UnixListener::bind(path)?)
+    }
+
+    /// Wraps a std listener, setting it non-blocking.
+    pub fn from_std(inner: std_unix::UnixListener) -> io::Result<UnixListener> {
+        inner.set_nonblocking(true)?;
+        Ok(UnixListener { inner })
+    }
+
+    /// Unwraps the std listener (still non-blocking).
+    pub fn into_std(self) -> std_unix::UnixListener {
+        self.inner
+    }
+
+    /// Accepts one connection.
+    pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
+        let (s, a) = retry(self.inner.as_raw_fd(), Interest::READABLE, None, || {
+            self.inner.accept()
+        })?;
+        Ok((UnixStream::from_std(s)?, a))
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A Unix-domain stream whose reads and writes suspend the calling coroutine.
+///
+/// ```
+/// use std::io::{Read, Write};
+///
+/// evco::run(|| {
+///     let (a, mut b) = evco::net::UnixStream::pair().unwrap();
+///     evco::spawn(move || (&a).write_all(b"yo").unwrap());
+///     let mut buf = [0u8; 2];
+///     b.read_exact(&mut buf).unwrap();
+///     assert_eq!(&buf, b"yo");
+/// });
+/// ```
+pub struct UnixStream {
+    inner: std_unix::UnixStream,
+    timeouts: Timeouts,
+}
+
+impl fmt::Debug for UnixStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl UnixStream {
+    fn fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+
+    /// Connects to the socket at `path` (Unix connects complete or fail at once).
+    pub fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
+        UnixStream::from_std(std_unix::UnixStream::connect(path)?)
+    }
+
+    /// A connected pair.
+    pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
+        let (a, b) = std_unix::UnixStream::pair()?;
+        Ok((UnixStream::from_std(a)?, UnixStream::from_std(b)?))
+    }
+
+    /// Wraps a std stream, setting it non-blocking.
+    pub fn from_std(inner: std_unix::UnixStream) -> io::Result<UnixStream> {
+        inner.set_nonblocking(true)?;
+        Ok(UnixStream {
+            inner,
+            timeouts: Timeouts::default(),
+        })
+    }
+
+    /// Unwraps the std stream (still non-blocking).
+    pub fn into_std(self) -> std_unix::UnixStream {
+        self.inner
+    }
+
+    /// Shuts down reading, writing or both.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.shutdown(how)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// A second stream on the same connection (a `dup`), with the same timeouts.
+    pub fn try_clone(&self) -> io::Result<UnixStream> {
+        Ok(UnixStream {
+            inner: self.inner.try_clone()?,
+            timeouts: self.timeouts.clone(),
+        })
+    }
+
+    timeout_accessors!();
+}
+
+stream_io!(UnixStream);
+fd_traits!(UnixStream, std_unix::UnixStream);
+fd_traits!(UnixListener, std_unix::UnixListener);
+
+/// A Unix-domain datagram socket whose sends and receives suspend the calling coroutine.
+pub struct UnixDatagram {
+    inner: std_unix::UnixDatagram,
+    timeouts: Timeouts,
+}
+
+impl fmt::Debug for UnixDatagram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl UnixDatagram {
+    fn fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+
+    /// Binds to `path`.
+    pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixDatagram> {
+        UnixDatagram::from_std(std_unix::UnixDatagram::bind(path)?)
+    }
+
+    /// An unbound socket.
+    pub fn unbound() -> io::Result<UnixDatagram> {
+        UnixDatagram::from_std(std_unix::UnixDatagram::unbound()?)
+    }
+
+    /// A connected pair.
+    pub fn pair() -> io::Result<(UnixDatagram, UnixDatagram)> {
+        let (a, b) = std_unix::UnixDatagram::pair()?;
+        Ok((UnixDatagram::from_std(a)?, UnixDatagram::from_std(b)?))
+    }
+
+    /// Wraps a std socket, setting it non-blocking.
+    pub fn from_std(inner: std_unix::UnixDatagram) -> io::Result<UnixDatagram> {
+        inner.set_nonblocking(true)?;
+        Ok(UnixDatagram {
+            inner,
+            timeouts: Timeouts::default(),
+        })
+    }
+
+    /// Unwraps the std socket (still non-blocking).
+    pub fn into_std(self) -> std_unix::UnixDatagram {
+        self.inner
+    }
+
+    /// Connects to the socket at `path`.
+    pub fn connect(&self, path: impl AsRef<Path>) -> io::Result<()> {
+        self.inner.connect(path)
+    }
+
+    /// Sends one datagram to `path`.
+    pub fn send_to(&self, buf: &[u8], path: impl AsRef<Path>) -> io::Result<usize> {
+        let path = path.as_ref();
+        retry(
+            self.fd(),
+            Interest::WRITABLE,
+            self.timeouts.write.get(),
+            || self.inner.send_to(buf, path),
+        )
+    }
+
+    /// Receives one datagram and its sender.
+    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        retry(
+            self.fd(),
+            Interest::READABLE,
+            self.timeouts.read.get(),
+            || self.inner.recv_from(buf),
+        )
+    }
+
+    /// Sends one datagram to the connected peer.
+    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        retry(
+            self.fd(),
+            Interest::WRITABLE,
+            self.timeouts.write.get(),
+            || self.inner.send(buf),
+        )
+    }
+
+    /// Receives one datagram from the connected peer.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        retry(
+            self.fd(),
+            Interest::READABLE,
+            self.timeouts.read.get(),
+            || self.inner.recv(buf),
+        )
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    timeout_accessors!();
+}
+
+fd_traits!(UnixDatagram, std_unix::UnixDatagram);

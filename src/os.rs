@@ -1,0 +1,71 @@
+//! The few libc calls evco's I/O layer makes that std and socket2 do not offer, each behind
+//! [`cvt`], which turns `-1` + `errno` into `io::Error`. Nothing above this module calls libc
+//! for I/O directly.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// `-1` (with `errno` set) to the last OS error; anything else passes through.
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)`: the accepted socket is non-blocking from the start
+/// (no extra `ioctl`), and its peer address comes back with it.
+pub(crate) fn accept_nonblocking(fd: RawFd) -> io::Result<(OwnedFd, socket2::SockAddr)> {
+    // SAFETY: `try_init` hands us a zeroed sockaddr_storage and its length to fill, which is
+    // exactly accept4's contract; the returned fd is fresh and owned by nobody else.
+    unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let new = cvt(libc::accept4(
+                fd,
+                storage.cast(),
+                len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            ))?;
+            Ok(OwnedFd::from_raw_fd(new))
+        })
+    }
+}
+
+/// Blocks the thread until `fd` is ready (used outside coroutines, as a blocking socket would).
+pub(crate) fn poll(
+    fd: RawFd,
+    read: bool,
+    write: bool,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let mut events = 0;
+    if read {
+        events |= libc::POLLIN;
+    }
+    if write {
+        events |= libc::POLLOUT;
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let ms = timeout.map_or(-1, |t| {
+        t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
+    });
+    // SAFETY: one valid pollfd on our stack, count 1.
+    let n = match cvt(unsafe { libc::poll(&mut pfd, 1, ms) }) {
+        // A signal: let the caller retry its operation.
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+        r => r?,
+    };
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "operation timed out",
+        ));
+    }
+    Ok(())
+}
