@@ -3,7 +3,8 @@
 //!
 //! | group      | evco                                      | baseline                                |
 //! |------------|-------------------------------------------|-----------------------------------------|
-//! | `switch`   | bare `Coroutine` resume + `suspend`       | raw `generator` resume + `yield_with`   |
+//! | `switch`   | bare `Coroutine` resume + `suspend`       | raw `generator` resume + `yield_with`,  |
+//! |            |                                           | flat and with 3 more frames each side   |
 //! | `schedule` | `yield_now` through the ready queue       | (the switch above)                      |
 //! | `schedule` | `spawn(..).join()`, stack pool warm       | (target: 300 ns)                        |
 //! | `wait`     | write 1 byte, `io::wait` READABLE, read   | write + read; write + epoll_wait + read |
@@ -37,11 +38,54 @@ fn switch(c: &mut Criterion) {
         });
         b.iter(|| black_box(gn.resume()));
     });
+    // The same switch with three more call frames on each side of it. A stack switch leaves the
+    // CPU's return-address predictor holding the other stack's returns, so every frame the
+    // switch returns through mispredicts: this shows what each layer around the switch costs.
+    g.bench_function("generator resume+yield, 3 more frames each side", |b| {
+        #[allow(deprecated)]
+        let mut gn: generator::Generator<'_, (), ()> = generator::Gn::<()>::new_opt(WORDS, || {
+            loop {
+                deep_yield_1()
+            }
+        });
+        b.iter(|| black_box(deep_resume_1(&mut gn)));
+    });
     g.bench_function("evco Coroutine resume+suspend", |b| {
         let mut co = Coroutine::new(|| while suspend().is_ok() {}).expect("coroutine");
         b.iter(|| black_box(co.resume().expect("resume")));
     });
     g.finish();
+}
+
+type Gen = generator::Generator<'static, (), ()>;
+
+#[inline(never)]
+fn deep_resume_1(g: &mut Gen) -> Option<()> {
+    black_box(deep_resume_2(g))
+}
+#[inline(never)]
+fn deep_resume_2(g: &mut Gen) -> Option<()> {
+    black_box(deep_resume_3(g))
+}
+#[inline(never)]
+fn deep_resume_3(g: &mut Gen) -> Option<()> {
+    black_box(g.resume())
+}
+#[inline(never)]
+fn deep_yield_1() {
+    deep_yield_2();
+    black_box(());
+}
+#[inline(never)]
+fn deep_yield_2() {
+    deep_yield_3();
+    black_box(());
+}
+#[inline(never)]
+fn deep_yield_3() {
+    #[allow(deprecated)]
+    generator::yield_with(());
+    black_box(());
 }
 
 fn schedule(c: &mut Criterion) {
