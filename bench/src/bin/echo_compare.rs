@@ -35,6 +35,7 @@ struct Opts {
     server_cpu: String,
     client_cpu: String,
     port: u16,
+    settle: Duration,
 }
 
 const USAGE: &str = "\
@@ -48,7 +49,9 @@ usage: echo_compare --c BIN --evco BIN --tokio BIN --client BIN [options]
   --quick            --rounds 3 --secs 1 (about a minute)
   --server-cpu CPU   taskset CPU list for the servers (default 0)
   --client-cpu CPU   taskset CPU list for the load client (default 1)
-  --port P           first TCP port; each run takes the next one (default 21000)";
+  --port P           first TCP port; each run takes the next one (default 21000)
+  --settle S         before each run, wait up to S seconds for the two CPUs to be idle
+                     (default 2); the CSV's others_cpu_util says how busy they were anyway";
 
 fn die(msg: &str) -> ! {
     eprintln!("echo_compare: {msg}");
@@ -79,6 +82,7 @@ fn parse() -> Opts {
         server_cpu: "0".into(),
         client_cpu: "1".into(),
         port: 21000,
+        settle: Duration::from_secs(2),
     };
     let mut client = None;
     let mut args = std::env::args().skip(1);
@@ -105,6 +109,10 @@ fn parse() -> Opts {
             "--server-cpu" => o.server_cpu = val(),
             "--client-cpu" => o.client_cpu = val(),
             "--port" => o.port = val().parse().unwrap_or_else(|_| die("bad --port")),
+            "--settle" => {
+                let secs: f64 = val().parse().unwrap_or_else(|_| die("bad --settle"));
+                o.settle = Duration::from_secs_f64(secs.max(0.0));
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -142,6 +150,9 @@ struct Run {
     cpu_s: f64,
     /// CPU seconds the load client used.
     client_cpu_s: f64,
+    /// CPU seconds that the server's and client's CPUs spent on anything but these two
+    /// (other processes, interrupts, a hypervisor's steal): the machine's noise during the run.
+    others_cpu_s: f64,
     /// Wall seconds of the client's run.
     wall_s: f64,
     /// Peak resident set of the server, KiB.
@@ -171,6 +182,69 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     Some(ticks as f64 / hz.max(1) as f64)
+}
+
+/// The CPUs of a taskset list such as `0`, `0,1` or `0-3`.
+fn cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let mut ends = part
+            .trim()
+            .splitn(2, '-')
+            .map(|v| v.trim().parse::<usize>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(a)), None) => cpus.push(a),
+            (Some(Ok(a)), Some(Ok(b))) if a <= b => cpus.extend(a..=b),
+            _ => die(&format!("bad CPU list {list:?}")),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    cpus
+}
+
+/// Busy seconds (everything but idle and iowait) of `cpus` so far, from `/proc/stat`.
+fn busy_seconds(cpus: &[usize]) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let mut ticks = 0u64;
+    for &cpu in cpus {
+        let name = format!("cpu{cpu}");
+        let line = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&name))?;
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap_or(0))
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        ticks += f.iter().take(8).sum::<u64>() - f.get(3)? - f.get(4)?;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks as f64 / hz.max(1) as f64)
+}
+
+/// Waits up to `limit` for the measuring CPUs to be nearly idle (other engineers' builds on a
+/// shared machine come and go), sampling a quarter of a second at a time. Returns whether they
+/// were.
+fn settle(cpus: &[usize], limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        let (Some(a), t) = (busy_seconds(cpus), Instant::now()) else {
+            return false;
+        };
+        std::thread::sleep(Duration::from_millis(250));
+        let Some(b) = busy_seconds(cpus) else {
+            return false;
+        };
+        if (b - a) / t.elapsed().as_secs_f64() < 0.1 * cpus.len() as f64 {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+    }
 }
 
 /// VmHWM of `pid`, in KiB.
@@ -267,6 +341,12 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
     let addr = format!("127.0.0.1:{port}");
     let srv = start_server(&o.bins[server], &o.server_cpu, &addr)?;
     let pid = srv.0.id();
+    let mut cpus = cpu_list(&o.server_cpu);
+    cpus.extend(cpu_list(&o.client_cpu));
+    cpus.sort_unstable();
+    cpus.dedup();
+    settle(&cpus, o.settle);
+    let busy0 = busy_seconds(&cpus).unwrap_or(f64::NAN);
     let cpu0 = cpu_seconds(pid).ok_or("cannot read the server's /proc stat")?;
     let t0 = Instant::now();
     let mut child = Command::new("taskset")
@@ -293,6 +373,7 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
         .map_err(|e| format!("waiting for {}: {e}", o.client.display()))?;
     let wall_s = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_seconds(pid).ok_or("server exited during the run")?;
+    let busy1 = busy_seconds(&cpus).unwrap_or(f64::NAN);
     let hwm_kib = peak_rss_kib(pid).unwrap_or(0);
     drop(srv);
     let stdout = reader.join().unwrap_or_default();
@@ -310,6 +391,7 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
         errors,
         cpu_s: cpu1 - cpu0,
         client_cpu_s,
+        others_cpu_s: (busy1 - busy0 - (cpu1 - cpu0) - client_cpu_s).max(0.0),
         wall_s,
         hwm_kib,
     })
@@ -382,6 +464,8 @@ struct Summary {
     evco_eff_vs_tokio: f64,
     /// Median CPU use (0..1) of the load client over the configuration's runs.
     client_util: f64,
+    /// Median CPU use (0..1, of one CPU) by anything else on the two CPUs during those runs.
+    others_util: f64,
     errors: u64,
 }
 
@@ -408,6 +492,12 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                     runs.iter()
                         .filter(|r| r.conns == conns && r.size == size)
                         .map(|r| r.client_cpu_s / r.wall_s)
+                        .collect(),
+                ),
+                others_util: median(
+                    runs.iter()
+                        .filter(|r| r.conns == conns && r.size == size)
+                        .map(|r| r.others_cpu_s / r.wall_s)
                         .collect(),
                 ),
                 errors: 0,
@@ -447,12 +537,13 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
 fn write_csv(path: &Path, o: &Opts, runs: &[Run]) -> std::io::Result<()> {
     let mut s = String::from(
         "round,conns,size,server,msgs_per_sec,p50_us,p99_us,errors,server_cpu_s,wall_s,\
-         server_cpu_util,server_cpu_ns_per_msg,server_vmhwm_kib,client_cpu_s,client_cpu_util\n",
+         server_cpu_util,server_cpu_ns_per_msg,server_vmhwm_kib,client_cpu_s,client_cpu_util,\
+         others_cpu_s,others_cpu_util\n",
     );
     for r in runs {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.1},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.1},{},{:.3},{:.3}",
+            "{},{},{},{},{:.1},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.1},{},{:.3},{:.3},{:.3},{:.3}",
             r.round + 1,
             r.conns,
             r.size,
@@ -468,6 +559,8 @@ fn write_csv(path: &Path, o: &Opts, runs: &[Run]) -> std::io::Result<()> {
             r.hwm_kib,
             r.client_cpu_s,
             r.client_cpu_s / r.wall_s,
+            r.others_cpu_s,
+            r.others_cpu_s / r.wall_s,
         );
     }
     std::fs::write(path, s)
@@ -486,7 +579,7 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
     let _ = writeln!(
         t,
         "{:>5} {:>6} | {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>6} {:>6} {:>6} | {:>6} {:>6} | \
-         {:>8} | {:>4} {:>4} {:>4} {:>4} | {:>6} {:>6} {:>6}",
+         {:>8} | {:>4} {:>4} {:>4} {:>4} {:>4} | {:>6} {:>6} {:>6}",
         "conns",
         "size",
         "C msg/s",
@@ -504,13 +597,14 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
         "ev%",
         "tk%",
         "cl%",
+        "oth%",
         "C MiB",
         "evco",
         "tokio"
     );
     let _ = writeln!(
         t,
-        "{:>5} {:>6} | {:^29} | {:^13} | {:^20} | {:^13} | {:>8} | {:^19} | {:^20}",
+        "{:>5} {:>6} | {:^29} | {:^13} | {:^20} | {:^13} | {:>8} | {:^24} | {:^20}",
         "",
         "",
         "messages/s",
@@ -518,7 +612,7 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
         "server CPU ns / msg",
         "CPU/msg ratio",
         "vs tokio",
-        "CPU use (cl: client)",
+        "CPU use (client, others)",
         "server peak RSS"
     );
     for s in sums {
@@ -526,7 +620,8 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
         let _ = writeln!(
             t,
             "{:>5} {:>6} | {:>9.0} {:>9.0} {:>9.0} | {:>6.3} {:>6.3} | {:>6.0} {:>6.0} {:>6.0} | \
-             {:>6.3} {:>6.3} | {:>8.3} | {:>4.0} {:>4.0} {:>4.0} {:>4.0} | {:>6.1} {:>6.1} {:>6.1}{}",
+             {:>6.3} {:>6.3} | {:>8.3} | {:>4.0} {:>4.0} {:>4.0} {:>4.0} {:>4.0} | \
+             {:>6.1} {:>6.1} {:>6.1}{}",
             s.conns,
             size_label(s.size),
             s.rate[0],
@@ -544,6 +639,7 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
             s.util[1] * 100.0,
             s.util[2] * 100.0,
             s.client_util * 100.0,
+            s.others_util * 100.0,
             mib(s.hwm[0]),
             mib(s.hwm[1]),
             mib(s.hwm[2]),
@@ -560,8 +656,19 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
          C (lower is better).\nevco eff vs tokio: evco's messages per server-CPU-second over \
          tokio's (target >= 1.0).\nCPU use: a server near 100% was the bottleneck; a server \
          well below it with the client (cl) near 100% means the client was, and msgs/s ratios \
-         then understate the servers' differences (CPU per message still compares them)."
+         then understate the servers' differences (CPU per message still compares them).\noth%: \
+         CPU the two measuring CPUs spent on other work during a run (other processes, \
+         interrupts, steal); above ~10% the machine was busy and msgs/s are unreliable."
     );
+    let busy = sums.iter().filter(|s| s.others_util > 0.1).count();
+    if busy > 0 {
+        let _ = writeln!(
+            t,
+            "WARNING: other work used over 10% of a CPU on the measuring CPUs in {busy} of {} \
+             configurations (oth%): msgs/s there are unreliable, CPU per message less so.",
+            sums.len()
+        );
+    }
     // The targets of the performance issue, where the configuration was run.
     for s in sums
         .iter()
@@ -706,7 +813,8 @@ fn main() {
                             r.round = round;
                             eprintln!(
                                 "[{:>3}/{total} {:>4.0}s] round {} {:>4} x {:>6} {:<5} {:>9.0} msg/s \
-                                 cpu {:>5.0} ns/msg ({:>3.0}%, client {:>3.0}%) hwm {:>6} KiB{}",
+                                 cpu {:>5.0} ns/msg ({:>3.0}%, client {:>3.0}%, others {:>3.0}%) \
+                                 hwm {:>6} KiB{}",
                                 runs.len() + 1,
                                 started.elapsed().as_secs_f64(),
                                 round + 1,
@@ -717,6 +825,7 @@ fn main() {
                                 r.cpu_ns_per_msg(o.secs),
                                 100.0 * r.cpu_s / r.wall_s,
                                 100.0 * r.client_cpu_s / r.wall_s,
+                                100.0 * r.others_cpu_s / r.wall_s,
                                 r.hwm_kib,
                                 if r.errors > 0 {
                                     format!(" ({} errors)", r.errors)
