@@ -20,10 +20,12 @@
 //!
 //! - A coroutine never moves between threads: [`Core`] and every handle on it are `!Send`, and
 //!   the `Send` that `generator` asks of the body is asserted by [`AssertSend`] for that reason.
-//! - A panic in the body is caught by `generator` on the coroutine's stack and re-raised by
-//!   `resume`; [`Core::resume`] catches it there, so it never reaches a C frame. The same holds
-//!   for a stack overflow: the guard page faults, `generator`'s handler jumps back, and `resume`
-//!   raises `Error::StackErr`, which becomes a [`StackOverflow`] payload.
+//! - A panic in the body is caught by `generator` on the coroutine's stack and kept there:
+//!   every stack has generator's "local data" set, which makes `resume` return normally instead
+//!   of re-raising it, and [`Core::resume`] collects it with `get_panic_data`. Nothing unwinds
+//!   across the switch, so a panic never reaches a libevent callback's C frame. A stack overflow
+//!   takes the same road: the guard page faults, generator's handler jumps back with
+//!   `Error::StackErr`, which becomes a [`StackOverflow`] payload.
 //! - Dropping a suspended coroutine resumes it with `generator`'s `Cancel` panic, which unwinds
 //!   its stack and runs its destructors. Whatever it waited on is deleted *before* that (the
 //!   scheduler's `cancel` does it), and while the unwind runs, `cancelling` is set so that evco's
@@ -110,11 +112,17 @@ impl Stack {
         }));
         QUIET_PANICS.with(|q| q.set(false));
         match made {
-            Ok(gn) => Ok(Stack {
-                gn,
-                wait: RawEvent::new(),
-                bytes,
-            }),
+            Ok(mut gn) => {
+                // Non-null local data tells generator not to re-raise a body's panic (or a stack
+                // overflow) from `resume`, but to keep it for `get_panic_data`: no unwinding and
+                // no `catch_unwind` on the switch path. The value is a flag, never dereferenced.
+                gn.set_local_data(std::ptr::NonNull::<u8>::dangling().as_ptr());
+                Ok(Stack {
+                    gn,
+                    wait: RawEvent::new(),
+                    bytes,
+                })
+            }
             Err(payload) => Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 format!(
@@ -217,59 +225,81 @@ impl Core {
     }
 
     /// Runs the coroutine until it suspends or finishes.
+    ///
+    /// Kept small and inlined: every frame between the resumer and the stack switch costs a
+    /// mispredicted return on the way back (the CPU's return-stack buffer does not survive a
+    /// stack switch), so the hot path is this function and generator's own (inlined) resume.
+    #[inline]
     pub(crate) fn resume(&self) -> io::Result<Resumed> {
-        match self.state.get() {
-            State::Suspended => {}
-            State::Running => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "coroutine is already running (it cannot resume itself)",
-                ));
-            }
-            State::Finished => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "coroutine has already finished",
-                ));
-            }
+        if self.state.get() != State::Suspended {
+            return Err(self.not_resumable());
         }
         self.state.set(State::Running);
         let prev = CURRENT.with(|c| c.replace(self));
         // SAFETY: the state was `Suspended`, so no other frame is inside this generator, and the
-        // stack is only taken out in `finish` below, after the switch returned.
+        // stack is only taken out in `finish`, after the switch returned.
         let gn = unsafe {
             &mut (*self.stack.get())
                 .as_mut()
                 .expect("suspended core has a stack")
                 .gn
         };
-        let result = panic::catch_unwind(AssertUnwindSafe(|| gn.resume()));
+        // Never unwinds: the stack's generator has local data set (see `Stack::take`), so a
+        // panic or overflow in the body stays in the generator for `after_body` to collect.
+        gn.resume();
         CURRENT.with(|c| c.set(prev));
-        match result {
-            Ok(_) if !gn.is_done() => {
-                self.state.set(State::Suspended);
-                Ok(Resumed::Suspended)
-            }
-            Ok(_) => {
+        if !gn.is_done() {
+            self.state.set(State::Suspended);
+            return Ok(Resumed::Suspended);
+        }
+        Ok(self.after_body())
+    }
+
+    #[cold]
+    fn not_resumable(&self) -> io::Error {
+        if self.state.get() == State::Running {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "coroutine is already running (it cannot resume itself)",
+            )
+        } else {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "coroutine has already finished",
+            )
+        }
+    }
+
+    /// The body returned, panicked or overflowed: collect how, and finish.
+    fn after_body(&self) -> Resumed {
+        // SAFETY: the generator is done; nothing else borrows the stack.
+        let gn = unsafe {
+            &mut (*self.stack.get())
+                .as_mut()
+                .expect("finished core has a stack")
+                .gn
+        };
+        match gn.get_panic_data() {
+            None => {
                 self.finish(true);
-                Ok(Resumed::Finished)
+                Resumed::Finished
             }
-            Err(payload) => {
-                let overflowed = matches!(
+            Some(payload)
+                if matches!(
                     payload.downcast_ref::<generator::Error>(),
                     Some(generator::Error::StackErr)
-                );
-                if overflowed {
-                    self.finish(false);
-                    Ok(Resumed::Panicked(Box::new(StackOverflow {
-                        id: self.id,
-                        name: self.name.as_deref().map(str::to_owned),
-                        stack_size: self.stack_size,
-                    })))
-                } else {
-                    self.finish(true);
-                    Ok(Resumed::Panicked(payload))
-                }
+                ) =>
+            {
+                self.finish(false);
+                Resumed::Panicked(Box::new(StackOverflow {
+                    id: self.id,
+                    name: self.name.as_deref().map(str::to_owned),
+                    stack_size: self.stack_size,
+                }))
+            }
+            Some(payload) => {
+                self.finish(true);
+                Resumed::Panicked(payload)
             }
         }
     }
@@ -298,10 +328,11 @@ impl Core {
                 .gn
         };
         // `cancel` resumes the body with a `Cancel` panic that generator catches on the
-        // coroutine's stack; a destructor that panics during that unwind would abort, as in std.
-        let result = panic::catch_unwind(AssertUnwindSafe(|| gn.cancel()));
+        // coroutine's stack (a destructor that panics during that unwind aborts, as in std).
+        gn.cancel();
         CURRENT.with(|c| c.set(prev));
-        self.finish(result.is_ok() && gn.is_done());
+        let clean = gn.is_done() && gn.get_panic_data().is_none();
+        self.finish(clean);
         Ok(())
     }
 
@@ -356,6 +387,7 @@ pub(crate) fn current_core() -> Option<&'static Core> {
 ///
 /// Raises generator's `Cancel` panic when the coroutine is being cancelled; callers must let it
 /// unwind. Callers check they are on a coroutine first.
+#[inline(always)]
 pub(crate) fn switch_out() {
     #[allow(deprecated)]
     generator::yield_with(());
@@ -622,6 +654,7 @@ impl Coroutine {
     ///
     /// Resuming a finished coroutine, or one that is running (itself, or one up the chain of
     /// resumes), is an error.
+    #[inline]
     pub fn resume(&mut self) -> io::Result<Status> {
         Ok(match self.core.resume()? {
             Resumed::Suspended => Status::Suspended,
@@ -650,6 +683,7 @@ impl Coroutine {
 ///
 /// An error outside a coroutine, and inside a scheduled coroutine (nothing would resume it:
 /// use [`yield_now`](crate::yield_now) or a wait there).
+#[inline]
 pub fn suspend() -> io::Result<()> {
     let core = current_core().ok_or_else(|| {
         io::Error::new(

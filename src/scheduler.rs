@@ -26,11 +26,13 @@
 //!
 //! # Fairness
 //!
-//! A drain pass resumes only the coroutines that were ready when it started. libevent runs an
-//! event activated from inside a callback in the same pass, so coroutines that yield in a loop
-//! could starve I/O; after [`FAIR_EVERY`] passes in a row that left coroutines ready, the drain
-//! re-arms through a zero-timeout timer instead, which libevent only runs after it polled for
-//! I/O again.
+//! A drain pass resumes ready coroutines in FIFO order, including those that become ready
+//! during the pass (a spawn followed by a join completes within one pass, with no trip through
+//! libevent), but at most [`PASS_BUDGET`] of them. libevent runs an event activated from inside
+//! a callback in the same pass, so coroutines that yield in a loop could still starve I/O: after
+//! [`FAIR_EVERY`] passes in a row that left coroutines ready, the drain re-arms through a
+//! zero-timeout timer instead, which libevent only runs after it polled for I/O again. The drain
+//! event itself is persistent, so activating it never costs an `event_del`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -46,8 +48,10 @@ use crate::coroutine::{self, Cancelled, Core, CoroutineId, Resumed, State};
 use crate::event::{EventBase, LoopExit, RawEvent, What};
 use crate::sys;
 
-/// Every this many re-arms of the ready-queue drain, let libevent poll for I/O first.
-const FAIR_EVERY: u32 = 64;
+/// After this many drain passes in a row that left coroutines ready, let libevent poll first.
+const FAIR_EVERY: u32 = 16;
+/// Most coroutines one drain pass resumes.
+const PASS_BUDGET: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Blocked {
@@ -93,6 +97,8 @@ impl Task {
 pub(crate) struct Scheduler {
     /// Declared before `base`: fields drop in order, and the event must go before its base.
     drain: RawEvent,
+    /// The zero-timeout timer that runs the drain after an I/O poll (see Fairness).
+    fair: RawEvent,
     drain_armed: Cell<bool>,
     /// Drain passes in a row that ended with coroutines still ready (see `rearm_from_drain`).
     starved_passes: Cell<u32>,
@@ -118,6 +124,7 @@ impl Scheduler {
     fn install(base: EventBase) -> Rc<Scheduler> {
         let sched = Rc::new(Scheduler {
             drain: RawEvent::new(),
+            fair: RawEvent::new(),
             drain_armed: Cell::new(false),
             starved_passes: Cell::new(0),
             ready: RefCell::new(VecDeque::new()),
@@ -133,6 +140,9 @@ impl Scheduler {
         unsafe {
             sched
                 .drain
+                .assign(sched.base.as_raw(), -1, What::PERSIST, drain, arg);
+            sched
+                .fair
                 .assign(sched.base.as_raw(), -1, What::NONE, drain, arg)
         };
         SCHED.with(|s| s.set(Rc::as_ptr(&sched)));
@@ -205,7 +215,7 @@ impl Scheduler {
         if n >= FAIR_EVERY {
             self.starved_passes.set(0);
             self.drain_armed.set(true);
-            if self.drain.add(Some(Duration::ZERO)).is_ok() {
+            if self.fair.add(Some(Duration::ZERO)).is_ok() {
                 return;
             }
             self.drain_armed.set(false);
@@ -391,14 +401,13 @@ impl Drop for Scheduler {
     }
 }
 
-/// The ready-queue drain: resumes the coroutines that were ready when it started.
+/// The ready-queue drain: resumes ready coroutines, at most [`PASS_BUDGET`] of them.
 unsafe extern "C" fn drain(_fd: sys::evutil_socket_t, _what: c_short, arg: *mut c_void) {
     // SAFETY: `arg` is the scheduler (see `install`), alive while its drain event can fire.
     let sched = unsafe { &*(arg as *const Scheduler) };
     // `drain_armed` stays set during the pass, so coroutines that become ready meanwhile
     // (yield_now, spawn, unpark) only queue up; the end of the pass decides how to re-arm.
-    let n = sched.ready.borrow().len();
-    for _ in 0..n {
+    for _ in 0..PASS_BUDGET {
         let next = sched.ready.borrow_mut().pop_front();
         let Some(task) = next else { break };
         task.queued.set(false);
