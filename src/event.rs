@@ -241,9 +241,14 @@ impl EventBase {
         self.run_loop(sys::EVLOOP_ONCE as c_int)
     }
 
-    /// Runs the callbacks of events that are ready now, without blocking.
+    /// Runs the callbacks of events that are ready now, without blocking: one round.
+    ///
+    /// `EVLOOP_NONBLOCK | EVLOOP_ONCE`: plain `EVLOOP_NONBLOCK` goes round again for as long as
+    /// callbacks are active, and evco's ready-queue drain always is while a coroutine yields
+    /// in a loop, so it would never return. (A host program calling `event_base_loop` with
+    /// plain `EVLOOP_NONBLOCK` should add `EVLOOP_ONCE` for the same reason.)
     pub fn loop_nonblock(&self) -> io::Result<LoopExit> {
-        self.run_loop(sys::EVLOOP_NONBLOCK as c_int)
+        self.run_loop((sys::EVLOOP_NONBLOCK | sys::EVLOOP_ONCE) as c_int)
     }
 
     fn run_loop(&self, flags: c_int) -> io::Result<LoopExit> {
