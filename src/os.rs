@@ -2,8 +2,8 @@
 //! [`cvt`], which turns `-1` + `errno` into `io::Error`. Nothing above this module calls libc
 //! for I/O directly.
 
-use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// `-1` (with `errno` set) to the last OS error; anything else passes through.
@@ -31,6 +31,16 @@ pub(crate) fn accept_nonblocking(fd: RawFd) -> io::Result<(OwnedFd, socket2::Soc
             Ok(OwnedFd::from_raw_fd(new))
         })
     }
+}
+
+/// `send(MSG_NOSIGNAL)`: a write to a closed peer is `EPIPE`, never `SIGPIPE`.
+pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    socket2::SockRef::from(&fd).send_with_flags(buf, libc::MSG_NOSIGNAL)
+}
+
+/// `sendmsg(MSG_NOSIGNAL)`: a vectored write that never raises `SIGPIPE` (`writev` would).
+pub(crate) fn send_vectored(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    socket2::SockRef::from(&fd).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
 }
 
 /// Blocks the thread until `fd` is ready (used outside coroutines, as a blocking socket would).

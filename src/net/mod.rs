@@ -7,7 +7,7 @@
 //! coroutine, so the types also work as plain blocking sockets); try again. Timeouts set with
 //! `set_read_timeout`/`set_write_timeout` bound those waits.
 //!
-//! Writes never raise `SIGPIPE` (std sends with `MSG_NOSIGNAL`); EOF is `Ok(0)`; a reset peer is
+//! Writes never raise `SIGPIPE` (every stream write is a `send`/`sendmsg` with `MSG_NOSIGNAL`); EOF is `Ok(0)`; a reset peer is
 //! [`std::io::ErrorKind::ConnectionReset`].
 //!
 //! ```
@@ -115,22 +115,24 @@ macro_rules! stream_io {
             }
         }
         impl std::io::Write for &$ty {
+            // send/sendmsg with MSG_NOSIGNAL: std's write_vectored is a writev, which raises
+            // SIGPIPE on a closed peer (TCP and Unix streams alike).
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                let mut inner = &self.inner;
+                let fd = std::os::fd::AsFd::as_fd(&self.inner);
                 crate::io::retry(
                     self.fd(),
                     crate::io::Interest::WRITABLE,
                     self.timeouts.write.get(),
-                    || std::io::Write::write(&mut inner, buf),
+                    || crate::os::send(fd, buf),
                 )
             }
             fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-                let mut inner = &self.inner;
+                let fd = std::os::fd::AsFd::as_fd(&self.inner);
                 crate::io::retry(
                     self.fd(),
                     crate::io::Interest::WRITABLE,
                     self.timeouts.write.get(),
-                    || std::io::Write::write_vectored(&mut inner, bufs),
+                    || crate::os::send_vectored(fd, bufs),
                 )
             }
             fn flush(&mut self) -> std::io::Result<()> {
