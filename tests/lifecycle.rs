@@ -1,0 +1,429 @@
+//! A property test of the scheduler's life cycle.
+//!
+//! proptest generates a driver script: spawn coroutines that run scripts of their own (wait for
+//! an fd to be readable or writable, with or without a timeout; sleep; yield; join an earlier
+//! coroutine; panic), make fds readable, close waited fds with `io::close`, cancel coroutines,
+//! drop their handles, let the others run. After each case the invariants are checked:
+//!
+//! - every coroutine ended exactly once, and in the way its history allows (finished its
+//!   script, panicked at its `Panic` step, or was cancelled by a `Cancel` of the driver);
+//! - every coroutine's captured values were dropped exactly once;
+//! - every join saw the same ending;
+//! - every wait returned what its kind allows (readiness, `TimedOut` only with a timeout,
+//!   `EBADF` only on a closed fd);
+//! - no event stays registered (`added_events` back to its baseline), and after the run, fresh
+//!   fds that reuse the closed numbers and become readable wake nothing (a callback into a
+//!   finished coroutine would crash, or show under valgrind).
+//!
+//! Nothing is asserted inside `evco::run` (a failed assertion there would leave the other
+//! coroutines running): violations are collected and checked after it returns.
+
+mod common;
+
+use std::cell::{Cell, RefCell};
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::{socketpair, watchdog, write_byte};
+use evco::JoinHandle;
+use evco::coroutine::Cancelled;
+use evco::io::{Interest, wait};
+use proptest::prelude::*;
+
+const PAIRS: usize = 3;
+const PANIC_MSG: &str = "scripted panic";
+
+/// One step of a coroutine's script.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Wait for `pairs[pair]` to be readable (then take a byte if one is there).
+    Read {
+        pair: usize,
+        timeout_ms: Option<u64>,
+    },
+    /// Wait for `pairs[pair]` to be writable (it always is: ends by readiness at once).
+    Writable {
+        pair: usize,
+    },
+    Sleep {
+        ms: u64,
+    },
+    Yield,
+    /// Join the coroutine spawned `back` places earlier, if its handle is still there.
+    Join {
+        back: usize,
+    },
+    Panic,
+}
+
+/// One action of the driver (the root coroutine).
+#[derive(Clone, Debug)]
+enum Op {
+    Spawn(Vec<Step>),
+    /// Make `pairs[pair]` readable.
+    Poke(usize),
+    /// `io::close` the fd of `pairs[pair]` (its waiters get EBADF).
+    Close(usize),
+    /// Cancel coroutine `n % spawned`.
+    Cancel(usize),
+    /// Drop the handle of coroutine `n % spawned` (detach it).
+    DropHandle(usize),
+    /// Let the others run: yield `n` times (even `n`) or sleep `n` ms (odd `n`).
+    Run(u8),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0..PAIRS, prop::option::of(1u64..6)).prop_map(|(pair, timeout_ms)| Step::Read { pair, timeout_ms }),
+        1 => (0..PAIRS).prop_map(|pair| Step::Writable { pair }),
+        2 => (0u64..4).prop_map(|ms| Step::Sleep { ms }),
+        2 => Just(Step::Yield),
+        2 => (1usize..4).prop_map(|back| Step::Join { back }),
+        1 => Just(Step::Panic),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => prop::collection::vec(step(), 0..5).prop_map(Op::Spawn),
+        3 => (0..PAIRS).prop_map(Op::Poke),
+        1 => (0..PAIRS).prop_map(Op::Close),
+        2 => any::<usize>().prop_map(Op::Cancel),
+        1 => any::<usize>().prop_map(Op::DropHandle),
+        3 => any::<u8>().prop_map(|n| Op::Run(n % 6)),
+    ]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    Finished,
+    Panicked,
+    Cancelled,
+}
+
+/// What the coroutines and the driver share. Single-threaded: `Rc` and cells.
+#[derive(Default)]
+struct World {
+    /// The waited end of each pair (closed through `io::close`), and the end that pokes it.
+    fds: Vec<RawFd>,
+    pokers: Vec<OwnedFd>,
+    closed: Vec<Cell<bool>>,
+    handles: RefCell<Vec<Option<JoinHandle<()>>>>,
+    scripts: RefCell<Vec<Vec<Step>>>,
+    /// How each coroutine ended, set once (by itself, or by its guard when cancelled).
+    ends: RefCell<Vec<Option<End>>>,
+    /// Destructor runs of the guard each coroutine's closure owns.
+    drops: RefCell<Vec<u32>>,
+    cancel_requested: RefCell<Vec<bool>>,
+    /// What joins saw, per coroutine (each handle is joined at most once).
+    joined: RefCell<Vec<Option<End>>>,
+    violations: RefCell<Vec<String>>,
+}
+
+impl World {
+    fn violation(&self, v: String) {
+        self.violations.borrow_mut().push(v);
+    }
+
+    fn set_end(&self, i: usize, end: End) {
+        let mut ends = self.ends.borrow_mut();
+        if let Some(old) = ends[i] {
+            drop(ends);
+            self.violation(format!("coroutine {i} ended twice: {old:?} then {end:?}"));
+        } else {
+            ends[i] = Some(end);
+        }
+    }
+
+    fn record_join(&self, i: usize, r: std::thread::Result<()>) {
+        let end = match r {
+            Ok(()) => End::Finished,
+            Err(p) if p.downcast_ref::<Cancelled>().is_some() => End::Cancelled,
+            Err(p) if p.downcast_ref::<&str>() == Some(&PANIC_MSG) => End::Panicked,
+            Err(p) => {
+                let what = p
+                    .downcast_ref::<std::io::Error>()
+                    .map_or("unknown payload".to_string(), |e| e.to_string());
+                self.violation(format!(
+                    "join of coroutine {i}: unexpected payload ({what})"
+                ));
+                return;
+            }
+        };
+        let mut joined = self.joined.borrow_mut();
+        if joined[i].replace(end).is_some() {
+            drop(joined);
+            self.violation(format!("coroutine {i} joined twice"));
+        }
+    }
+}
+
+/// Owned by each coroutine's closure: counts its drop and classifies an ending the coroutine
+/// did not record itself (a cancellation: an unwind, or a closure dropped before it ever ran).
+struct Guard {
+    world: Rc<World>,
+    i: usize,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let w = &self.world;
+        w.drops.borrow_mut()[self.i] += 1;
+        let recorded = w.ends.borrow()[self.i];
+        if recorded.is_none() {
+            if w.cancel_requested.borrow()[self.i] {
+                w.set_end(self.i, End::Cancelled);
+            } else {
+                w.violation(format!(
+                    "coroutine {} ended without finishing, panicking or being cancelled",
+                    self.i
+                ));
+            }
+        }
+    }
+}
+
+fn run_script(world: &Rc<World>, i: usize, script: &[Step]) {
+    for (k, step) in script.iter().enumerate() {
+        match *step {
+            Step::Read { pair, timeout_ms } => {
+                if world.closed[pair].get() {
+                    continue;
+                }
+                let fd = world.fds[pair];
+                let timeout = timeout_ms.map(Duration::from_millis);
+                match wait(fd, Interest::READABLE, timeout) {
+                    Ok(r) if r.is_readable() => {
+                        // Take a byte if it is still there (another reader may have won).
+                        let mut b = [0u8; 1];
+                        // SAFETY: `fd` is open (not closed: checked above, and nothing
+                        // switched since the wait returned); a non-blocking read of one byte.
+                        unsafe { libc::recv(fd, b.as_mut_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+                    }
+                    Ok(r) => world.violation(format!("{i}/{k}: read wait woke with {r:?}")),
+                    Err(e) if e.kind() == ErrorKind::TimedOut && timeout.is_some() => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBADF) && world.closed[pair].get() => {
+                    }
+                    Err(e) => world.violation(format!("{i}/{k}: read wait on pair {pair}: {e}")),
+                }
+            }
+            Step::Writable { pair } => {
+                if world.closed[pair].get() {
+                    continue;
+                }
+                match wait(world.fds[pair], Interest::WRITABLE, None) {
+                    Ok(r) if r.is_writable() => {}
+                    Ok(r) => world.violation(format!("{i}/{k}: write wait woke with {r:?}")),
+                    Err(e) if e.raw_os_error() == Some(libc::EBADF) && world.closed[pair].get() => {
+                    }
+                    Err(e) => world.violation(format!("{i}/{k}: write wait: {e}")),
+                }
+            }
+            Step::Sleep { ms } => evco::time::sleep(Duration::from_millis(ms)),
+            Step::Yield => {
+                if let Err(e) = evco::yield_now() {
+                    world.violation(format!("{i}/{k}: yield: {e}"));
+                }
+            }
+            Step::Join { back } => {
+                if back > i {
+                    continue;
+                }
+                let t = i - back;
+                let h = world.handles.borrow_mut()[t].take();
+                if let Some(h) = h {
+                    world.record_join(t, h.join());
+                }
+            }
+            Step::Panic => {
+                world.set_end(i, End::Panicked);
+                std::panic::panic_any(PANIC_MSG);
+            }
+        }
+    }
+    world.set_end(i, End::Finished);
+}
+
+fn spawn_scripted(world: &Rc<World>, script: Vec<Step>) {
+    let i = world.handles.borrow().len();
+    world.scripts.borrow_mut().push(script.clone());
+    world.ends.borrow_mut().push(None);
+    world.drops.borrow_mut().push(0);
+    world.cancel_requested.borrow_mut().push(false);
+    world.joined.borrow_mut().push(None);
+    let guard = Guard {
+        world: world.clone(),
+        i,
+    };
+    let h = evco::spawn(move || {
+        let guard = guard;
+        run_script(&guard.world, i, &script);
+    });
+    world.handles.borrow_mut().push(Some(h));
+}
+
+fn drive(world: &Rc<World>, ops: &[Op]) {
+    for op in ops {
+        let spawned = world.handles.borrow().len();
+        match op {
+            Op::Spawn(script) => spawn_scripted(world, script.clone()),
+            Op::Poke(p) => {
+                if !world.closed[*p].get() {
+                    // Non-blocking; a full buffer (EAGAIN) is fine.
+                    // SAFETY: one byte from a local to an fd we own.
+                    unsafe {
+                        libc::send(
+                            world.pokers[*p].as_raw_fd(),
+                            b"x".as_ptr().cast(),
+                            1,
+                            libc::MSG_DONTWAIT,
+                        )
+                    };
+                }
+            }
+            Op::Close(p) => close_pair(world, *p),
+            Op::Cancel(n) if spawned > 0 => {
+                let t = n % spawned;
+                let handles = world.handles.borrow();
+                if let Some(h) = handles[t].as_ref() {
+                    if !h.is_finished() {
+                        world.cancel_requested.borrow_mut()[t] = true;
+                    }
+                    if let Err(e) = h.cancel() {
+                        world.violation(format!("cancel of {t}: {e}"));
+                    }
+                    if !h.is_finished() {
+                        world.violation(format!("coroutine {t} still alive after cancel"));
+                    }
+                }
+            }
+            Op::DropHandle(n) if spawned > 0 => {
+                let h = world.handles.borrow_mut()[n % spawned].take();
+                drop(h);
+            }
+            Op::Cancel(_) | Op::DropHandle(_) => {}
+            Op::Run(n) if n % 2 == 0 => {
+                for _ in 0..*n {
+                    evco::yield_now().unwrap();
+                }
+            }
+            Op::Run(n) => evco::time::sleep(Duration::from_millis(u64::from(*n))),
+        }
+    }
+    // Wind down: closing every fd wakes every fd waiter, and later steps skip closed fds, so
+    // every coroutine reaches its end; join those whose handles are left.
+    for p in 0..PAIRS {
+        close_pair(world, p);
+    }
+    let left: Vec<(usize, JoinHandle<()>)> = world
+        .handles
+        .borrow_mut()
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, h)| Some((i, h.take()?)))
+        .collect();
+    for (i, h) in left {
+        world.record_join(i, h.join());
+    }
+}
+
+fn close_pair(world: &World, p: usize) {
+    if !world.closed[p].replace(true) {
+        if let Err(e) = evco::io::close(world.fds[p]) {
+            world.violation(format!("io::close of pair {p}: {e}"));
+        }
+    }
+}
+
+/// Runs one case; returns the violations found.
+fn check(ops: Vec<Op>) -> Vec<String> {
+    let baseline = evco::scheduler::base().unwrap().added_events();
+    let mut world = World::default();
+    for _ in 0..PAIRS {
+        let (a, b) = socketpair();
+        world.fds.push(a.into_raw_fd());
+        world.pokers.push(b);
+        world.closed.push(Cell::new(false));
+    }
+    let world = Rc::new(world);
+    let w = world.clone();
+    evco::run(move || drive(&w, &ops));
+
+    let mut v = world.violations.take();
+    if evco::scheduler::live_coroutines() != 0 {
+        v.push(format!(
+            "{} coroutines alive after run",
+            evco::scheduler::live_coroutines()
+        ));
+    }
+    let added = evco::scheduler::base().unwrap().added_events();
+    if added != baseline {
+        v.push(format!(
+            "{added} events registered after run, {baseline} before"
+        ));
+    }
+    let scripts = world.scripts.borrow();
+    let ends = world.ends.borrow();
+    for (i, script) in scripts.iter().enumerate() {
+        let drops = world.drops.borrow()[i];
+        if drops != 1 {
+            v.push(format!(
+                "coroutine {i}: its closure was dropped {drops} times"
+            ));
+        }
+        let has_panic = script.iter().any(|s| matches!(s, Step::Panic));
+        match ends[i] {
+            None => v.push(format!("coroutine {i} never ended")),
+            Some(End::Finished) if has_panic => {
+                v.push(format!("coroutine {i} finished past its Panic step"))
+            }
+            Some(End::Panicked) if !has_panic => {
+                v.push(format!("coroutine {i} panicked without a Panic step"))
+            }
+            Some(End::Cancelled) if !world.cancel_requested.borrow()[i] => {
+                v.push(format!("coroutine {i} cancelled without a Cancel"))
+            }
+            Some(_) => {}
+        }
+        if let Some(j) = world.joined.borrow()[i] {
+            if Some(j) != ends[i] {
+                v.push(format!(
+                    "coroutine {i}: join saw {j:?}, it ended {:?}",
+                    ends[i]
+                ));
+            }
+        }
+    }
+    drop((scripts, ends));
+
+    // Aftermath: fresh fds take the closed numbers and become readable; one more loop pass must
+    // wake nothing (no event of the finished coroutines may still be registered for them).
+    let fresh: Vec<_> = (0..PAIRS).map(|_| socketpair()).collect();
+    for (_, b) in &fresh {
+        write_byte(b);
+    }
+    evco::run(|| evco::time::sleep(Duration::from_millis(1)));
+    let added = evco::scheduler::base().unwrap().added_events();
+    if added != baseline {
+        v.push(format!("{added} events registered after the aftermath run"));
+    }
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        // 64 in CI; LIFECYCLE_CASES=N for a longer hunt.
+        cases: std::env::var("LIFECYCLE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_scheduler_life_cycle_keeps_its_invariants(ops in prop::collection::vec(op(), 1..32)) {
+        let _w = watchdog(60);
+        let violations = check(ops);
+        prop_assert!(violations.is_empty(), "{:#?}", violations);
+    }
+}
