@@ -55,6 +55,8 @@ impl What {
     pub const PERSIST: What = What(sys::EV_PERSIST as c_short);
     /// The peer closed the connection (epoll backends only).
     pub const CLOSED: What = What(sys::EV_CLOSED as c_short);
+    /// Edge-triggered (backends with `EV_FEATURE_ET`, i.e. epoll).
+    pub const EDGE: What = What(sys::EV_ET as c_short);
 
     /// The raw bits.
     pub const fn bits(self) -> c_short {
@@ -292,6 +294,13 @@ impl EventBase {
         }
         // SAFETY: non-null, NUL-terminated, static.
         unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("unknown")
+    }
+
+    /// Whether the backend supports edge-triggered events (epoll does, poll does not).
+    pub fn supports_edge_triggered(&self) -> bool {
+        // SAFETY: the base is live.
+        let features = unsafe { sys::event_base_get_features(self.as_raw()) };
+        features & sys::event_method_feature_EV_FEATURE_ET as c_int != 0
     }
 
     /// The number of events added (pending) on this base, internal ones included.

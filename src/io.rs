@@ -89,7 +89,28 @@ pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> 
     if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    let what = scheduler::wait_event(fd, interest.0, timeout)?;
+    let what = if scheduler::is_registered(fd) {
+        // An evco socket with a persistent edge-triggered event: an edge may already have come
+        // and gone, so look at the level first (this path is for raw fds of evco's own sockets
+        // only; evco's I/O never takes it).
+        if let Some(ready) =
+            crate::os::ready_now(fd, interest.is_readable(), interest.is_writable())?
+        {
+            return Ok(Ready(ready));
+        }
+        let single = if interest.is_readable() {
+            What::READ
+        } else {
+            What::WRITE
+        };
+        if interest.is_readable() && interest.is_writable() {
+            scheduler::wait_event(fd, interest.0, timeout)?
+        } else {
+            scheduler::wait_registered(fd, single, timeout)?
+        }
+    } else {
+        scheduler::wait_event(fd, interest.0, timeout)?
+    };
     if what.contains(What::TIMEOUT) {
         return Err(io::Error::new(io::ErrorKind::TimedOut, "wait timed out"));
     }
@@ -102,6 +123,7 @@ pub fn close(fd: RawFd) -> io::Result<()> {
     if let Some(s) = Scheduler::current() {
         s.notify_close(fd);
     }
+    scheduler::deregister(fd);
     // SAFETY: closing a descriptor has no memory-safety preconditions; the caller owns `fd`.
     if unsafe { libc::close(fd) } == -1 {
         return Err(io::Error::last_os_error());
@@ -138,22 +160,42 @@ pub(crate) fn retry<T>(
                 }
             },
         };
-        wait_for(fd, interest, remaining)?;
+        wait_owned(fd, interest, remaining)?;
     }
 }
 
-/// One readiness wait: the scheduler's inside a scheduled coroutine, `poll(2)` elsewhere.
-pub(crate) fn wait_for(fd: RawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<()> {
+/// One readiness wait after `EAGAIN` on an evco-owned socket: the socket's registration inside
+/// a scheduled coroutine, `poll(2)` elsewhere.
+fn wait_owned(fd: RawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<()> {
     if crate::coroutine::is_coroutine() {
-        match scheduler::wait_event(fd, interest.0, timeout) {
-            Ok(what) if what.contains(What::TIMEOUT) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "operation timed out",
-            )),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        }
+        let what = if interest.is_writable() {
+            What::WRITE
+        } else {
+            What::READ
+        };
+        timed_out(scheduler::wait_registered(fd, what, timeout)?)
     } else {
         crate::os::poll(fd, interest.is_readable(), interest.is_writable(), timeout)
+    }
+}
+
+/// One one-shot readiness wait (for fds no evco socket owns yet, e.g. a connect in progress):
+/// the scheduler's inside a scheduled coroutine, `poll(2)` elsewhere.
+pub(crate) fn wait_for(fd: RawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<()> {
+    if crate::coroutine::is_coroutine() {
+        timed_out(scheduler::wait_event(fd, interest.0, timeout)?)
+    } else {
+        crate::os::poll(fd, interest.is_readable(), interest.is_writable(), timeout)
+    }
+}
+
+fn timed_out(what: What) -> io::Result<()> {
+    if what.contains(What::TIMEOUT) {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "operation timed out",
+        ))
+    } else {
+        Ok(())
     }
 }

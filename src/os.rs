@@ -79,3 +79,36 @@ pub(crate) fn poll(
     }
     Ok(())
 }
+
+/// The readiness of `fd` right now (a zero-timeout `poll(2)`): `None` when not ready.
+pub(crate) fn ready_now(
+    fd: RawFd,
+    read: bool,
+    write: bool,
+) -> io::Result<Option<crate::event::What>> {
+    use crate::event::What;
+    let mut events = 0;
+    if read {
+        events |= libc::POLLIN;
+    }
+    if write {
+        events |= libc::POLLOUT;
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on our stack, count 1, no waiting.
+    if cvt(unsafe { libc::poll(&mut pfd, 1, 0) })? == 0 {
+        return Ok(None);
+    }
+    let mut what = What::NONE;
+    if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && read {
+        what = what | What::READ;
+    }
+    if pfd.revents & (libc::POLLOUT | libc::POLLERR) != 0 && write {
+        what = what | What::WRITE;
+    }
+    Ok(Some(what))
+}

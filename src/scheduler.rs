@@ -24,6 +24,21 @@
 //! `event_base_once` is never used: it cannot be cancelled, so a dropped coroutine would leave a
 //! callback pointing at freed memory.
 //!
+//! # Registered sockets: one persistent edge-triggered event per socket
+//!
+//! A one-shot wait costs libevent an `event_add` and an `event_del` and the kernel an
+//! `epoll_ctl`, every time. Sockets evco owns (the `net` types) take a cheaper road where the
+//! backend supports edge-triggered events (epoll): on their first wait they get one
+//! [`Registration`], a persistent `EV_READ|EV_WRITE|EV_ET` event that stays until the socket is
+//! closed ([`deregister`], called by the socket's `Drop`, `into_std`, `into_raw_fd`, and by
+//! `io::close`). A wait then only happens after the socket returned `EAGAIN`, so the next edge
+//! is exactly what it waits for: the waiter puts itself on the registration's reader or writer
+//! list and suspends; [`edge`] resumes the listed coroutines. A timeout uses the coroutine's own
+//! event as a timer. The lists hold a coroutine only while it is suspended in that wait (its
+//! guard removes it when the wait ends or unwinds), and a registration is freed only after its
+//! event is deleted; the callback holds its own reference while it runs. On backends without
+//! edge triggering (poll, with `EVENT_NOEPOLL=1`) every wait is one-shot.
+//!
 //! # Fairness
 //!
 //! A drain pass resumes ready coroutines in FIFO order, including those that become ready
@@ -81,6 +96,8 @@ pub(crate) struct Task {
     woke: Cell<c_short>,
     /// Set when the fd it waited on was closed through `io::close`.
     closed: Cell<bool>,
+    /// Its wait event is pending as the timeout of a registered wait.
+    timer_armed: Cell<bool>,
     joiner: RefCell<Option<Rc<Task>>>,
     outcome: RefCell<Outcome>,
     /// The first coroutine of a running `evco::run`: [`shutdown`] leaves it alone.
@@ -108,6 +125,10 @@ pub(crate) struct Scheduler {
     live: Cell<usize>,
     /// Coroutines waiting on each fd, so `io::close` can wake them.
     fd_waiters: RefCell<Vec<Vec<*const Task>>>,
+    /// Registered sockets by fd (see "Registered sockets"). Declared before `base`.
+    regs: RefCell<Vec<Option<Rc<Registration>>>>,
+    /// Whether the backend does edge triggering, so registrations can be used.
+    edge: bool,
     base: EventBase,
 }
 
@@ -132,6 +153,8 @@ impl Scheduler {
             free_slots: RefCell::new(Vec::new()),
             live: Cell::new(0),
             fd_waiters: RefCell::new(Vec::new()),
+            regs: RefCell::new(Vec::new()),
+            edge: base.supports_edge_triggered(),
             base,
         });
         let arg = Rc::as_ptr(&sched) as *mut c_void;
@@ -374,6 +397,196 @@ impl Scheduler {
     }
 }
 
+/// A socket's persistent edge-triggered event and the coroutines waiting for its next edge.
+/// See "Registered sockets" in the module docs.
+pub(crate) struct Registration {
+    ev: RawEvent,
+    readers: RefCell<Vec<*const Task>>,
+    writers: RefCell<Vec<*const Task>>,
+}
+
+impl Registration {
+    fn waiters(&self, what: What) -> &RefCell<Vec<*const Task>> {
+        if what.contains(What::WRITE) {
+            &self.writers
+        } else {
+            &self.readers
+        }
+    }
+}
+
+impl Scheduler {
+    fn registration(&self, fd: RawFd) -> io::Result<Rc<Registration>> {
+        let i = fd as usize;
+        if let Some(Some(r)) = self.regs.borrow().get(i) {
+            return Ok(r.clone());
+        }
+        let reg = Rc::new(Registration {
+            ev: RawEvent::new(),
+            readers: RefCell::new(Vec::new()),
+            writers: RefCell::new(Vec::new()),
+        });
+        let arg = Rc::as_ptr(&reg) as *mut c_void;
+        let what = What::READ | What::WRITE | What::PERSIST | What::EDGE;
+        // SAFETY: the base outlives the scheduler's registrations (field order); `arg` is the
+        // registration, which deletes its event before it is freed (`deregister`, `Drop`), and
+        // `edge` holds a reference while it runs.
+        unsafe { reg.ev.assign(self.base.as_raw(), fd, what, edge, arg) };
+        reg.ev.add(None)?;
+        let mut regs = self.regs.borrow_mut();
+        if regs.len() <= i {
+            regs.resize_with(i + 1, || None);
+        }
+        regs[i] = Some(reg.clone());
+        Ok(reg)
+    }
+
+    fn is_registered(&self, fd: RawFd) -> bool {
+        matches!(self.regs.borrow().get(fd as usize), Some(Some(_)))
+    }
+
+    /// Deletes `fd`'s registration, if any, and wakes its waiters with `EBADF`.
+    fn deregister(&self, fd: RawFd) {
+        let reg = match self.regs.borrow_mut().get_mut(fd as usize) {
+            Some(slot) => slot.take(),
+            None => None,
+        };
+        let Some(reg) = reg else { return };
+        reg.ev.del();
+        let waiters: Vec<*const Task> = reg
+            .readers
+            .take()
+            .into_iter()
+            .chain(reg.writers.take())
+            .collect();
+        for t in waiters {
+            // SAFETY: a task is on a waiter list only while suspended in `wait_registered`,
+            // whose guard removes it; a suspended task is alive (the task table holds it).
+            let task = unsafe { &*t };
+            if task.blocked.get() != Blocked::Io {
+                continue;
+            }
+            if let Some(ev) = task.core.wait_event() {
+                ev.del();
+            }
+            task.closed.set(true);
+            task.blocked.set(Blocked::No);
+            if let Some(rc) = self.task_rc(task.slot.get()) {
+                self.schedule(rc);
+            }
+        }
+    }
+}
+
+/// The callback of every registration: resumes the coroutines waiting for this edge.
+unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_void) {
+    let ptr = arg as *const Registration;
+    // SAFETY: `arg` is the registration that owns this event; it is alive because its event is
+    // deleted before the table drops it. The extra reference keeps it alive until we return,
+    // even if a coroutine we resume deregisters the socket.
+    let reg = unsafe {
+        Rc::increment_strong_count(ptr);
+        Rc::from_raw(ptr)
+    };
+    let what = What::from_bits(what);
+    for dir in [What::READ, What::WRITE] {
+        if !what.contains(dir) {
+            continue;
+        }
+        let list = reg.waiters(dir).take();
+        for t in list {
+            // SAFETY: as in `deregister`: listed tasks are suspended, hence alive.
+            let task = unsafe { &*t };
+            if task.blocked.get() != Blocked::Io {
+                continue;
+            }
+            // SAFETY: a task's scheduler outlives it.
+            let sched = unsafe { &*task.sched };
+            if task.timer_armed.replace(false) {
+                if let Some(ev) = task.core.wait_event() {
+                    ev.del();
+                }
+            }
+            task.blocked.set(Blocked::No);
+            task.woke.set(dir.bits());
+            if let Some(rc) = sched.task_rc(task.slot.get()) {
+                sched.run_task(&rc);
+            }
+        }
+    }
+}
+
+/// Removes a registered wait from its list when the wait ends, including by cancellation.
+struct RegGuard<'a> {
+    reg: Rc<Registration>,
+    task: &'a Task,
+    what: What,
+}
+
+impl Drop for RegGuard<'_> {
+    fn drop(&mut self) {
+        if self.task.timer_armed.replace(false) {
+            if let Some(ev) = self.task.core.wait_event() {
+                ev.del();
+            }
+        }
+        self.task.blocked.set(Blocked::No);
+        let mut list = self.reg.waiters(self.what).borrow_mut();
+        if let Some(pos) = list.iter().position(|&t| std::ptr::eq(t, self.task)) {
+            list.swap_remove(pos);
+        }
+    }
+}
+
+/// Waits for the next `what` edge (exactly one of READ or WRITE) of an evco-owned socket that
+/// just returned `EAGAIN`; falls back to a one-shot wait where the backend has no edge
+/// triggering. Reports `What::TIMEOUT` when `timeout` expired first.
+pub(crate) fn wait_registered(
+    fd: RawFd,
+    what: What,
+    timeout: Option<Duration>,
+) -> io::Result<What> {
+    let (task, sched) = current_task()?;
+    if !sched.edge {
+        return wait_event(fd, what, timeout);
+    }
+    let reg = sched.registration(fd)?;
+    if let Some(t) = timeout {
+        let ev = task
+            .core
+            .wait_event()
+            .ok_or_else(|| misuse("coroutine has no stack"))?;
+        let arg = task as *const Task as *mut c_void;
+        // SAFETY: as in `wait_event`: the task outlives its pending timer (the guard deletes it).
+        unsafe { ev.assign(sched.base.as_raw(), -1, What::NONE, wake, arg) };
+        ev.add(Some(t))?;
+        task.timer_armed.set(true);
+    }
+    task.woke.set(0);
+    task.closed.set(false);
+    task.blocked.set(Blocked::Io);
+    reg.waiters(what).borrow_mut().push(task);
+    let guard = RegGuard { reg, task, what };
+    coroutine::switch_out();
+    drop(guard);
+    if task.closed.get() {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(What::from_bits(task.woke.get()))
+}
+
+/// Forgets `fd`'s registration (its socket is being closed or handed out as a raw fd).
+pub(crate) fn deregister(fd: RawFd) {
+    if let Some(s) = Scheduler::current() {
+        s.deregister(fd);
+    }
+}
+
+/// Whether `fd` is a registered socket of this thread's scheduler.
+pub(crate) fn is_registered(fd: RawFd) -> bool {
+    Scheduler::current().is_some_and(|s| s.is_registered(fd))
+}
+
 impl Drop for Scheduler {
     fn drop(&mut self) {
         let _ = SCHED.try_with(|s| {
@@ -431,6 +644,7 @@ unsafe extern "C" fn wake(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
     if task.blocked.get() != Blocked::Io {
         return;
     }
+    task.timer_armed.set(false);
     task.blocked.set(Blocked::No);
     task.woke.set(what);
     if let Some(rc) = sched.task_rc(task.slot.get()) {
@@ -555,6 +769,7 @@ where
         blocked: Cell::new(Blocked::No),
         woke: Cell::new(0),
         closed: Cell::new(false),
+        timer_armed: Cell::new(false),
         joiner: RefCell::new(None),
         outcome: RefCell::new(Outcome::Pending),
         root: Cell::new(false),

@@ -430,7 +430,15 @@ fn io_close_wakes_every_coroutine_waiting_on_the_fd_with_ebadf() {
             evco::spawn(move || wait(raw, Interest::READABLE, Some(Duration::from_secs(3600))));
         evco::yield_now().unwrap();
         // libevent counts an event with an fd and a timeout twice (I/O and timer lists).
-        assert_eq!(added_events(), before + 4, "three waits on one fd");
+        // Under epoll the reader and the writer share the socket's one persistent registration
+        // and the bare wait adds a timer; under poll every wait is one-shot, and libevent
+        // counts an event with an fd and a timeout twice (I/O and timer lists).
+        let edge = evco::scheduler::base().unwrap().supports_edge_triggered();
+        assert_eq!(
+            added_events(),
+            before + if edge { 2 } else { 4 },
+            "three waits on one fd"
+        );
         let closer = evco::spawn(move || evco::io::close(raw));
         closer.join().unwrap().unwrap();
         for (who, err) in [
@@ -1397,6 +1405,8 @@ fn fds_numbered_above_100000_can_be_waited_on_used_and_closed() {
         writer.join().unwrap();
         assert!(back == data);
         assert_eq!(server.join().unwrap(), End::Eof(data.len() as u64));
+        // Its registration (a persistent event under epoll) goes with it.
+        drop(c);
 
         // io::close wakes a waiter on a high fd.
         let (a, _b) = socketpair();

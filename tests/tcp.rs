@@ -5,6 +5,7 @@ mod common;
 use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -14,6 +15,12 @@ use evco::net::{TcpListener, TcpStream};
 
 fn added_events() -> usize {
     evco::scheduler::base().unwrap().added_events()
+}
+
+/// Events a socket that has waited keeps while it lives: its persistent edge-triggered
+/// registration under epoll, none under poll (one-shot waits only).
+fn registration() -> usize {
+    usize::from(evco::scheduler::base().unwrap().supports_edge_triggered())
 }
 
 #[test]
@@ -106,8 +113,12 @@ fn read_timeout_returns_timed_out_and_leaves_no_event() {
         let before = added_events();
         let err = client.read(&mut [0u8; 8]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TimedOut);
-        assert_eq!(added_events(), before);
+        // The timer is gone; under epoll the socket keeps its persistent registration until
+        // it is dropped.
+        assert_eq!(added_events(), before + registration());
         assert!(client.set_read_timeout(Some(Duration::ZERO)).is_err());
+        drop(client);
+        assert_eq!(added_events(), before);
     });
 }
 
@@ -131,6 +142,8 @@ fn write_timeout_against_a_peer_that_never_reads_returns_timed_out() {
             }
         };
         assert_eq!(err.kind(), ErrorKind::TimedOut);
+        assert_eq!(added_events(), before + registration());
+        drop(client);
         assert_eq!(added_events(), before);
     });
 }
@@ -340,5 +353,95 @@ fn into_std_from_std_round_trip_keeps_the_connection() {
         let mut b = [0u8; 1];
         c.read_exact(&mut b).unwrap();
         h.join().unwrap();
+    });
+}
+
+#[test]
+fn a_socket_handed_out_as_a_raw_fd_leaves_no_registration_for_the_next_owner_of_its_number() {
+    let _w = watchdog(30);
+    if !common::is_child() {
+        // Alone in a process, so that the fd number is reused deterministically.
+        let name = "a_socket_handed_out_as_a_raw_fd_leaves_no_registration_for_the_next_owner_of_its_number";
+        let out = common::run_child(name, &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("child-finished"), "{stdout}");
+        return;
+    }
+    evco::run(|| {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = evco::spawn(move || {
+            let a = listener.accept().unwrap().0;
+            let b = listener.accept().unwrap().0;
+            (a, b)
+        });
+        let first = TcpStream::connect(addr).unwrap();
+        first
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        // Waits once (times out): the socket is now registered (under epoll).
+        assert_eq!(
+            (&first).read(&mut [0u8; 1]).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
+        let raw = first.into_raw_fd();
+        // Closed behind evco's back, as a raw fd may be.
+        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
+        let second = TcpStream::connect(addr).unwrap();
+        assert_eq!(second.as_raw_fd(), raw, "the fd number is reused");
+        let (_a, mut b) = acceptor.join().unwrap();
+        second
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let reader = evco::spawn(move || {
+            let mut buf = [0u8; 5];
+            (&second).read_exact(&mut buf).map(|_| buf)
+        });
+        evco::yield_now().unwrap();
+        b.write_all(b"fresh").unwrap();
+        assert_eq!(&reader.join().unwrap().unwrap(), b"fresh");
+    });
+    println!("child-finished");
+}
+
+#[test]
+fn a_reader_and_a_writer_coroutine_share_one_stream() {
+    let _w = watchdog(60);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = evco::spawn(move || listener.accept().unwrap().0);
+        let stream = Rc::new(TcpStream::connect(addr).unwrap());
+        let mut peer = peer.join().unwrap();
+        const N: usize = 4 * 1024 * 1024;
+        // The writer fills the socket buffers and parks; the reader parks on an empty socket:
+        // two waits on one fd, one each way.
+        let writer = {
+            let s = stream.clone();
+            evco::spawn(move || (&*s).write_all(&vec![3u8; N]))
+        };
+        let reader = {
+            let s = stream.clone();
+            evco::spawn(move || {
+                let mut buf = [0u8; 4];
+                (&*s).read_exact(&mut buf).map(|_| buf)
+            })
+        };
+        evco::yield_now().unwrap();
+        assert!(!writer.is_finished() && !reader.is_finished());
+        peer.write_all(b"pong").unwrap();
+        let mut got = 0;
+        let mut buf = vec![0u8; 64 * 1024];
+        while got < N {
+            got += peer.read(&mut buf).unwrap();
+        }
+        writer.join().unwrap().unwrap();
+        assert_eq!(&reader.join().unwrap().unwrap(), b"pong");
     });
 }

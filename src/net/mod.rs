@@ -32,9 +32,12 @@
 //! });
 //! ```
 
+mod sock;
 mod tcp;
 mod udp;
 mod unix;
+
+pub(crate) use sock::Sock;
 
 pub use tcp::{Incoming, TcpListener, TcpStream};
 pub use udp::UdpSocket;
@@ -93,7 +96,7 @@ macro_rules! stream_io {
     ($ty:ty) => {
         impl std::io::Read for &$ty {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let mut inner = &self.inner;
+                let mut inner = &*self.inner;
                 crate::io::retry(
                     self.fd(),
                     crate::io::Interest::READABLE,
@@ -105,7 +108,7 @@ macro_rules! stream_io {
                 &mut self,
                 bufs: &mut [std::io::IoSliceMut<'_>],
             ) -> std::io::Result<usize> {
-                let mut inner = &self.inner;
+                let mut inner = &*self.inner;
                 crate::io::retry(
                     self.fd(),
                     crate::io::Interest::READABLE,
@@ -118,7 +121,7 @@ macro_rules! stream_io {
             // send/sendmsg with MSG_NOSIGNAL: std's write_vectored is a writev, which raises
             // SIGPIPE on a closed peer (TCP and Unix streams alike).
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                let fd = std::os::fd::AsFd::as_fd(&self.inner);
+                let fd = std::os::fd::AsFd::as_fd(&*self.inner);
                 crate::io::retry(
                     self.fd(),
                     crate::io::Interest::WRITABLE,
@@ -127,7 +130,7 @@ macro_rules! stream_io {
                 )
             }
             fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-                let fd = std::os::fd::AsFd::as_fd(&self.inner);
+                let fd = std::os::fd::AsFd::as_fd(&*self.inner);
                 crate::io::retry(
                     self.fd(),
                     crate::io::Interest::WRITABLE,
@@ -171,17 +174,17 @@ macro_rules! fd_traits {
     ($ty:ty, $inner:ty) => {
         impl std::os::fd::AsRawFd for $ty {
             fn as_raw_fd(&self) -> std::os::fd::RawFd {
-                std::os::fd::AsRawFd::as_raw_fd(&self.inner)
+                std::os::fd::AsRawFd::as_raw_fd(&*self.inner)
             }
         }
         impl std::os::fd::AsFd for $ty {
             fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-                std::os::fd::AsFd::as_fd(&self.inner)
+                std::os::fd::AsFd::as_fd(&*self.inner)
             }
         }
         impl std::os::fd::IntoRawFd for $ty {
             fn into_raw_fd(self) -> std::os::fd::RawFd {
-                std::os::fd::IntoRawFd::into_raw_fd(self.inner)
+                std::os::fd::IntoRawFd::into_raw_fd(self.inner.into_inner())
             }
         }
         impl std::os::fd::FromRawFd for $ty {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::io::{Interest, retry};
-use crate::net::{Timeouts, fd_traits, stream_io, timeout_accessors};
+use crate::net::{Sock, Timeouts, fd_traits, stream_io, timeout_accessors};
 
 /// A TCP listening socket whose `accept` suspends the calling coroutine.
 ///
@@ -27,7 +27,7 @@ use crate::net::{Timeouts, fd_traits, stream_io, timeout_accessors};
 /// });
 /// ```
 pub struct TcpListener {
-    inner: std::net::TcpListener,
+    inner: Sock<std::net::TcpListener>,
 }
 
 impl fmt::Debug for TcpListener {
@@ -47,7 +47,7 @@ impl TcpListener {
             socket.bind(&a.into())?;
             socket.listen(1024)?;
             Ok(TcpListener {
-                inner: socket.into(),
+                inner: Sock::new(socket.into()),
             })
         })
     }
@@ -55,12 +55,14 @@ impl TcpListener {
     /// Wraps a std listener, setting it non-blocking.
     pub fn from_std(inner: std::net::TcpListener) -> io::Result<TcpListener> {
         inner.set_nonblocking(true)?;
-        Ok(TcpListener { inner })
+        Ok(TcpListener {
+            inner: Sock::new(inner),
+        })
     }
 
     /// Unwraps the std listener (still non-blocking).
     pub fn into_std(self) -> std::net::TcpListener {
-        self.inner
+        self.inner.into_inner()
     }
 
     /// Accepts one connection; the stream is non-blocking from the start.
@@ -118,7 +120,7 @@ impl TcpListener {
     /// A second handle on the same socket (a `dup`).
     pub fn try_clone(&self) -> io::Result<TcpListener> {
         Ok(TcpListener {
-            inner: self.inner.try_clone()?,
+            inner: Sock::new(self.inner.try_clone()?),
         })
     }
 }
@@ -165,7 +167,7 @@ impl Iterator for Incoming<'_> {
 /// });
 /// ```
 pub struct TcpStream {
-    inner: std::net::TcpStream,
+    inner: Sock<std::net::TcpStream>,
     timeouts: Timeouts,
 }
 
@@ -178,7 +180,7 @@ impl fmt::Debug for TcpStream {
 impl TcpStream {
     fn wrap(inner: std::net::TcpStream) -> TcpStream {
         TcpStream {
-            inner,
+            inner: Sock::new(inner),
             timeouts: Timeouts::default(),
         }
     }
@@ -211,7 +213,7 @@ impl TcpStream {
 
     /// Unwraps the std stream (still non-blocking).
     pub fn into_std(self) -> std::net::TcpStream {
-        self.inner
+        self.inner.into_inner()
     }
 
     /// The remote address.
@@ -246,7 +248,7 @@ impl TcpStream {
 
     /// Sets `SO_LINGER` (`Some(0)` makes `close` send a reset).
     pub fn set_linger(&self, linger: Option<Duration>) -> io::Result<()> {
-        socket2::SockRef::from(&self.inner).set_linger(linger)
+        socket2::SockRef::from(&*self.inner).set_linger(linger)
     }
 
     /// Takes the pending socket error (`SO_ERROR`).
@@ -268,7 +270,7 @@ impl TcpStream {
     /// coroutine. It copies this stream's timeouts.
     pub fn try_clone(&self) -> io::Result<TcpStream> {
         Ok(TcpStream {
-            inner: self.inner.try_clone()?,
+            inner: Sock::new(self.inner.try_clone()?),
             timeouts: self.timeouts.clone(),
         })
     }

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use crate::io::{Interest, retry};
 use crate::net::tcp::each_addr;
-use crate::net::{Timeouts, fd_traits, timeout_accessors};
+use crate::net::{Sock, Timeouts, fd_traits, timeout_accessors};
 
 /// A UDP socket whose sends and receives suspend the calling coroutine.
 ///
@@ -22,7 +22,7 @@ use crate::net::{Timeouts, fd_traits, timeout_accessors};
 /// });
 /// ```
 pub struct UdpSocket {
-    inner: std::net::UdpSocket,
+    inner: Sock<std::net::UdpSocket>,
     timeouts: Timeouts,
 }
 
@@ -46,14 +46,14 @@ impl UdpSocket {
     pub fn from_std(inner: std::net::UdpSocket) -> io::Result<UdpSocket> {
         inner.set_nonblocking(true)?;
         Ok(UdpSocket {
-            inner,
+            inner: Sock::new(inner),
             timeouts: Timeouts::default(),
         })
     }
 
     /// Unwraps the std socket (still non-blocking).
     pub fn into_std(self) -> std::net::UdpSocket {
-        self.inner
+        self.inner.into_inner()
     }
 
     /// Sends one datagram to `addr`.
@@ -131,7 +131,7 @@ impl UdpSocket {
     /// A second handle on the same socket (a `dup`), with the same timeouts.
     pub fn try_clone(&self) -> io::Result<UdpSocket> {
         Ok(UdpSocket {
-            inner: self.inner.try_clone()?,
+            inner: Sock::new(self.inner.try_clone()?),
             timeouts: self.timeouts.clone(),
         })
     }

@@ -8,11 +8,11 @@ use std::os::unix::net::{self as std_unix, SocketAddr};
 use std::path::Path;
 
 use crate::io::{Interest, retry};
-use crate::net::{Timeouts, fd_traits, stream_io, timeout_accessors};
+use crate::net::{Sock, Timeouts, fd_traits, stream_io, timeout_accessors};
 
 /// A Unix-domain listening socket whose `accept` suspends the calling coroutine.
 pub struct UnixListener {
-    inner: std_unix::UnixListener,
+    inner: Sock<std_unix::UnixListener>,
 }
 
 impl fmt::Debug for UnixListener {
@@ -30,12 +30,14 @@ impl UnixListener {
     /// Wraps a std listener, setting it non-blocking.
     pub fn from_std(inner: std_unix::UnixListener) -> io::Result<UnixListener> {
         inner.set_nonblocking(true)?;
-        Ok(UnixListener { inner })
+        Ok(UnixListener {
+            inner: Sock::new(inner),
+        })
     }
 
     /// Unwraps the std listener (still non-blocking).
     pub fn into_std(self) -> std_unix::UnixListener {
-        self.inner
+        self.inner.into_inner()
     }
 
     /// Accepts one connection.
@@ -66,7 +68,7 @@ impl UnixListener {
 /// });
 /// ```
 pub struct UnixStream {
-    inner: std_unix::UnixStream,
+    inner: Sock<std_unix::UnixStream>,
     timeouts: Timeouts,
 }
 
@@ -96,14 +98,14 @@ impl UnixStream {
     pub fn from_std(inner: std_unix::UnixStream) -> io::Result<UnixStream> {
         inner.set_nonblocking(true)?;
         Ok(UnixStream {
-            inner,
+            inner: Sock::new(inner),
             timeouts: Timeouts::default(),
         })
     }
 
     /// Unwraps the std stream (still non-blocking).
     pub fn into_std(self) -> std_unix::UnixStream {
-        self.inner
+        self.inner.into_inner()
     }
 
     /// Shuts down reading, writing or both.
@@ -124,7 +126,7 @@ impl UnixStream {
     /// A second stream on the same connection (a `dup`), with the same timeouts.
     pub fn try_clone(&self) -> io::Result<UnixStream> {
         Ok(UnixStream {
-            inner: self.inner.try_clone()?,
+            inner: Sock::new(self.inner.try_clone()?),
             timeouts: self.timeouts.clone(),
         })
     }
@@ -138,7 +140,7 @@ fd_traits!(UnixListener, std_unix::UnixListener);
 
 /// A Unix-domain datagram socket whose sends and receives suspend the calling coroutine.
 pub struct UnixDatagram {
-    inner: std_unix::UnixDatagram,
+    inner: Sock<std_unix::UnixDatagram>,
     timeouts: Timeouts,
 }
 
@@ -173,14 +175,14 @@ impl UnixDatagram {
     pub fn from_std(inner: std_unix::UnixDatagram) -> io::Result<UnixDatagram> {
         inner.set_nonblocking(true)?;
         Ok(UnixDatagram {
-            inner,
+            inner: Sock::new(inner),
             timeouts: Timeouts::default(),
         })
     }
 
     /// Unwraps the std socket (still non-blocking).
     pub fn into_std(self) -> std_unix::UnixDatagram {
-        self.inner
+        self.inner.into_inner()
     }
 
     /// Connects to the socket at `path`.
