@@ -502,6 +502,10 @@ impl Event {
 
     /// Makes the event pending, with an optional timeout (required for a pure timer).
     pub fn add(&self, timeout: Option<Duration>) -> io::Result<()> {
+        if timeout.is_some() {
+            // SAFETY: the base is live (the event holds it).
+            unsafe { refresh_time_cache(self.inner.base.as_raw()) };
+        }
         let tv = timeout.map(timeval);
         let ptr = tv.as_ref().map_or(std::ptr::null(), |t| t as *const _);
         // SAFETY: the event is live (we hold it); libevent copies the timeval.
@@ -548,6 +552,20 @@ impl Drop for Event {
         // SAFETY: the event is live.
         unsafe { sys::event_del(self.inner.raw.as_ptr()) };
     }
+}
+
+/// Inside a loop iteration libevent measures a timeout from the time it cached when the
+/// iteration began: a timer added late in a long pass of callbacks (many coroutines running)
+/// would get a deadline in the past and fire early. Refreshing the cache first costs one
+/// `clock_gettime` and makes every timeout count from the moment it is added. (Outside the loop
+/// there is no cache and this does nothing.)
+///
+/// # Safety
+///
+/// `base` must be a live `event_base`.
+unsafe fn refresh_time_cache(base: *mut sys::event_base) {
+    // SAFETY: the caller passes a live base.
+    unsafe { sys::event_base_update_cache_time(base) };
 }
 
 /// The C callback of every [`Event`]: runs the closure, catching any panic.
@@ -649,6 +667,10 @@ impl RawEvent {
     /// Adds the assigned event, with an optional timeout.
     pub(crate) fn add(&self, timeout: Option<Duration>) -> io::Result<()> {
         debug_assert!(self.assigned.get().is_some(), "RawEvent::add before assign");
+        if let (Some(_), Some((base, ..))) = (timeout, self.assigned.get()) {
+            // SAFETY: the base it is assigned to is live (assign's contract).
+            unsafe { refresh_time_cache(base) };
+        }
         let tv = timeout.map(timeval);
         let ptr = tv.as_ref().map_or(std::ptr::null(), |t| t as *const _);
         // SAFETY: assigned (see `assign`'s contract); libevent copies the timeval.
