@@ -24,7 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{socketpair, watchdog, write_byte};
 use evco::JoinHandle;
@@ -410,6 +410,42 @@ fn check(ops: Vec<Op>) -> Vec<String> {
         v.push(format!("{added} events registered after the aftermath run"));
     }
     v
+}
+
+/// Regression: libevent measures a timeout from the time it cached when the loop iteration
+/// began, so a timed wait started late in a long drain pass got a deadline in the past and
+/// returned at once (a 20 ms sleep after 50 ms of work in the same pass took 23 µs). Only a
+/// lower bound is checked: a wait may end late, never early.
+#[test]
+fn a_timed_wait_started_late_in_a_long_pass_waits_its_full_duration() {
+    let _w = watchdog(30);
+    const D: Duration = Duration::from_millis(20);
+    evco::run(|| {
+        let (a, _b) = socketpair();
+        let fd = a.as_raw_fd();
+        // 50 ms of work without suspending, in the same pass as the two waits below (the
+        // thread sleep stands for CPU work; it synchronises nothing).
+        let busy = evco::spawn(|| std::thread::sleep(Duration::from_millis(50)));
+        let sleeper = evco::spawn(|| {
+            let t = Instant::now();
+            evco::time::sleep(D);
+            t.elapsed()
+        });
+        let waiter = evco::spawn(move || {
+            let t = Instant::now();
+            let e = wait(fd, Interest::READABLE, Some(D)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::TimedOut);
+            t.elapsed()
+        });
+        busy.join().unwrap();
+        let slept = sleeper.join().unwrap();
+        let waited = waiter.join().unwrap();
+        assert!(slept >= D, "sleep({D:?}) returned after {slept:?}");
+        assert!(
+            waited >= D,
+            "a wait with a {D:?} timeout timed out after {waited:?}"
+        );
+    });
 }
 
 proptest! {
