@@ -164,6 +164,26 @@ pub(crate) fn retry<T>(
     }
 }
 
+/// A read on an evco-owned stream socket: [`retry`], but when the socket's last read came back
+/// short and no readable edge arrived since, wait for one first instead of paying for a `recv`
+/// that would say `EAGAIN` (request/response loops save a syscall per message). `len` is the
+/// space offered.
+pub(crate) fn read_owned(
+    fd: RawFd,
+    timeout: Option<Duration>,
+    len: usize,
+    op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    if !scheduler::maybe_readable(fd) && crate::coroutine::is_coroutine() {
+        wait_owned(fd, Interest::READABLE, timeout)?;
+    }
+    let n = retry(fd, Interest::READABLE, timeout, op)?;
+    if n > 0 && n < len {
+        scheduler::note_drained(fd);
+    }
+    Ok(n)
+}
+
 /// One readiness wait after `EAGAIN` on an evco-owned socket: the socket's registration inside
 /// a scheduled coroutine, `poll(2)` elsewhere.
 fn wait_owned(fd: RawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<()> {

@@ -403,6 +403,11 @@ pub(crate) struct Registration {
     ev: RawEvent,
     readers: RefCell<Vec<*const Task>>,
     writers: RefCell<Vec<*const Task>>,
+    /// Directions that may be ready: set by every edge, cleared when the socket said `EAGAIN`
+    /// (a wait) or a read came back short (`note_drained`). With a clear bit, the next
+    /// operation in that direction waits for an edge before it tries, saving a syscall that
+    /// would only return `EAGAIN`.
+    ready: Cell<c_short>,
 }
 
 impl Registration {
@@ -425,9 +430,12 @@ impl Scheduler {
             ev: RawEvent::new(),
             readers: RefCell::new(Vec::new()),
             writers: RefCell::new(Vec::new()),
+            ready: Cell::new((What::READ | What::WRITE).bits()),
         });
         let arg = Rc::as_ptr(&reg) as *mut c_void;
-        let what = What::READ | What::WRITE | What::PERSIST | What::EDGE;
+        // EV_CLOSED (EPOLLRDHUP) marks the peer's FIN: a short read can leave an EOF behind
+        // that no later edge announces, so `ready` keeps READ set for good once it is seen.
+        let what = What::READ | What::WRITE | What::CLOSED | What::PERSIST | What::EDGE;
         // SAFETY: the base outlives the scheduler's registrations (field order); `arg` is the
         // registration, which deletes its event before it is freed (`deregister`, `Drop`), and
         // `edge` holds a reference while it runs.
@@ -489,8 +497,15 @@ unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
         Rc::from_raw(ptr)
     };
     let what = What::from_bits(what);
+    let mut bits = what.bits();
+    if what.contains(What::CLOSED) {
+        // Readable until the end: remember it past `note_drained`.
+        bits |= What::CLOSED.bits() | What::READ.bits();
+    }
+    reg.ready.set(reg.ready.get() | bits);
     for dir in [What::READ, What::WRITE] {
-        if !what.contains(dir) {
+        let hit = what.contains(dir) || (dir == What::READ && what.contains(What::CLOSED));
+        if !hit {
             continue;
         }
         let list = reg.waiters(dir).take();
@@ -565,6 +580,9 @@ pub(crate) fn wait_registered(
     task.woke.set(0);
     task.closed.set(false);
     task.blocked.set(Blocked::Io);
+    if reg.ready.get() & What::CLOSED.bits() == 0 || what != What::READ {
+        reg.ready.set(reg.ready.get() & !what.bits());
+    }
     reg.waiters(what).borrow_mut().push(task);
     let guard = RegGuard { reg, task, what };
     coroutine::switch_out();
@@ -579,6 +597,30 @@ pub(crate) fn wait_registered(
 pub(crate) fn deregister(fd: RawFd) {
     if let Some(s) = Scheduler::current() {
         s.deregister(fd);
+    }
+}
+
+/// False only when `fd` is registered and no readable edge came since it was last drained: a
+/// read now would return `EAGAIN`.
+pub(crate) fn maybe_readable(fd: RawFd) -> bool {
+    let Some(s) = Scheduler::current() else {
+        return true;
+    };
+    match s.regs.borrow().get(fd as usize) {
+        Some(Some(reg)) => reg.ready.get() & What::READ.bits() != 0,
+        _ => true,
+    }
+}
+
+/// A read on `fd` came back short: its receive queue is empty until the next edge.
+pub(crate) fn note_drained(fd: RawFd) {
+    if let Some(s) = Scheduler::current() {
+        if let Some(Some(reg)) = s.regs.borrow().get(fd as usize) {
+            // After the peer's FIN, reads never wait again: EOF is always there to be read.
+            if reg.ready.get() & What::CLOSED.bits() == 0 {
+                reg.ready.set(reg.ready.get() & !What::READ.bits());
+            }
+        }
     }
 }
 

@@ -100,3 +100,24 @@ fn writes_to_a_closed_peer_are_an_error_not_sigpipe() {
         assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
     });
 }
+
+#[test]
+fn a_short_read_followed_by_an_eof_that_came_with_it_returns_the_eof() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let reader = evco::spawn(move || {
+            let mut buf = [0u8; 64];
+            // Parks first (nothing sent yet), so the socket gets registered.
+            let n = (&b).read(&mut buf).unwrap();
+            let m = (&b).read(&mut buf[n..]).unwrap();
+            (n, m)
+        });
+        evco::yield_now().unwrap();
+        // Data and EOF arrive together: the reader's short read leaves only the EOF, which no
+        // further edge announces.
+        (&a).write_all(b"abc").unwrap();
+        a.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(reader.join().unwrap(), (3, 0));
+    });
+}

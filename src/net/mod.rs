@@ -97,24 +97,20 @@ macro_rules! stream_io {
         impl std::io::Read for &$ty {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
                 let mut inner = &*self.inner;
-                crate::io::retry(
-                    self.fd(),
-                    crate::io::Interest::READABLE,
-                    self.timeouts.read.get(),
-                    || std::io::Read::read(&mut inner, buf),
-                )
+                let len = buf.len();
+                crate::io::read_owned(self.fd(), self.timeouts.read.get(), len, || {
+                    std::io::Read::read(&mut inner, buf)
+                })
             }
             fn read_vectored(
                 &mut self,
                 bufs: &mut [std::io::IoSliceMut<'_>],
             ) -> std::io::Result<usize> {
                 let mut inner = &*self.inner;
-                crate::io::retry(
-                    self.fd(),
-                    crate::io::Interest::READABLE,
-                    self.timeouts.read.get(),
-                    || std::io::Read::read_vectored(&mut inner, bufs),
-                )
+                let len = bufs.iter().map(|b| b.len()).sum();
+                crate::io::read_owned(self.fd(), self.timeouts.read.get(), len, || {
+                    std::io::Read::read_vectored(&mut inner, bufs)
+                })
             }
         }
         impl std::io::Write for &$ty {
