@@ -18,11 +18,11 @@
 //!
 //! # Invariants
 //!
-//! - A coroutine never moves between threads: [`Core`] and every handle on it are `!Send`, and
-//!   the `Send` that `generator` asks of the body is asserted by [`AssertSend`] for that reason.
+//! - A coroutine never moves between threads: `Core` and every handle on it are `!Send`, and
+//!   the `Send` that `generator` asks of the body is asserted by `AssertSend` for that reason.
 //! - A panic in the body is caught by `generator` on the coroutine's stack and kept there:
 //!   every stack has generator's "local data" set, which makes `resume` return normally instead
-//!   of re-raising it, and [`Core::resume`] collects it with `get_panic_data`. Nothing unwinds
+//!   of re-raising it, and `Core::resume` collects it with `get_panic_data`. Nothing unwinds
 //!   across the switch, so a panic never reaches a libevent callback's C frame. A stack overflow
 //!   takes the same road: the guard page faults, generator's handler jumps back with
 //!   `Error::StackErr`, which becomes a [`StackOverflow`] payload.

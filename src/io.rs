@@ -1,7 +1,7 @@
 //! The wait primitive every blocking call in evco becomes, and fd helpers around it.
 //!
 //! [`wait`] registers a one-shot libevent event for the fd and suspends the running coroutine;
-//! the event's callback resumes it. See [`scheduler`](crate::scheduler) for the lifecycle of
+//! the event's callback resumes it. See the `scheduler` module for the lifecycle of
 //! that event.
 
 use std::fmt;

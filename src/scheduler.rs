@@ -3,15 +3,15 @@
 //! One scheduler per thread lives in a thread-local (no global map) and owns or borrows one
 //! [`EventBase`]. libevent's loop is the only loop: the ready queue is drained by an internal
 //! event activated with `event_active`, so coroutines run the same way whether evco runs the
-//! loop ([`run`](crate::run), [`JoinHandle::join`] outside a coroutine) or a host program runs
+//! loop ([`run`], [`JoinHandle::join`] outside a coroutine) or a host program runs
 //! `event_base_dispatch` on its own base ([`enter`]).
 //!
 //! # What a wait registers, and when it is removed
 //!
-//! Every coroutine's stack comes with one `struct event` ([`RawEvent`]), reused across its waits:
+//! Every coroutine's stack comes with one `struct event` (`RawEvent`), reused across its waits:
 //! `event_assign` only when fd or interest change, `event_add` otherwise. A wait is one-shot (no
-//! `EV_PERSIST`): libevent makes the event non-pending before it calls [`wake`], whose argument is
-//! the waiting [`Task`]. That argument is valid because a task is only freed after its event is
+//! `EV_PERSIST`): libevent makes the event non-pending before it calls `wake`, whose argument is
+//! the waiting `Task`. That argument is valid because a task is only freed after its event is
 //! deleted:
 //!
 //! - on wake-up, libevent already removed it;
@@ -29,11 +29,11 @@
 //! A one-shot wait costs libevent an `event_add` and an `event_del` and the kernel an
 //! `epoll_ctl`, every time. Sockets evco owns (the `net` types) take a cheaper road where the
 //! backend supports edge-triggered events (epoll): on their first wait they get one
-//! [`Registration`], a persistent `EV_READ|EV_WRITE|EV_ET` event that stays until the socket is
-//! closed ([`deregister`], called by the socket's `Drop`, `into_std`, `into_raw_fd`, and by
+//! `Registration`, a persistent `EV_READ|EV_WRITE|EV_ET` event that stays until the socket is
+//! closed (`deregister`, called by the socket's `Drop`, `into_std`, `into_raw_fd`, and by
 //! `io::close`). A wait then only happens after the socket returned `EAGAIN`, so the next edge
 //! is exactly what it waits for: the waiter puts itself on the registration's reader or writer
-//! list and suspends; [`edge`] resumes the listed coroutines. A timeout uses the coroutine's own
+//! list and suspends; `edge` resumes the listed coroutines. A timeout uses the coroutine's own
 //! event as a timer. The lists hold a coroutine only while it is suspended in that wait (its
 //! guard removes it when the wait ends or unwinds), and a registration is freed only after its
 //! event is deleted; the callback holds its own reference while it runs. On backends without
@@ -43,9 +43,9 @@
 //!
 //! A drain pass resumes ready coroutines in FIFO order, including those that become ready
 //! during the pass (a spawn followed by a join completes within one pass, with no trip through
-//! libevent), but at most [`PASS_BUDGET`] of them. libevent runs an event activated from inside
+//! libevent), but at most `PASS_BUDGET` of them. libevent runs an event activated from inside
 //! a callback in the same pass, so coroutines that yield in a loop could still starve I/O: after
-//! [`FAIR_EVERY`] passes in a row that left coroutines ready, the drain re-arms through a
+//! `FAIR_EVERY` passes in a row that left coroutines ready, the drain re-arms through a
 //! zero-timeout timer instead, which libevent only runs after it polled for I/O again. The drain
 //! event itself is persistent, so activating it never costs an `event_del`.
 
@@ -907,7 +907,7 @@ impl<T> fmt::Debug for JoinHandle<T> {
 impl<T> JoinHandle<T> {
     /// Waits for the coroutine to finish and returns its result, or the payload of its panic
     /// ([`StackOverflow`](crate::coroutine::StackOverflow) for an overflow,
-    /// [`Cancelled`](crate::coroutine::Cancelled) if it was cancelled).
+    /// [`Cancelled`] if it was cancelled).
     ///
     /// Inside a coroutine it parks the caller. Outside, it runs the event loop until the
     /// coroutine finishes. Misuse (joining yourself, joining from a bare coroutine, a loop that
@@ -967,7 +967,7 @@ impl<T> JoinHandle<T> {
 
     /// Cancels the coroutine if it is suspended: deletes whatever it waits on, then unwinds its
     /// stack so its destructors run. `join` then returns a
-    /// [`Cancelled`](crate::coroutine::Cancelled) payload. A coroutine cannot cancel itself.
+    /// [`Cancelled`] payload. A coroutine cannot cancel itself.
     pub fn cancel(&self) -> io::Result<()> {
         // SAFETY: the task's scheduler outlives it.
         let sched = unsafe { &*self.task.sched };
@@ -1043,7 +1043,7 @@ fn uninstall() {
 }
 
 /// Cancels every suspended coroutine on this thread's scheduler (their destructors run, their
-/// events are deleted), except the root coroutine of a running [`run`](crate::run): it keeps
+/// events are deleted), except the root coroutine of a running [`run`]: it keeps
 /// going (its joins of cancelled coroutines return [`Cancelled`]) and decides what `run`
 /// returns. Typically called from a signal event's callback. An error inside a coroutine.
 pub fn shutdown() -> io::Result<()> {
