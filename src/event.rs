@@ -166,7 +166,8 @@ pub enum LoopExit {
 
 impl EventBase {
     /// Creates a base of its own, with `EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST` (ignored by other
-    /// backends) and without libevent's locking: it belongs to the calling thread.
+    /// backends), precise timers (`EVENT_BASE_FLAG_PRECISE_TIMER`: a timeout never ends early)
+    /// and without libevent's locking: it belongs to the calling thread.
     ///
     /// libevent's environment switches (`EVENT_NOEPOLL=1` and the like) are honoured.
     pub fn new() -> io::Result<EventBase> {
@@ -185,6 +186,13 @@ impl EventBase {
             sys::event_config_set_flag(
                 cfg,
                 sys::event_base_config_flag_EVENT_BASE_FLAG_NOLOCK as c_int,
+            );
+            // CLOCK_MONOTONIC, not libevent's default CLOCK_MONOTONIC_COARSE: on the coarse
+            // clock (one tick, 1-10 ms) a timer fires up to a tick early whenever a tick falls
+            // between adding it and the next poll, and `time::sleep` must never end early.
+            sys::event_config_set_flag(
+                cfg,
+                sys::event_base_config_flag_EVENT_BASE_FLAG_PRECISE_TIMER as c_int,
             );
             let raw = sys::event_base_new_with_config(cfg);
             sys::event_config_free(cfg);
