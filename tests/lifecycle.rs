@@ -448,6 +448,35 @@ fn a_timed_wait_started_late_in_a_long_pass_waits_its_full_duration() {
     });
 }
 
+/// Regression: libevent's default clock is CLOCK_MONOTONIC_COARSE (one tick, 4 ms here), so a
+/// timer could fire up to a tick early by `Instant`'s clock whenever a tick fell between adding
+/// it and the loop's next poll (about one sleep in seven below). Sixty tries make a miss
+/// unlikely (under 1 in 10,000) if the bug is back; none can fail when it is not.
+#[test]
+fn sleeps_never_end_early_by_a_clock_tick() {
+    let _w = watchdog(30);
+    const D: Duration = Duration::from_millis(20);
+    let early = evco::run(|| {
+        let mut early = Vec::new();
+        for _ in 0..60 {
+            let sleeper = evco::spawn(|| {
+                let t = Instant::now();
+                evco::time::sleep(D);
+                t.elapsed()
+            });
+            // 5 ms of work in the same pass, so that a tick passes before the loop polls.
+            let busy = evco::spawn(|| std::thread::sleep(Duration::from_millis(5)));
+            busy.join().unwrap();
+            let slept = sleeper.join().unwrap();
+            if slept < D {
+                early.push(slept);
+            }
+        }
+        early
+    });
+    assert!(early.is_empty(), "sleep({D:?}) ended early: {early:?}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         // 64 in CI; LIFECYCLE_CASES=N for a longer hunt.
