@@ -508,10 +508,24 @@ unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
         if !hit {
             continue;
         }
-        let list = reg.waiters(dir).take();
-        for t in list {
-            // SAFETY: as in `deregister`: listed tasks are suspended, hence alive.
-            let task = unsafe { &*t };
+        // Hold every listed waiter before resuming any: a resumed coroutine may cancel another
+        // one on this list and drop the last handle on it, which frees its task. (The collect
+        // reuses the taken list's buffer.)
+        let listed: Vec<Rc<Task>> = reg
+            .waiters(dir)
+            .take()
+            .into_iter()
+            .filter_map(|t| {
+                // SAFETY: as in `deregister`: listed tasks are suspended, hence alive, and none
+                // has been resumed yet.
+                let task = unsafe { &*t };
+                // SAFETY: a task's scheduler outlives it.
+                let sched = unsafe { &*task.sched };
+                sched.task_rc(task.slot.get())
+            })
+            .collect();
+        for task in listed {
+            // A waiter resumed before this one may have cancelled it.
             if task.blocked.get() != Blocked::Io {
                 continue;
             }
@@ -524,9 +538,7 @@ unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
             }
             task.blocked.set(Blocked::No);
             task.woke.set(dir.bits());
-            if let Some(rc) = sched.task_rc(task.slot.get()) {
-                sched.run_task(&rc);
-            }
+            sched.run_task(&task);
         }
     }
 }
