@@ -477,6 +477,47 @@ fn sleeps_never_end_early_by_a_clock_tick() {
     assert!(early.is_empty(), "sleep({D:?}) ended early: {early:?}");
 }
 
+/// Regression: under epoll an evco socket has one persistent edge-triggered registration, and
+/// its callback resumed the waiters it had listed one after the other, holding plain pointers
+/// to the rest. A resumed waiter that cancels another waiter of the same edge and drops its
+/// handle frees that task: the callback then read freed memory (Memcheck: "Invalid read"; a
+/// crash once the memory is reused).
+#[test]
+fn a_waiter_woken_by_an_edge_may_cancel_and_drop_another_waiter_of_the_same_edge() {
+    let _w = watchdog(30);
+    evco::run(|| {
+        let (a, b) = evco::net::UnixStream::pair().unwrap();
+        let a = Rc::new(a);
+        let victim_handle: Rc<RefCell<Option<JoinHandle<()>>>> = Rc::default();
+        let first = {
+            let (a, victim_handle) = (a.clone(), victim_handle.clone());
+            evco::spawn(move || {
+                let mut byte = [0u8; 1];
+                std::io::Read::read(&mut &*a, &mut byte).unwrap();
+                let victim = victim_handle.borrow_mut().take().unwrap();
+                victim.cancel().unwrap();
+                // The last reference to the victim's task goes here.
+                let p = victim.join().unwrap_err();
+                assert!(p.downcast_ref::<Cancelled>().is_some());
+            })
+        };
+        let victim = {
+            let a = a.clone();
+            evco::spawn(move || {
+                let mut byte = [0u8; 1];
+                let _ = std::io::Read::read(&mut &*a, &mut byte);
+                unreachable!("cancelled while it waits");
+            })
+        };
+        *victim_handle.borrow_mut() = Some(victim);
+        // Both wait for the same readable edge, `first` ahead of the victim.
+        evco::yield_now().unwrap();
+        std::io::Write::write_all(&mut &b, b"x").unwrap();
+        first.join().unwrap();
+    });
+    assert_eq!(evco::scheduler::live_coroutines(), 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         // 64 in CI; LIFECYCLE_CASES=N for a longer hunt.
