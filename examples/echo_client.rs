@@ -6,6 +6,11 @@
 //! ```
 //! The last line is machine-readable:
 //! `RESULT msgs_per_sec=<f> p50_us=<f> p99_us=<f> errors=<n>`.
+//!
+//! `--mode churn`: every connection sends one message and closes, then reconnects (the rate is
+//! connections per second: measures the server's cost per accepted connection).
+//! `--mode idle`: every connection sends one message, then stays open and silent until the end
+//! (hold `--conns` idle connections to measure the server's memory per connection).
 
 use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
@@ -20,6 +25,14 @@ struct Opts {
     conns: usize,
     size: usize,
     secs: f64,
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Echo,
+    Churn,
+    Idle,
 }
 
 fn parse() -> Opts {
@@ -28,6 +41,7 @@ fn parse() -> Opts {
         conns: 100,
         size: 64,
         secs: 5.0,
+        mode: Mode::Echo,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -40,8 +54,19 @@ fn parse() -> Opts {
             "--conns" => o.conns = val().parse().unwrap_or_else(|_| die("bad --conns")),
             "--size" => o.size = val().parse().unwrap_or_else(|_| die("bad --size")),
             "--secs" => o.secs = val().parse().unwrap_or_else(|_| die("bad --secs")),
+            "--mode" => {
+                o.mode = match val().as_str() {
+                    "echo" => Mode::Echo,
+                    "churn" => Mode::Churn,
+                    "idle" => Mode::Idle,
+                    _ => die("--mode is echo, churn or idle"),
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: echo_client [--addr A] [--conns N] [--size BYTES] [--secs S]");
+                println!(
+                    "usage: echo_client [--addr A] [--conns N] [--size BYTES] [--secs S] \
+                     [--mode echo|churn|idle]"
+                );
                 std::process::exit(0);
             }
             _ => die(&format!("unknown argument {a:?}")),
@@ -70,11 +95,33 @@ fn main() {
             .map(|id| {
                 let (msgs, errors, lat, addr) =
                     (msgs.clone(), errors.clone(), lat.clone(), o.addr.clone());
-                let size = o.size;
+                let (size, mode) = (o.size, o.mode);
                 Builder::new()
                     .stack_size(64 * 1024)
                     .spawn(move || {
-                        if let Err(e) = client(id, &addr, size, deadline, &msgs, &lat) {
+                        let run = || -> std::io::Result<()> {
+                            match mode {
+                                Mode::Echo => {
+                                    client(id, &addr, size, deadline, &msgs, &lat, None).map(drop)
+                                }
+                                Mode::Churn => {
+                                    while Instant::now() < deadline {
+                                        client(id, &addr, size, deadline, &msgs, &lat, Some(1))?;
+                                    }
+                                    Ok(())
+                                }
+                                Mode::Idle => {
+                                    // Hold the connection open and silent until the end.
+                                    let held =
+                                        client(id, &addr, size, deadline, &msgs, &lat, Some(1))?;
+                                    let left = deadline.saturating_duration_since(Instant::now());
+                                    evco::time::sleep(left);
+                                    drop(held);
+                                    Ok(())
+                                }
+                            }
+                        };
+                        if let Err(e) = run() {
                             if errors.get() < 5 {
                                 eprintln!("echo_client: connection {id}: {e}");
                             }
@@ -117,7 +164,8 @@ fn main() {
     }
 }
 
-/// One connection: send numbered messages, check each echo byte for byte.
+/// One connection: send numbered messages (until the deadline, or `limit` of them), check each
+/// echo byte for byte.
 fn client(
     id: usize,
     addr: &str,
@@ -125,7 +173,8 @@ fn client(
     deadline: Instant,
     msgs: &Cell<u64>,
     lat: &RefCell<Vec<u32>>,
-) -> std::io::Result<()> {
+    limit: Option<u64>,
+) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -133,7 +182,7 @@ fn client(
     let mut back = vec![0u8; size];
     let mut local = Vec::new();
     let mut seq = 0u64;
-    while Instant::now() < deadline {
+    while Instant::now() < deadline && limit.is_none_or(|l| seq < l) {
         for (i, b) in out.iter_mut().enumerate() {
             *b = (id as u64 ^ seq.wrapping_mul(31) ^ i as u64) as u8;
         }
@@ -151,5 +200,5 @@ fn client(
         seq += 1;
     }
     lat.borrow_mut().extend(local);
-    Ok(())
+    Ok(stream)
 }
