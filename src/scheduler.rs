@@ -129,6 +129,8 @@ pub(crate) struct Scheduler {
     regs: RefCell<Vec<Option<Rc<Registration>>>>,
     /// Whether the backend does edge triggering, so registrations can be used.
     edge: bool,
+    /// An empty waiter list with capacity, swapped with a registration's list by `edge`.
+    spare_waiters: RefCell<Vec<*const Task>>,
     base: EventBase,
 }
 
@@ -155,6 +157,7 @@ impl Scheduler {
             fd_waiters: RefCell::new(Vec::new()),
             regs: RefCell::new(Vec::new()),
             edge: base.supports_edge_triggered(),
+            spare_waiters: RefCell::new(Vec::new()),
             base,
         });
         let arg = Rc::as_ptr(&sched) as *mut c_void;
@@ -508,29 +511,34 @@ unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
         if !hit {
             continue;
         }
+        let Some(sched) = Scheduler::current() else {
+            return;
+        };
+        // Swap the list for the scheduler's spare buffer rather than leaving an empty Vec that
+        // the next wait would allocate again: the two buffers take turns, no malloc per edge.
+        let spare = std::mem::take(&mut *sched.spare_waiters.borrow_mut());
+        let taken = std::mem::replace(&mut *reg.waiters(dir).borrow_mut(), spare);
+        if taken.is_empty() {
+            *sched.spare_waiters.borrow_mut() = taken;
+            continue;
+        }
         // Hold every listed waiter before resuming any: a resumed coroutine may cancel another
-        // one on this list and drop the last handle on it, which frees its task. (The collect
-        // reuses the taken list's buffer.)
-        let listed: Vec<Rc<Task>> = reg
-            .waiters(dir)
-            .take()
+        // one on this list and drop the last handle on it, which frees its task. (These collects
+        // run in place, reusing the buffer.)
+        let listed: Vec<Rc<Task>> = taken
             .into_iter()
             .filter_map(|t| {
                 // SAFETY: as in `deregister`: listed tasks are suspended, hence alive, and none
                 // has been resumed yet.
                 let task = unsafe { &*t };
-                // SAFETY: a task's scheduler outlives it.
-                let sched = unsafe { &*task.sched };
                 sched.task_rc(task.slot.get())
             })
             .collect();
-        for task in listed {
+        for task in &listed {
             // A waiter resumed before this one may have cancelled it.
             if task.blocked.get() != Blocked::Io {
                 continue;
             }
-            // SAFETY: a task's scheduler outlives it.
-            let sched = unsafe { &*task.sched };
             if task.timer_armed.replace(false) {
                 if let Some(ev) = task.core.wait_event() {
                     ev.del();
@@ -538,8 +546,10 @@ unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
             }
             task.blocked.set(Blocked::No);
             task.woke.set(dir.bits());
-            sched.run_task(&task);
+            sched.run_task(task);
         }
+        let emptied: Vec<*const Task> = listed.into_iter().filter_map(|_| None).collect();
+        *sched.spare_waiters.borrow_mut() = emptied;
     }
 }
 
