@@ -3,7 +3,9 @@
 //! proptest generates a driver script: spawn coroutines that run scripts of their own (wait for
 //! an fd to be readable or writable, with or without a timeout; sleep; yield; join an earlier
 //! coroutine; panic), make fds readable, close waited fds with `io::close`, cancel coroutines,
-//! drop their handles, let the others run. After each case the invariants are checked:
+//! drop their handles, let the others run. Some fds are raw socketpair ends waited on with
+//! `io::wait` (one-shot events); the others belong to evco `UnixStream`s read and written
+//! through the net layer (under epoll, one persistent edge-triggered registration per socket). After each case the invariants are checked:
 //!
 //! - every coroutine ended exactly once, and in the way its history allows (finished its
 //!   script, panicked at its `Panic` step, or was cancelled by a `Cancel` of the driver);
@@ -21,7 +23,8 @@
 mod common;
 
 use std::cell::{Cell, RefCell};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -30,9 +33,12 @@ use common::{socketpair, watchdog, write_byte};
 use evco::JoinHandle;
 use evco::coroutine::Cancelled;
 use evco::io::{Interest, wait};
+use evco::net::UnixStream;
 use proptest::prelude::*;
 
-const PAIRS: usize = 3;
+/// Pairs `0..RAW_PAIRS` are raw fds waited on with `io::wait`; the rest are evco `UnixStream`s.
+const RAW_PAIRS: usize = 3;
+const PAIRS: usize = 5;
 const PANIC_MSG: &str = "scripted panic";
 
 /// One step of a coroutine's script.
@@ -55,6 +61,11 @@ enum Step {
     Join {
         back: usize,
     },
+    /// Cancel coroutine `nth % spawned` (not itself), if its handle is still there, and drop
+    /// the handle (after a join, so that the ending is recorded).
+    Cancel {
+        nth: usize,
+    },
     Panic,
 }
 
@@ -76,11 +87,14 @@ enum Op {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (0..PAIRS, prop::option::of(1u64..6)).prop_map(|(pair, timeout_ms)| Step::Read { pair, timeout_ms }),
+        // Reads lean on the stream pairs: their edges wake several waiters at once.
+        2 => (0..PAIRS, prop::option::of(1u64..6)).prop_map(|(pair, timeout_ms)| Step::Read { pair, timeout_ms }),
+        3 => (RAW_PAIRS..PAIRS, prop::option::of(1u64..6)).prop_map(|(pair, timeout_ms)| Step::Read { pair, timeout_ms }),
         1 => (0..PAIRS).prop_map(|pair| Step::Writable { pair }),
         2 => (0u64..4).prop_map(|ms| Step::Sleep { ms }),
         2 => Just(Step::Yield),
         2 => (1usize..4).prop_map(|back| Step::Join { back }),
+        2 => any::<usize>().prop_map(|nth| Step::Cancel { nth }),
         1 => Just(Step::Panic),
     ]
 }
@@ -108,6 +122,9 @@ enum End {
 struct World {
     /// The waited end of each pair (closed through `io::close`), and the end that pokes it.
     fds: Vec<RawFd>,
+    /// The evco stream owning `fds[p]` for the stream pairs; never dropped (`io::close` closes
+    /// its fd, and deregisters it).
+    streams: Vec<Option<ManuallyDrop<UnixStream>>>,
     pokers: Vec<OwnedFd>,
     closed: Vec<Cell<bool>>,
     handles: RefCell<Vec<Option<JoinHandle<()>>>>,
@@ -188,6 +205,35 @@ impl Drop for Guard {
 fn run_script(world: &Rc<World>, i: usize, script: &[Step]) {
     for (k, step) in script.iter().enumerate() {
         match *step {
+            Step::Read { pair, timeout_ms } if world.streams[pair].is_some() => {
+                if world.closed[pair].get() {
+                    continue;
+                }
+                let s = world.streams[pair].as_deref().unwrap();
+                let timeout = timeout_ms.map(Duration::from_millis);
+                s.set_read_timeout(timeout).unwrap();
+                match (&*s).read(&mut [0u8; 1]) {
+                    Ok(1) => {}
+                    Ok(n) => world.violation(format!("{i}/{k}: stream read gave {n} bytes")),
+                    Err(e) if e.kind() == ErrorKind::TimedOut && timeout.is_some() => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBADF) && world.closed[pair].get() => {
+                    }
+                    Err(e) => world.violation(format!("{i}/{k}: stream read on {pair}: {e}")),
+                }
+            }
+            Step::Writable { pair } if world.streams[pair].is_some() => {
+                if world.closed[pair].get() {
+                    continue;
+                }
+                let s = world.streams[pair].as_deref().unwrap();
+                match (&*s).write(b"y") {
+                    Ok(1) => {}
+                    Ok(n) => world.violation(format!("{i}/{k}: stream write wrote {n} bytes")),
+                    Err(e) if e.raw_os_error() == Some(libc::EBADF) && world.closed[pair].get() => {
+                    }
+                    Err(e) => world.violation(format!("{i}/{k}: stream write on {pair}: {e}")),
+                }
+            }
             Step::Read { pair, timeout_ms } => {
                 if world.closed[pair].get() {
                     continue;
@@ -234,6 +280,23 @@ fn run_script(world: &Rc<World>, i: usize, script: &[Step]) {
                 let t = i - back;
                 let h = world.handles.borrow_mut()[t].take();
                 if let Some(h) = h {
+                    world.record_join(t, h.join());
+                }
+            }
+            Step::Cancel { nth } => {
+                let n = world.handles.borrow().len();
+                let t = nth % n;
+                if t == i {
+                    continue;
+                }
+                let h = world.handles.borrow_mut()[t].take();
+                if let Some(h) = h {
+                    if !h.is_finished() {
+                        world.cancel_requested.borrow_mut()[t] = true;
+                    }
+                    if let Err(e) = h.cancel() {
+                        world.violation(format!("{i}/{k}: cancel of {t}: {e}"));
+                    }
                     world.record_join(t, h.join());
                 }
             }
@@ -341,9 +404,16 @@ fn close_pair(world: &World, p: usize) {
 fn check(ops: Vec<Op>) -> Vec<String> {
     let baseline = evco::scheduler::base().unwrap().added_events();
     let mut world = World::default();
-    for _ in 0..PAIRS {
+    for p in 0..PAIRS {
         let (a, b) = socketpair();
-        world.fds.push(a.into_raw_fd());
+        if p < RAW_PAIRS {
+            world.fds.push(a.into_raw_fd());
+            world.streams.push(None);
+        } else {
+            let s = UnixStream::from_std(std::os::unix::net::UnixStream::from(a)).unwrap();
+            world.fds.push(s.as_raw_fd());
+            world.streams.push(Some(ManuallyDrop::new(s)));
+        }
         world.pokers.push(b);
         world.closed.push(Cell::new(false));
     }
@@ -485,36 +555,34 @@ fn sleeps_never_end_early_by_a_clock_tick() {
 #[test]
 fn a_waiter_woken_by_an_edge_may_cancel_and_drop_another_waiter_of_the_same_edge() {
     let _w = watchdog(30);
-    evco::run(|| {
+    let cancelled = Rc::new(Cell::new(0));
+    let c = cancelled.clone();
+    evco::run(move || {
         let (a, b) = evco::net::UnixStream::pair().unwrap();
         let a = Rc::new(a);
-        let victim_handle: Rc<RefCell<Option<JoinHandle<()>>>> = Rc::default();
-        let first = {
-            let (a, victim_handle) = (a.clone(), victim_handle.clone());
-            evco::spawn(move || {
+        // Two readers of one byte; whichever the edge resumes first (epoll and poll order them
+        // differently) cancels the other and drops the last handle on it.
+        let handles: Rc<RefCell<[Option<JoinHandle<()>>; 2]>> = Rc::default();
+        for k in 0..2 {
+            let (a, slots, c) = (a.clone(), handles.clone(), c.clone());
+            let h = evco::spawn(move || {
                 let mut byte = [0u8; 1];
                 std::io::Read::read(&mut &*a, &mut byte).unwrap();
-                let victim = victim_handle.borrow_mut().take().unwrap();
-                victim.cancel().unwrap();
-                // The last reference to the victim's task goes here.
-                let p = victim.join().unwrap_err();
+                let other = slots.borrow_mut()[1 - k].take().unwrap();
+                other.cancel().unwrap();
+                // The last reference to the other task goes here.
+                let p = other.join().unwrap_err();
                 assert!(p.downcast_ref::<Cancelled>().is_some());
-            })
-        };
-        let victim = {
-            let a = a.clone();
-            evco::spawn(move || {
-                let mut byte = [0u8; 1];
-                let _ = std::io::Read::read(&mut &*a, &mut byte);
-                unreachable!("cancelled while it waits");
-            })
-        };
-        *victim_handle.borrow_mut() = Some(victim);
-        // Both wait for the same readable edge, `first` ahead of the victim.
+                c.set(c.get() + 1);
+            });
+            handles.borrow_mut()[k] = Some(h);
+        }
+        // Both wait for the same readable edge.
         evco::yield_now().unwrap();
         std::io::Write::write_all(&mut &b, b"x").unwrap();
-        first.join().unwrap();
+        // `run` returns once both have ended.
     });
+    assert_eq!(cancelled.get(), 1, "exactly one reader cancelled the other");
     assert_eq!(evco::scheduler::live_coroutines(), 0);
 }
 
