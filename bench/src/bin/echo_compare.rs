@@ -36,6 +36,8 @@ struct Opts {
     client_cpu: String,
     port: u16,
     settle: Duration,
+    /// Run each server under callgrind and report user-space instructions per message.
+    callgrind: bool,
 }
 
 const USAGE: &str = "\
@@ -47,6 +49,9 @@ usage: echo_compare --c BIN --evco BIN --tokio BIN --client BIN [options]
   --conns LIST       connection counts, comma-separated (default 1,100,1000)
   --sizes LIST       message sizes in bytes (default 64,4096)
   --quick            --rounds 3 --secs 1 (about a minute)
+  --callgrind        run each server under valgrind's callgrind and report its user-space
+                     instructions per message: slow servers, but a count that other work on
+                     the machine does not disturb (sets --rounds 1; kernel work not counted)
   --server-cpu CPU   taskset CPU list for the servers (default 0)
   --client-cpu CPU   taskset CPU list for the load client (default 1)
   --port P           first TCP port; each run takes the next one (default 21000)
@@ -83,6 +88,7 @@ fn parse() -> Opts {
         client_cpu: "1".into(),
         port: 21000,
         settle: Duration::from_secs(2),
+        callgrind: false,
     };
     let mut client = None;
     let mut args = std::env::args().skip(1);
@@ -105,6 +111,10 @@ fn parse() -> Opts {
             "--quick" => {
                 o.rounds = 3;
                 o.secs = 1.0;
+            }
+            "--callgrind" => {
+                o.callgrind = true;
+                o.rounds = 1;
             }
             "--server-cpu" => o.server_cpu = val(),
             "--client-cpu" => o.client_cpu = val(),
@@ -157,9 +167,20 @@ struct Run {
     wall_s: f64,
     /// Peak resident set of the server, KiB.
     hwm_kib: u64,
+    /// Instructions the server executed in user space (callgrind's total), with --callgrind.
+    instructions: Option<u64>,
 }
 
 impl Run {
+    /// User-space instructions per echoed message (with --callgrind; startup included).
+    fn instructions_per_msg(&self, secs: f64) -> f64 {
+        let msgs = self.msgs_per_sec * secs;
+        match self.instructions {
+            Some(n) if msgs > 0.0 => n as f64 / msgs,
+            _ => f64::NAN,
+        }
+    }
+
     /// Server CPU nanoseconds per echoed message (messages counted as rate × load seconds).
     fn cpu_ns_per_msg(&self, secs: f64) -> f64 {
         let msgs = self.msgs_per_sec * secs;
@@ -254,30 +275,44 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A server process, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Server(Child);
+/// A server process, stopped (SIGTERM, then SIGKILL after `grace`) when dropped.
+struct Server {
+    child: Child,
+    grace: Duration,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let pid = self.0.id() as libc::pid_t;
+        let pid = self.child.id() as libc::pid_t;
         // SAFETY: signalling our own child, which has not been reaped yet.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + self.grace;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
+            if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-/// Starts `bin` pinned to `cpu` and waits for its "listening on" line.
-fn start_server(bin: &Path, cpu: &str, addr: &str) -> Result<Server, String> {
-    let mut child = Command::new("taskset")
-        .args(["-c", cpu])
+/// Starts `bin` pinned to `cpu` (under callgrind, writing `callgrind_out`, when given) and
+/// waits for its "listening on" line.
+fn start_server(
+    bin: &Path,
+    cpu: &str,
+    addr: &str,
+    callgrind_out: Option<&Path>,
+) -> Result<Server, String> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpu]);
+    if let Some(out) = callgrind_out {
+        cmd.args(["valgrind", "--tool=callgrind", "--quiet"])
+            .arg(format!("--callgrind-out-file={}", out.display()));
+    }
+    let mut child = cmd
         .arg(bin)
         .args(["--addr", addr])
         .stdin(Stdio::null())
@@ -287,7 +322,11 @@ fn start_server(bin: &Path, cpu: &str, addr: &str) -> Result<Server, String> {
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
-    let server = Server(child);
+    let server = Server {
+        child,
+        // valgrind writes its profile on exit, which takes a while.
+        grace: Duration::from_secs(if callgrind_out.is_some() { 60 } else { 5 }),
+    };
     // Its stderr (shutdown chatter, or why it failed) is shown only when it does not start.
     let errors = std::thread::spawn(move || {
         let mut text = String::new();
@@ -307,7 +346,7 @@ fn start_server(bin: &Path, cpu: &str, addr: &str) -> Result<Server, String> {
             }
         }
     });
-    match rx.recv_timeout(Duration::from_secs(20)) {
+    match rx.recv_timeout(Duration::from_secs(60)) {
         Ok(()) => Ok(server),
         Err(_) => {
             drop(server);
@@ -339,8 +378,14 @@ fn parse_result(out: &str) -> Option<(f64, f64, f64, u64)> {
 
 fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Result<Run, String> {
     let addr = format!("127.0.0.1:{port}");
-    let srv = start_server(&o.bins[server], &o.server_cpu, &addr)?;
-    let pid = srv.0.id();
+    let profile = o.callgrind.then(|| {
+        std::env::temp_dir().join(format!(
+            "echo_compare.{}.{port}.callgrind",
+            std::process::id()
+        ))
+    });
+    let srv = start_server(&o.bins[server], &o.server_cpu, &addr, profile.as_deref())?;
+    let pid = srv.child.id();
     let mut cpus = cpu_list(&o.server_cpu);
     cpus.extend(cpu_list(&o.client_cpu));
     cpus.sort_unstable();
@@ -376,6 +421,11 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
     let busy1 = busy_seconds(&cpus).unwrap_or(f64::NAN);
     let hwm_kib = peak_rss_kib(pid).unwrap_or(0);
     drop(srv);
+    let instructions = profile.as_deref().and_then(|p| {
+        let n = callgrind_total(p);
+        let _ = std::fs::remove_file(p);
+        n
+    });
     let stdout = reader.join().unwrap_or_default();
     let (msgs_per_sec, p50_us, p99_us, errors) = parse_result(&stdout).ok_or_else(|| {
         format!("no RESULT line from the client (wait status {status:#x}):\n{stdout}")
@@ -394,7 +444,18 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
         others_cpu_s: (busy1 - busy0 - (cpu1 - cpu0) - client_cpu_s).max(0.0),
         wall_s,
         hwm_kib,
+        instructions,
     })
+}
+
+/// The instruction total of a callgrind profile (its `totals:` or `summary:` line).
+fn callgrind_total(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("totals:"))
+        .or_else(|| text.lines().find(|l| l.starts_with("summary:")))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Reaps child `pid` (which `Child` then must not wait for) and returns its wait status and
@@ -466,6 +527,8 @@ struct Summary {
     client_util: f64,
     /// Median CPU use (0..1, of one CPU) by anything else on the two CPUs during those runs.
     others_util: f64,
+    /// Per server: median user-space instructions per message (with --callgrind).
+    instr: [f64; 3],
     errors: u64,
 }
 
@@ -500,6 +563,7 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                         .map(|r| r.others_cpu_s / r.wall_s)
                         .collect(),
                 ),
+                instr: [f64::NAN; 3],
                 errors: 0,
             };
             for s in 0..3 {
@@ -508,6 +572,11 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                 sum.cpu_ns[s] = median(mine.iter().map(|r| r.cpu_ns_per_msg(o.secs)).collect());
                 sum.util[s] = median(mine.iter().map(|r| r.cpu_s / r.wall_s).collect());
                 sum.hwm[s] = mine.iter().map(|r| r.hwm_kib).max().unwrap_or(0);
+                sum.instr[s] = median(
+                    mine.iter()
+                        .map(|r| r.instructions_per_msg(o.secs))
+                        .collect(),
+                );
                 sum.errors += mine.iter().map(|r| r.errors).sum::<u64>();
                 let pairs = |f: &dyn Fn(&Run, &Run) -> f64| {
                     median(
@@ -538,12 +607,12 @@ fn write_csv(path: &Path, o: &Opts, runs: &[Run]) -> std::io::Result<()> {
     let mut s = String::from(
         "round,conns,size,server,msgs_per_sec,p50_us,p99_us,errors,server_cpu_s,wall_s,\
          server_cpu_util,server_cpu_ns_per_msg,server_vmhwm_kib,client_cpu_s,client_cpu_util,\
-         others_cpu_s,others_cpu_util\n",
+         others_cpu_s,others_cpu_util,user_instructions,user_instructions_per_msg\n",
     );
     for r in runs {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.1},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.1},{},{:.3},{:.3},{:.3},{:.3}",
+            "{},{},{},{},{:.1},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.1},{},{:.3},{:.3},{:.3},{:.3},{},{}",
             r.round + 1,
             r.conns,
             r.size,
@@ -561,6 +630,12 @@ fn write_csv(path: &Path, o: &Opts, runs: &[Run]) -> std::io::Result<()> {
             r.client_cpu_s / r.wall_s,
             r.others_cpu_s,
             r.others_cpu_s / r.wall_s,
+            r.instructions.map(|n| n.to_string()).unwrap_or_default(),
+            if r.instructions.is_some() {
+                format!("{:.0}", r.instructions_per_msg(o.secs))
+            } else {
+                String::new()
+            },
         );
     }
     std::fs::write(path, s)
@@ -691,6 +766,39 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
             } else {
                 "MISSED"
             },
+        );
+    }
+    t
+}
+
+/// The table of --callgrind runs: instructions per message, which other work on the machine
+/// does not change (unlike msgs/s and CPU time).
+fn instruction_table(o: &Opts, sums: &[Summary]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "user-space instructions per message under callgrind (load {}, {} s per run; kernel \
+         work not counted; startup included)",
+        client_name(o),
+        o.secs
+    );
+    let _ = writeln!(
+        t,
+        "{:>5} {:>6} | {:>8} {:>8} {:>8} | {:>6} {:>6} {:>10}",
+        "conns", "size", "C", "evco", "tokio", "evco/C", "tok/C", "evco/tokio"
+    );
+    for s in sums {
+        let _ = writeln!(
+            t,
+            "{:>5} {:>6} | {:>8.0} {:>8.0} {:>8.0} | {:>6.2} {:>6.2} {:>10.2}",
+            s.conns,
+            size_label(s.size),
+            s.instr[0],
+            s.instr[1],
+            s.instr[2],
+            s.instr[1] / s.instr[0],
+            s.instr[2] / s.instr[0],
+            s.instr[1] / s.instr[2]
         );
     }
     t
@@ -848,6 +956,12 @@ fn main() {
     let csv = o.out.join(format!("{}.csv", o.stem));
     write_csv(&csv, &o, &runs).unwrap_or_else(|e| die(&format!("{}: {e}", csv.display())));
     let sums = summarise(&o, &runs);
+    if o.callgrind {
+        // Throughput under valgrind means nothing; the instruction counts are the result.
+        print!("{}", instruction_table(&o, &sums));
+        println!("wrote {}", csv.display());
+        return;
+    }
     let svg = o.out.join(format!("{}.svg", o.stem));
     if let Err(e) = chart(&svg, &o, &sums) {
         die(&format!("{}: {e}", svg.display()));
