@@ -7,6 +7,18 @@
 //! coroutine, so the types also work as plain blocking sockets); try again. Timeouts set with
 //! `set_read_timeout`/`set_write_timeout` bound those waits.
 //!
+//! # Send
+//!
+//! The socket types are `!Send`: under epoll a socket's first wait registers it with the
+//! scheduler of its thread, and only that thread can remove the registration when the socket
+//! closes. Move a socket to another thread with `into_std` and `from_std` (which deregisters it
+//! first):
+//!
+//! ```compile_fail
+//! fn assert_send<T: Send>() {}
+//! assert_send::<evco::net::TcpStream>();
+//! ```
+//!
 //! Writes never raise `SIGPIPE` (every stream write is a `send`/`sendmsg` with `MSG_NOSIGNAL`); EOF is `Ok(0)`; a reset peer is
 //! [`std::io::ErrorKind::ConnectionReset`].
 //!

@@ -1,5 +1,6 @@
 //! [`Sock`]: the socket inside every `net` type, which owns the fd's registration.
 
+use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
@@ -11,11 +12,18 @@ use std::os::fd::AsRawFd;
 ///
 /// The registration goes before the fd does: `Drop` and [`into_inner`](Sock::into_inner)
 /// deregister first, so a later socket that reuses the fd number never inherits a stale event.
-pub(crate) struct Sock<T: AsRawFd>(ManuallyDrop<T>);
+///
+/// # Send
+///
+/// `!Send`, and so is every `net` type: a registration lives in the scheduler of the thread
+/// that made it, and only that thread can remove it. A socket that moved to another thread and
+/// closed there would leave its event behind, to swallow the wake-ups of the next socket with
+/// the same fd number. Move a socket across threads with `into_std` and `from_std`.
+pub(crate) struct Sock<T: AsRawFd>(ManuallyDrop<T>, PhantomData<*mut ()>);
 
 impl<T: AsRawFd> Sock<T> {
     pub(crate) fn new(socket: T) -> Sock<T> {
-        Sock(ManuallyDrop::new(socket))
+        Sock(ManuallyDrop::new(socket), PhantomData)
     }
 
     /// Hands the socket out (to std, or as a raw fd), without a registration.
