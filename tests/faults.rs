@@ -518,6 +518,46 @@ fn dup2_over_a_waited_fd_ends_the_wait_by_its_timeout_with_epoll_or_by_readiness
     });
 }
 
+/// The same through an evco stream, whose fd has (under epoll) one persistent edge-triggered
+/// registration: after `dup2` over its fd the kernel has dropped that registration, so no edge
+/// ever comes again, and reads wait for one (they skip the `recv` that would say `EAGAIN`):
+/// under epoll the stream stays deaf until it is dropped, even with data queued; under poll it
+/// reads the new socket. (`dup2` over an fd a stream owns breaks I/O safety: this documents
+/// what happens, it does not bless it.) What must hold: with a read timeout no read hangs.
+#[test]
+fn dup2_over_an_evco_streams_fd_never_hangs_a_read_that_has_a_timeout() {
+    let _w = watchdog(30);
+    evco::run(|| {
+        let (a, _a_peer) = UnixStream::pair().unwrap();
+        a.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        // A first read registers the stream (epoll) and finds nothing.
+        let e = (&a).read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut);
+        let (new, new_peer) = socketpair();
+        // SAFETY: both fds are open; `a` keeps owning its fd number, now the new socket's.
+        assert_eq!(
+            unsafe { libc::dup2(new.as_raw_fd(), a.as_raw_fd()) },
+            a.as_raw_fd()
+        );
+        write_byte(&new_peer);
+        let backend = evco::scheduler::base().unwrap().backend().to_string();
+        let mut outcomes = Vec::new();
+        for _ in 0..2 {
+            match (&a).read(&mut [0u8; 1]) {
+                Ok(n) => outcomes.push(format!("Ok({n})")),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::TimedOut, "{backend}: {e}");
+                    outcomes.push("TimedOut".into());
+                }
+            }
+        }
+        println!("dup2 over a stream's fd, {backend}: reads gave {outcomes:?}");
+        if backend == "poll" {
+            assert_eq!(outcomes, ["Ok(1)", "TimedOut"], "poll reads the new socket");
+        }
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Descriptor exhaustion
 
