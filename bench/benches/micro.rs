@@ -8,6 +8,7 @@
 //! | `schedule` | `yield_now` through the ready queue       | (the switch above)                      |
 //! | `schedule` | `spawn(..).join()`, stack pool warm       | (target: 300 ns)                        |
 //! | `wait`     | write 1 byte, `io::wait` READABLE, read   | write + read; write + epoll_wait + read |
+//! | `wait`     | `net::UnixStream` ping-pong, 2 coroutines | write + read twice, one thread          |
 //!
 //! Loops that must run inside a coroutine use `iter_custom`: one `evco::run` per sample, timing
 //! only the loop inside it.
@@ -170,6 +171,42 @@ fn wait_cycle(c: &mut Criterion) {
                     rx.read_exact(&mut byte).expect("read");
                 }
                 start.elapsed()
+            })
+        });
+    });
+    // Registered sockets (evco::net): one persistent edge-triggered event per socket, so a wait
+    // registers nothing. Two coroutines bounce a byte; one iteration is a full round trip,
+    // beside the same four syscalls made back to back in one thread.
+    g.bench_function("write+read x2 (raw round trip)", |b| {
+        let (mut a, mut z) = pair();
+        let mut byte = [0u8; 1];
+        b.iter(|| {
+            a.write_all(b"x").expect("write");
+            z.read_exact(&mut byte).expect("read");
+            z.write_all(&byte).expect("write");
+            a.read_exact(&mut byte).expect("read");
+        });
+    });
+    g.bench_function("evco net::UnixStream ping-pong (2 coroutines)", |b| {
+        b.iter_custom(|iters| {
+            evco::run(move || {
+                let (mut a, mut z) = evco::net::UnixStream::pair().expect("socketpair");
+                let echo = evco::spawn(move || {
+                    let mut byte = [0u8; 1];
+                    for _ in 0..iters {
+                        z.read_exact(&mut byte).expect("read");
+                        z.write_all(&byte).expect("write");
+                    }
+                });
+                let mut byte = [0u8; 1];
+                let start = Instant::now();
+                for _ in 0..iters {
+                    a.write_all(b"x").expect("write");
+                    a.read_exact(&mut byte).expect("read");
+                }
+                let elapsed = start.elapsed();
+                echo.join().expect("echo coroutine");
+                elapsed
             })
         });
     });
