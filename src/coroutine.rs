@@ -373,6 +373,7 @@ impl Drop for Core {
 }
 
 /// The core of the coroutine running on this thread right now, if any.
+#[inline]
 pub(crate) fn current_core() -> Option<&'static Core> {
     let p = CURRENT.with(|c| c.get());
     // SAFETY: `CURRENT` is set only while `Core::resume`/`cancel` runs on that core, and the core
@@ -394,6 +395,7 @@ pub(crate) fn switch_out() {
 }
 
 /// Whether the calling code runs on a coroutine's stack.
+#[inline]
 pub fn is_coroutine() -> bool {
     current_core().is_some()
 }
