@@ -50,18 +50,7 @@ pub(crate) fn poll(
     write: bool,
     timeout: Option<Duration>,
 ) -> io::Result<()> {
-    let mut events = 0;
-    if read {
-        events |= libc::POLLIN;
-    }
-    if write {
-        events |= libc::POLLOUT;
-    }
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
+    let mut pfd = pollfd(fd, read, write);
     let ms = timeout.map_or(-1, |t| {
         t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int
     });
@@ -87,18 +76,7 @@ pub(crate) fn ready_now(
     write: bool,
 ) -> io::Result<Option<crate::event::What>> {
     use crate::event::What;
-    let mut events = 0;
-    if read {
-        events |= libc::POLLIN;
-    }
-    if write {
-        events |= libc::POLLOUT;
-    }
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
+    let mut pfd = pollfd(fd, read, write);
     // SAFETY: one valid pollfd on our stack, count 1, no waiting.
     if cvt(unsafe { libc::poll(&mut pfd, 1, 0) })? == 0 {
         return Ok(None);
@@ -111,4 +89,20 @@ pub(crate) fn ready_now(
         what = what | What::WRITE;
     }
     Ok(Some(what))
+}
+
+/// A `pollfd` for `fd` asking for readability and/or writability.
+fn pollfd(fd: RawFd, read: bool, write: bool) -> libc::pollfd {
+    let mut events = 0;
+    if read {
+        events |= libc::POLLIN;
+    }
+    if write {
+        events |= libc::POLLOUT;
+    }
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
 }

@@ -376,10 +376,19 @@ impl Scheduler {
             Some(list) if !list.is_empty() => std::mem::take(list),
             _ => return,
         };
+        self.wake_closed(waiters);
+    }
+
+    /// Resumes (through the ready queue) each listed coroutine that still waits, with `EBADF`:
+    /// its fd is being closed.
+    ///
+    /// The list comes from `fd_waiters` or a registration's waiter lists, which hold a task only
+    /// while it is suspended in `wait_event`/`wait_registered` (their guards remove it before
+    /// the wait returns or unwinds), and a suspended task is alive: the task table holds it.
+    /// Nothing is resumed here, so no task can be freed while the list is walked.
+    fn wake_closed(&self, waiters: Vec<*const Task>) {
         for t in waiters {
-            // SAFETY: a task is in `fd_waiters` only while it is suspended in `wait`, which
-            // removes it before returning or unwinding; a suspended task is alive (the task
-            // table holds it).
+            // SAFETY: see above: listed tasks are suspended, hence alive.
             let task = unsafe { &*t };
             if task.blocked.get() != Blocked::Io {
                 continue;
@@ -470,22 +479,7 @@ impl Scheduler {
             .into_iter()
             .chain(reg.writers.take())
             .collect();
-        for t in waiters {
-            // SAFETY: a task is on a waiter list only while suspended in `wait_registered`,
-            // whose guard removes it; a suspended task is alive (the task table holds it).
-            let task = unsafe { &*t };
-            if task.blocked.get() != Blocked::Io {
-                continue;
-            }
-            if let Some(ev) = task.core.wait_event() {
-                ev.del();
-            }
-            task.closed.set(true);
-            task.blocked.set(Blocked::No);
-            if let Some(rc) = self.task_rc(task.slot.get()) {
-                self.schedule(rc);
-            }
-        }
+        self.wake_closed(waiters);
     }
 }
 
