@@ -207,6 +207,7 @@ fn spawn_reports_an_error_naming_the_limit_when_no_stack_can_be_allocated() {
             rlim_cur: 0,
             rlim_max: 0,
         };
+        // SAFETY: getrlimit writes one rlimit into `lim`, which we own.
         unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) };
         let vm_kib: u64 = std::fs::read_to_string("/proc/self/status")
             .unwrap()
@@ -217,6 +218,7 @@ fn spawn_reports_an_error_naming_the_limit_when_no_stack_can_be_allocated() {
         // 256 MiB of headroom: a 1 GiB stack cannot be mapped, while the panic machinery and
         // the allocator still have room (exhausting the last byte would fail in malloc first).
         lim.rlim_cur = (vm_kib + 256 * 1024) * 1024;
+        // SAFETY: setrlimit only reads `lim`; this child process owns its limits.
         assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
         let err = evco::run(|| {
             let err = Builder::new()

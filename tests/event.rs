@@ -45,9 +45,11 @@ fn a_persistent_read_event_fires_on_every_readiness() {
     let writer = Rc::new(b);
     let w2 = writer.clone();
     let ev = Event::new(&base, a2, What::READ | What::PERSIST, move |_| {
+        // SAFETY: `a2` is the fd of `a`, which outlives the event and its callbacks.
         let a = unsafe { std::os::fd::BorrowedFd::borrow_raw(a2) };
         let mut buf = [0u8; 1];
         assert_eq!(
+            // SAFETY: reads at most 1 byte into `buf`, which is 1 byte long.
             unsafe { libc::read(a.as_raw_fd(), buf.as_mut_ptr().cast(), 1) },
             1
         );
@@ -251,6 +253,7 @@ fn a_signal_event_runs_its_closure_on_delivery() {
     })
     .unwrap();
     ev.add(None).unwrap();
+    // SAFETY: raise has no memory-safety preconditions; libevent handles SIGUSR1 now.
     unsafe { libc::raise(libc::SIGUSR1) };
     base.dispatch().unwrap();
     assert_eq!(got.get(), 1);

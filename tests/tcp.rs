@@ -392,6 +392,7 @@ fn a_socket_handed_out_as_a_raw_fd_leaves_no_registration_for_the_next_owner_of_
         );
         let raw = first.into_raw_fd();
         // Closed behind evco's back, as a raw fd may be.
+        // SAFETY: `raw` came from `into_raw_fd` and is owned by nothing else.
         drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) });
         let second = TcpStream::connect(addr).unwrap();
         assert_eq!(second.as_raw_fd(), raw, "the fd number is reused");

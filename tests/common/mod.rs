@@ -32,6 +32,7 @@ impl Drop for Watchdog {
 /// A connected pair of non-blocking Unix stream sockets.
 pub fn socketpair() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
+    // SAFETY: socketpair writes two fds into `fds`, an array of two.
     let rc = unsafe {
         libc::socketpair(
             libc::AF_UNIX,
@@ -41,11 +42,13 @@ pub fn socketpair() -> (OwnedFd, OwnedFd) {
         )
     };
     assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created by socketpair and are owned by nothing else.
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
 pub fn write_byte(fd: &OwnedFd) {
     use std::os::fd::AsRawFd;
+    // SAFETY: writes 1 byte from a 1-byte static buffer to an fd we borrow.
     let n = unsafe { libc::write(fd.as_raw_fd(), b"x".as_ptr().cast(), 1) };
     assert_eq!(n, 1, "write: {}", std::io::Error::last_os_error());
 }
@@ -53,6 +56,7 @@ pub fn write_byte(fd: &OwnedFd) {
 pub fn read_byte(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
     let mut b = [0u8; 1];
+    // SAFETY: reads at most 1 byte into `b`, which is 1 byte long.
     unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) == 1 }
 }
 
