@@ -176,6 +176,33 @@ macro_rules! stream_io {
 }
 pub(crate) use stream_io;
 
+/// Generates `send`/`recv` to the connected peer for a datagram type whose `inner` is a std
+/// socket, each one [`retry`](crate::io::retry).
+macro_rules! connected_datagram_io {
+    () => {
+        /// Sends one datagram to the connected peer.
+        pub fn send(&self, buf: &[u8]) -> std::io::Result<usize> {
+            crate::io::retry(
+                self.fd(),
+                crate::io::Interest::WRITABLE,
+                self.timeouts.write.get(),
+                || self.inner.send(buf),
+            )
+        }
+
+        /// Receives one datagram from the connected peer.
+        pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+            crate::io::retry(
+                self.fd(),
+                crate::io::Interest::READABLE,
+                self.timeouts.read.get(),
+                || self.inner.recv(buf),
+            )
+        }
+    };
+}
+pub(crate) use connected_datagram_io;
+
 /// Generates the fd traits (`AsRawFd`, `AsFd`, `IntoRawFd`, `FromRawFd`, `From<OwnedFd>`) for a
 /// type whose `inner` is a std socket. `FromRawFd` sets the fd non-blocking.
 macro_rules! fd_traits {

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use crate::io::{Interest, retry};
 use crate::net::tcp::each_addr;
-use crate::net::{Sock, Timeouts, fd_traits, timeout_accessors};
+use crate::net::{Sock, Timeouts, connected_datagram_io, fd_traits, timeout_accessors};
 
 /// A UDP socket whose sends and receives suspend the calling coroutine.
 ///
@@ -83,25 +83,7 @@ impl UdpSocket {
         each_addr(addr, |a| self.inner.connect(a))
     }
 
-    /// Sends one datagram to the connected peer.
-    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        retry(
-            self.fd(),
-            Interest::WRITABLE,
-            self.timeouts.write.get(),
-            || self.inner.send(buf),
-        )
-    }
-
-    /// Receives one datagram from the connected peer.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(
-            self.fd(),
-            Interest::READABLE,
-            self.timeouts.read.get(),
-            || self.inner.recv(buf),
-        )
-    }
+    connected_datagram_io!();
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {

@@ -8,7 +8,7 @@ use std::os::unix::net::{self as std_unix, SocketAddr};
 use std::path::Path;
 
 use crate::io::{Interest, retry};
-use crate::net::{Sock, Timeouts, fd_traits, stream_io, timeout_accessors};
+use crate::net::{Sock, Timeouts, connected_datagram_io, fd_traits, stream_io, timeout_accessors};
 
 /// A Unix-domain listening socket whose `accept` suspends the calling coroutine.
 pub struct UnixListener {
@@ -211,25 +211,7 @@ impl UnixDatagram {
         )
     }
 
-    /// Sends one datagram to the connected peer.
-    pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        retry(
-            self.fd(),
-            Interest::WRITABLE,
-            self.timeouts.write.get(),
-            || self.inner.send(buf),
-        )
-    }
-
-    /// Receives one datagram from the connected peer.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(
-            self.fd(),
-            Interest::READABLE,
-            self.timeouts.read.get(),
-            || self.inner.recv(buf),
-        )
-    }
+    connected_datagram_io!();
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
