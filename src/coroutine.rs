@@ -234,25 +234,43 @@ impl Core {
         if self.state.get() != State::Suspended {
             return Err(self.not_resumable());
         }
-        self.state.set(State::Running);
-        let prev = CURRENT.with(|c| c.replace(self));
-        // SAFETY: the state was `Suspended`, so no other frame is inside this generator, and the
-        // stack is only taken out in `finish`, after the switch returned.
-        let gn = unsafe {
-            &mut (*self.stack.get())
-                .as_mut()
-                .expect("suspended core has a stack")
-                .gn
-        };
         // Never unwinds: the stack's generator has local data set (see `Stack::take`), so a
         // panic or overflow in the body stays in the generator for `after_body` to collect.
-        gn.resume();
-        CURRENT.with(|c| c.set(prev));
-        if !gn.is_done() {
+        if !self.switch_in(|gn| {
+            gn.resume();
+            gn.is_done()
+        }) {
             self.state.set(State::Suspended);
             return Ok(Resumed::Suspended);
         }
         Ok(self.after_body())
+    }
+
+    /// Runs `f` on the suspended coroutine's generator with the core marked running and
+    /// current, and restores the previous current coroutine afterwards.
+    #[inline(always)]
+    fn switch_in<R>(&self, f: impl FnOnce(&mut Gen) -> R) -> R {
+        debug_assert_eq!(self.state.get(), State::Suspended);
+        self.state.set(State::Running);
+        let prev = CURRENT.with(|c| c.replace(self));
+        let r = f(self.generator());
+        CURRENT.with(|c| c.set(prev));
+        r
+    }
+
+    /// The generator of a core that still has its stack.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    fn generator(&self) -> &mut Gen {
+        // SAFETY: callers hold the only access to the stack: a suspended or just-finished core
+        // has no frame inside its generator, the scheduler never overlaps two operations on one
+        // core, and the stack is only taken out in `finish`, after the switch returned.
+        unsafe {
+            &mut (*self.stack.get())
+                .as_mut()
+                .expect("core has a stack until it finishes")
+                .gn
+        }
     }
 
     #[cold]
@@ -272,13 +290,7 @@ impl Core {
 
     /// The body returned, panicked or overflowed: collect how, and finish.
     fn after_body(&self) -> Resumed {
-        // SAFETY: the generator is done; nothing else borrows the stack.
-        let gn = unsafe {
-            &mut (*self.stack.get())
-                .as_mut()
-                .expect("finished core has a stack")
-                .gn
-        };
+        let gn = self.generator();
         match gn.get_panic_data() {
             None => {
                 self.finish(true);
@@ -318,20 +330,12 @@ impl Core {
             State::Suspended => {}
         }
         self.cancelling.set(true);
-        self.state.set(State::Running);
-        let prev = CURRENT.with(|c| c.replace(self));
-        // SAFETY: suspended, so no frame is inside the generator (see `resume`).
-        let gn = unsafe {
-            &mut (*self.stack.get())
-                .as_mut()
-                .expect("suspended core has a stack")
-                .gn
-        };
         // `cancel` resumes the body with a `Cancel` panic that generator catches on the
         // coroutine's stack (a destructor that panics during that unwind aborts, as in std).
-        gn.cancel();
-        CURRENT.with(|c| c.set(prev));
-        let clean = gn.is_done() && gn.get_panic_data().is_none();
+        let clean = self.switch_in(|gn| {
+            gn.cancel();
+            gn.is_done() && gn.get_panic_data().is_none()
+        });
         self.finish(clean);
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::io::ErrorKind;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::{is_child, rss_kib, run_child, socketpair, watchdog};
+use common::{child_passes, is_child, rss_kib, socketpair, watchdog};
 use evco::coroutine::{Builder, Coroutine, StackOverflow, Status, suspend};
 
 #[test]
@@ -185,17 +185,10 @@ fn panics_on_small_stacks_with_rust_backtrace_do_not_deadlock_later_panics() {
         println!("child-finished");
         return;
     }
-    let out = run_child(
+    child_passes(
         "panics_on_small_stacks_with_rust_backtrace_do_not_deadlock_later_panics",
         &[("RUST_BACKTRACE", "1")],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("child-finished"));
 }
 
 #[test]
@@ -235,17 +228,10 @@ fn spawn_reports_an_error_naming_the_limit_when_no_stack_can_be_allocated() {
         println!("child-finished: {msg}");
         return;
     }
-    let out = run_child(
+    child_passes(
         "spawn_reports_an_error_naming_the_limit_when_no_stack_can_be_allocated",
         &[],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("child-finished"));
 }
 
 #[test]
@@ -308,14 +294,7 @@ fn a_million_spawn_finish_cycles_keep_rss_flat() {
         return;
     }
     // Alone in its own process: RSS is process-wide and other tests run in parallel.
-    let out = run_child("a_million_spawn_finish_cycles_keep_rss_flat", &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("child-finished"));
+    child_passes("a_million_spawn_finish_cycles_keep_rss_flat", &[]);
 }
 
 #[test]

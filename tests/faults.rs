@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{is_child, rss_kib, run_child, socketpair, watchdog, write_byte};
+use common::{child_passes, is_child, rss_kib, run_child, socketpair, watchdog, write_byte};
 use evco::JoinHandle;
 use evco::coroutine::{Builder, Cancelled, StackOverflow};
 use evco::io::{Interest, wait};
@@ -30,23 +30,6 @@ use evco::net::{TcpListener, TcpStream, UnixStream};
 
 fn added_events() -> usize {
     evco::scheduler::base().unwrap().added_events()
-}
-
-/// Runs `test` of this binary alone in a child process and checks that it reached its end.
-fn child_passes(test: &str, env: &[(&str, &str)]) -> String {
-    let out = run_child(test, env);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "child '{test}' failed ({:?}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-    assert!(
-        stdout.contains("child-finished"),
-        "child '{test}' did not reach its end:\n{stdout}\n{stderr}"
-    );
-    stdout
 }
 
 /// Shows the child's lines that carry `marker` (libtest may have put its own text before it).

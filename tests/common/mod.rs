@@ -92,3 +92,21 @@ pub fn run_child(test: &str, env: &[(&str, &str)]) -> std::process::Output {
 pub fn is_child() -> bool {
     std::env::var_os("EVCO_TEST_CHILD").is_some()
 }
+
+/// Runs `test` of this binary alone in a child process (see [`run_child`]), asserts that it
+/// succeeded and printed `child-finished`, and returns its stdout.
+pub fn child_passes(test: &str, env: &[(&str, &str)]) -> String {
+    let out = run_child(test, env);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child '{test}' failed ({:?}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("child-finished"),
+        "child '{test}' did not reach its end:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
