@@ -601,7 +601,7 @@ pub(crate) fn wait_registered(
     }
     reg.waiters(what).borrow_mut().push(task);
     let guard = RegGuard { reg, task, what };
-    coroutine::switch_out();
+    coroutine::switch_out(&task.core);
     drop(guard);
     if task.closed.get() {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
@@ -777,7 +777,7 @@ pub(crate) fn wait_event(fd: RawFd, what: What, timeout: Option<Duration>) -> io
         sched.register_waiter(fd, task);
     }
     let guard = WaitGuard { sched, task, fd };
-    coroutine::switch_out();
+    coroutine::switch_out(&task.core);
     drop(guard);
     if task.closed.get() {
         // The fd was closed under us (io::close): what a read on it would now say.
@@ -790,7 +790,7 @@ pub(crate) fn wait_event(fd: RawFd, what: What, timeout: Option<Duration>) -> io
 pub(crate) fn park() -> io::Result<()> {
     let (task, _) = current_task()?;
     task.blocked.set(Blocked::Parked);
-    coroutine::switch_out();
+    coroutine::switch_out(&task.core);
     task.blocked.set(Blocked::No);
     Ok(())
 }
@@ -802,7 +802,7 @@ pub fn yield_now() -> io::Result<()> {
         .task_rc(task.slot.get())
         .ok_or_else(|| misuse("running coroutine is not on the scheduler"))?;
     sched.schedule(rc);
-    coroutine::switch_out();
+    coroutine::switch_out(&task.core);
     Ok(())
 }
 
