@@ -413,8 +413,8 @@ impl Scheduler {
 /// See "Registered sockets" in the module docs.
 pub(crate) struct Registration {
     ev: RawEvent,
-    readers: RefCell<Vec<*const Task>>,
-    writers: RefCell<Vec<*const Task>>,
+    readers: Waiters,
+    writers: Waiters,
     /// Directions that may be ready: set by every edge, cleared when the socket said `EAGAIN`
     /// (a wait) or a read came back short (`note_drained`). With a clear bit, the next
     /// operation in that direction waits for an edge before it tries, saving a syscall that
@@ -422,8 +422,47 @@ pub(crate) struct Registration {
     ready: Cell<c_short>,
 }
 
+/// The coroutines waiting for one direction's next edge of a registered socket. The first one
+/// sits in a cell: one coroutine per socket and direction is the common case, and it costs no
+/// list operation on either side. More (several coroutines sharing a socket) go in a list.
+#[derive(Default)]
+struct Waiters {
+    first: Cell<*const Task>,
+    rest: RefCell<Vec<*const Task>>,
+}
+
+impl Waiters {
+    fn push(&self, task: *const Task) {
+        if self.first.get().is_null() {
+            self.first.set(task);
+        } else {
+            self.rest.borrow_mut().push(task);
+        }
+    }
+
+    fn remove(&self, task: *const Task) {
+        if std::ptr::eq(self.first.get(), task) {
+            self.first.set(std::ptr::null());
+            return;
+        }
+        let mut rest = self.rest.borrow_mut();
+        if let Some(pos) = rest.iter().position(|&t| std::ptr::eq(t, task)) {
+            rest.swap_remove(pos);
+        }
+    }
+
+    /// Empties the list, appending its waiters to `into`.
+    fn drain_into(&self, into: &mut Vec<*const Task>) {
+        let first = self.first.replace(std::ptr::null());
+        if !first.is_null() {
+            into.push(first);
+        }
+        into.append(&mut self.rest.borrow_mut());
+    }
+}
+
 impl Registration {
-    fn waiters(&self, what: What) -> &RefCell<Vec<*const Task>> {
+    fn waiters(&self, what: What) -> &Waiters {
         if what.contains(What::WRITE) {
             &self.writers
         } else {
@@ -440,8 +479,8 @@ impl Scheduler {
         }
         let reg = Rc::new(Registration {
             ev: RawEvent::new(),
-            readers: RefCell::new(Vec::new()),
-            writers: RefCell::new(Vec::new()),
+            readers: Waiters::default(),
+            writers: Waiters::default(),
             ready: Cell::new((What::READ | What::WRITE).bits()),
         });
         let arg = Rc::as_ptr(&reg) as *mut c_void;
@@ -473,12 +512,9 @@ impl Scheduler {
         };
         let Some(reg) = reg else { return };
         reg.ev.del();
-        let waiters: Vec<*const Task> = reg
-            .readers
-            .take()
-            .into_iter()
-            .chain(reg.writers.take())
-            .collect();
+        let mut waiters = Vec::new();
+        reg.readers.drain_into(&mut waiters);
+        reg.writers.drain_into(&mut waiters);
         self.wake_closed(waiters);
     }
 }
@@ -508,43 +544,58 @@ unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
         let Some(sched) = Scheduler::current() else {
             return;
         };
-        // Swap the list for the scheduler's spare buffer rather than leaving an empty Vec that
-        // the next wait would allocate again: the two buffers take turns, no malloc per edge.
-        let spare = std::mem::take(&mut *sched.spare_waiters.borrow_mut());
-        let taken = std::mem::replace(&mut *reg.waiters(dir).borrow_mut(), spare);
-        if taken.is_empty() {
-            *sched.spare_waiters.borrow_mut() = taken;
+        let waiters = reg.waiters(dir);
+        if waiters.rest.borrow().is_empty() {
+            // The common case: at most one waiter, taken off the list before it runs.
+            let first = waiters.first.replace(std::ptr::null());
+            // SAFETY: a listed task is suspended in `wait_registered`, hence alive: its guard
+            // takes it off the list before the wait returns or unwinds.
+            if let Some(task) = unsafe { first.as_ref() } {
+                if let Some(task) = sched.task_rc(task.slot.get()) {
+                    wake_registered(sched, &task, dir);
+                }
+            }
             continue;
         }
+        // Several waiters. Swap the list for the scheduler's spare buffer rather than leaving
+        // an empty Vec that the next wait would allocate again (no malloc per edge).
+        let mut taken = std::mem::take(&mut *sched.spare_waiters.borrow_mut());
+        waiters.drain_into(&mut taken);
         // Hold every listed waiter before resuming any: a resumed coroutine may cancel another
         // one on this list and drop the last handle on it, which frees its task. (These collects
         // run in place, reusing the buffer.)
         let listed: Vec<Rc<Task>> = taken
             .into_iter()
             .filter_map(|t| {
-                // SAFETY: as in `deregister`: listed tasks are suspended, hence alive, and none
-                // has been resumed yet.
+                // SAFETY: as above: listed tasks are suspended, hence alive, and none has been
+                // resumed yet.
                 let task = unsafe { &*t };
                 sched.task_rc(task.slot.get())
             })
             .collect();
         for task in &listed {
-            // A waiter resumed before this one may have cancelled it.
-            if task.blocked.get() != Blocked::Io {
-                continue;
-            }
-            if task.timer_armed.replace(false) {
-                if let Some(ev) = task.core.wait_event() {
-                    ev.del();
-                }
-            }
-            task.blocked.set(Blocked::No);
-            task.woke.set(dir.bits());
-            sched.run_task(task);
+            wake_registered(sched, task, dir);
         }
         let emptied: Vec<*const Task> = listed.into_iter().filter_map(|_| None).collect();
         *sched.spare_waiters.borrow_mut() = emptied;
     }
+}
+
+/// Resumes a coroutine that waited for a `dir` edge, unless something (a waiter resumed before
+/// it, a timeout) already ended its wait.
+#[inline]
+fn wake_registered(sched: &Scheduler, task: &Rc<Task>, dir: What) {
+    if task.blocked.get() != Blocked::Io {
+        return;
+    }
+    if task.timer_armed.replace(false) {
+        if let Some(ev) = task.core.wait_event() {
+            ev.del();
+        }
+    }
+    task.blocked.set(Blocked::No);
+    task.woke.set(dir.bits());
+    sched.run_task(task);
 }
 
 /// Removes a registered wait from its list when the wait ends, including by cancellation.
@@ -562,10 +613,7 @@ impl Drop for RegGuard<'_> {
             }
         }
         self.task.blocked.set(Blocked::No);
-        let mut list = self.reg.waiters(self.what).borrow_mut();
-        if let Some(pos) = list.iter().position(|&t| std::ptr::eq(t, self.task)) {
-            list.swap_remove(pos);
-        }
+        self.reg.waiters(self.what).remove(self.task);
     }
 }
 
@@ -599,7 +647,7 @@ pub(crate) fn wait_registered(
     if reg.ready.get() & What::CLOSED.bits() == 0 || what != What::READ {
         reg.ready.set(reg.ready.get() & !what.bits());
     }
-    reg.waiters(what).borrow_mut().push(task);
+    reg.waiters(what).push(task);
     let guard = RegGuard { reg, task, what };
     coroutine::switch_out(&task.core);
     drop(guard);

@@ -586,6 +586,45 @@ fn a_waiter_woken_by_an_edge_may_cancel_and_drop_another_waiter_of_the_same_edge
     assert_eq!(evco::scheduler::live_coroutines(), 0);
 }
 
+#[test]
+fn several_readers_of_one_socket_all_wake_after_the_first_waiter_was_cancelled() {
+    let _w = watchdog(30);
+    evco::run(|| {
+        let (a, b) = evco::net::UnixStream::pair().unwrap();
+        let a = Rc::new(a);
+        let reader = |a: &Rc<evco::net::UnixStream>| {
+            let a = a.clone();
+            evco::spawn(move || {
+                let mut byte = [0u8; 1];
+                (&*a).read_exact(&mut byte).map(|_| byte[0])
+            })
+        };
+        // Three readers of one direction: the first waits in the registration's cell, the
+        // other two in its list.
+        let first = reader(&a);
+        let (second, third) = (reader(&a), reader(&a));
+        evco::yield_now().unwrap();
+        assert!(!first.is_finished() && !second.is_finished() && !third.is_finished());
+        // Cancelling the first empties the cell while the list still holds two.
+        first.cancel().unwrap();
+        assert!(first.join().is_err());
+        (&b).write_all(b"xy").unwrap();
+        let mut got = [
+            second.join().unwrap().unwrap(),
+            third.join().unwrap().unwrap(),
+        ];
+        got.sort();
+        assert_eq!(&got, b"xy");
+        // A new lone reader takes the cell again and is woken by the next edge.
+        let fourth = reader(&a);
+        evco::yield_now().unwrap();
+        assert!(!fourth.is_finished());
+        (&b).write_all(b"z").unwrap();
+        assert_eq!(fourth.join().unwrap().unwrap(), b'z');
+    });
+    assert_eq!(evco::scheduler::live_coroutines(), 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         // 64 in CI; LIFECYCLE_CASES=N for a longer hunt.
