@@ -10,7 +10,7 @@
 //!   │ event_base_loop       │          │ body closure (StackBox)      │
 //!   │  └ wake callback      │ resume   │  └ user code                 │
 //!   │     └ Core::resume ───┼─────────▶│     └ io::wait               │
-//!   │                       │◀─────────┼──────  └ suspend (Scope yield)│
+//!   │                       │◀─────────┼──────  └ suspend (Scope)     │
 //!   └───────────────────────┘ suspend  │  ...free...                  │
 //!                                      │ guard page (PROT_NONE)       │ low
 //!                                      └──────────────────────────────┘
@@ -31,6 +31,10 @@
 //!   scheduler's `cancel` does it), and while the unwind runs, `cancelling` is set so that evco's
 //!   waits fail at once instead of suspending again. evco never catches `Cancel` inside a
 //!   coroutine; code that catches panics there must re-raise it ([`is_cancellation`]).
+//! - A running coroutine switches out through its body's `generator::Scope`: the body's first
+//!   frame stores a pointer to it in the `Core` (`enter_body`), `finish` clears it, and it is
+//!   only used by the coroutine itself while it runs (`switch_out`), so it never outlives the
+//!   frame it points into.
 //! - Finished stacks go back to a per-thread pool and are reused with `init_code`, so a spawn
 //!   costs no syscall once the pool is warm. An overflowed stack is never reused.
 //! - Panic messages from coroutine stacks go through a light hook (installed before the first
