@@ -95,8 +95,10 @@ pub(crate) struct Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         if let Some(pattern) = sentinel::PATTERN.get().and_then(|p| p.as_deref()) {
-            // SAFETY: `released_bottom` is the first word of this stack's lowest usable page
-            // (validated in `sentinel::release`), mapped read-write until the generator drops.
+            // SAFETY: `released_bottom` is null or the first word of this stack's lowest usable
+            // page (validated in `sentinel::release`), mapped read-write until the generator
+            // drops. evco only drops finished stacks (a suspended coroutine is cancelled first,
+            // or its stack is leaked), so no live frame is overwritten.
             unsafe { sentinel::restore(self.released_bottom, pattern) };
         }
     }

@@ -557,8 +557,8 @@ unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
             }
             continue;
         }
-        // Several waiters. Swap the list for the scheduler's spare buffer rather than leaving
-        // an empty Vec that the next wait would allocate again (no malloc per edge).
+        // Several waiters: gather them in the scheduler's spare buffer (it and the list keep
+        // their capacity, so there is no malloc per edge).
         let mut taken = std::mem::take(&mut *sched.spare_waiters.borrow_mut());
         waiters.drain_into(&mut taken);
         // Hold every listed waiter before resuming any: a resumed coroutine may cancel another
