@@ -53,6 +53,39 @@ fn bind_accept_read_exact_write_all_and_eof_after_shutdown() {
     });
 }
 
+/// An accepted stream's first read waits for the edge epoll reports when the socket is added
+/// (no `recv` first): data and FIN that were queued before the accept must be in that report.
+#[test]
+fn data_and_eof_queued_before_accept_are_read_after_it() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A plain blocking client: connected, written and half-closed before anyone accepts.
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        client.write_all(b"sent before accept").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"sent before accept");
+        // And a stream accepted before its data arrives still wakes when it does.
+        let server = evco::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 5];
+            conn.read_exact(&mut buf).unwrap();
+            conn.write_all(&buf).unwrap();
+        });
+        let mut late = TcpStream::connect(addr).unwrap();
+        evco::yield_now().unwrap(); // let the server accept and wait first
+        late.write_all(b"later").unwrap();
+        let mut back = [0u8; 5];
+        late.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"later");
+        server.join().unwrap();
+    });
+}
+
 #[test]
 fn connect_to_a_closed_port_is_connection_refused() {
     let _w = watchdog(20);

@@ -67,6 +67,29 @@ fn unix_stream_listener_round_trip() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// As for TCP: an accepted Unix stream's first read relies on the edge reported when it is
+/// registered, so bytes and EOF queued before the accept must arrive through it.
+#[test]
+fn unix_data_and_eof_queued_before_accept_are_read_after_it() {
+    let _w = watchdog(20);
+    let dir = std::env::temp_dir().join(format!("evco-unix-early-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let _ = std::fs::remove_file(&path);
+    let p2 = path.clone();
+    evco::run(move || {
+        let listener = UnixListener::bind(&p2).unwrap();
+        let mut client = std::os::unix::net::UnixStream::connect(&p2).unwrap();
+        client.write_all(b"early").unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"early");
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn unix_datagram_pair_round_trip_across_coroutines() {
     let _w = watchdog(20);

@@ -45,7 +45,9 @@ impl UnixListener {
         let (s, a) = retry(self.inner.as_raw_fd(), Interest::READABLE, None, || {
             self.inner.accept()
         })?;
-        Ok((UnixStream::from_std(s)?, a))
+        let stream = UnixStream::from_std(s)?;
+        crate::scheduler::register_accepted(stream.as_raw_fd());
+        Ok((stream, a))
     }
 
     /// The local address.
