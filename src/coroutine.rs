@@ -84,15 +84,17 @@ struct AssertSend<F>(F);
 // thread that created it.
 unsafe impl<F> Send for AssertSend<F> {}
 
-/// A stack and the event storage that goes with it, reused together.
+/// A stack and the event storage that goes with it, reused together. `repr(C)`: the two
+/// pointers a resume reads come first (see `Core`).
+#[repr(C)]
 pub(crate) struct Stack {
     gn: Gen,
-    /// The wait event of whatever coroutine runs on this stack (see `scheduler`).
-    pub(crate) wait: RawEvent,
-    bytes: usize,
     /// generator's object, first thing at the top of this stack: resuming reads the registers
     /// it saved there (see [`Core::prefetch`]).
     object: *const u8,
+    /// The wait event of whatever coroutine runs on this stack (see `scheduler`).
+    pub(crate) wait: RawEvent,
+    bytes: usize,
     /// The lowest usable page, when its sentinel words were handed back to the kernel (see
     /// `sentinel`); they are written back before generator's drop reads them.
     released_bottom: *mut usize,
@@ -327,17 +329,22 @@ pub(crate) enum Resumed {
 
 /// A coroutine's identity and stack; embedded in scheduler tasks and in bare [`Coroutine`]s.
 /// Its address must stay put while it runs (it is reachable through `CURRENT`).
+///
+/// `repr(C)`: what a resume and a switch touch comes first (state, scope, sp, the stack's
+/// generator and object pointers), so that it shares cache lines with the owning task's hot
+/// fields (see the scheduler's "Wake-ups").
+#[repr(C)]
 pub(crate) struct Core {
-    id: CoroutineId,
-    name: Option<Rc<str>>,
-    stack_size: usize,
-    stack: UnsafeCell<Option<Stack>>,
     state: Cell<State>,
     cancelling: Cell<bool>,
     /// The body's yield handle while the body runs (set by `enter_body`), else null.
     scope: Cell<*mut Scope>,
     /// Roughly where the stack pointer was when the body last switched out (see `prefetch`).
     sp: Cell<usize>,
+    stack: UnsafeCell<Option<Stack>>,
+    id: CoroutineId,
+    name: Option<Rc<str>>,
+    stack_size: usize,
     /// The scheduler task that owns this core, or null for a bare coroutine.
     pub(crate) owner: Cell<*const ()>,
 }
