@@ -36,8 +36,9 @@ struct Opts {
     client_cpu: String,
     port: u16,
     settle: Duration,
-    /// Run each server under callgrind and report user-space instructions per message.
-    callgrind: bool,
+    /// Run each server under cachegrind and report user-space instructions and L1 data misses
+    /// per message.
+    valgrind: bool,
 }
 
 const USAGE: &str = "\
@@ -49,9 +50,10 @@ usage: echo_compare --c BIN --evco BIN --tokio BIN --client BIN [options]
   --conns LIST       connection counts, comma-separated (default 1,100,1000)
   --sizes LIST       message sizes in bytes (default 64,4096)
   --quick            --rounds 3 --secs 1 (about a minute)
-  --callgrind        run each server under valgrind's callgrind and report its user-space
-                     instructions per message: slow servers, but a count that other work on
-                     the machine does not disturb (sets --rounds 1; kernel work not counted)
+  --cachegrind       run each server under valgrind's cachegrind and report its user-space
+                     instructions and (simulated) L1 data-cache misses per message: slow
+                     servers, but counts that other work on the machine does not disturb
+                     (sets --rounds 1; kernel work not counted; --callgrind is the old name)
   --server-cpu CPU   taskset CPU list for the servers (default 0)
   --client-cpu CPU   taskset CPU list for the load client (default 1)
   --port P           first TCP port; each run takes the next one (default 21000)
@@ -88,7 +90,7 @@ fn parse() -> Opts {
         client_cpu: "1".into(),
         port: 21000,
         settle: Duration::from_secs(2),
-        callgrind: false,
+        valgrind: false,
     };
     let mut client = None;
     let mut args = std::env::args().skip(1);
@@ -112,8 +114,8 @@ fn parse() -> Opts {
                 o.rounds = 3;
                 o.secs = 1.0;
             }
-            "--callgrind" => {
-                o.callgrind = true;
+            "--cachegrind" | "--callgrind" => {
+                o.valgrind = true;
                 o.rounds = 1;
             }
             "--server-cpu" => o.server_cpu = val(),
@@ -167,15 +169,26 @@ struct Run {
     wall_s: f64,
     /// Peak resident set of the server, KiB.
     hwm_kib: u64,
-    /// Instructions the server executed in user space (callgrind's total), with --callgrind.
+    /// Instructions the server executed in user space (cachegrind's `Ir`), with --cachegrind.
     instructions: Option<u64>,
+    /// Its user-space L1 data-cache misses (reads and writes, simulated), with --cachegrind.
+    l1_misses: Option<u64>,
 }
 
 impl Run {
-    /// User-space instructions per echoed message (with --callgrind; startup included).
+    /// User-space instructions per echoed message (with --cachegrind; startup included).
     fn instructions_per_msg(&self, secs: f64) -> f64 {
         let msgs = self.msgs_per_sec * secs;
         match self.instructions {
+            Some(n) if msgs > 0.0 => n as f64 / msgs,
+            _ => f64::NAN,
+        }
+    }
+
+    /// Simulated L1 data misses per echoed message (with --cachegrind; startup included).
+    fn l1_misses_per_msg(&self, secs: f64) -> f64 {
+        let msgs = self.msgs_per_sec * secs;
+        match self.l1_misses {
             Some(n) if msgs > 0.0 => n as f64 / msgs,
             _ => f64::NAN,
         }
@@ -298,19 +311,28 @@ impl Drop for Server {
     }
 }
 
-/// Starts `bin` pinned to `cpu` (under callgrind, writing `callgrind_out`, when given) and
+/// Starts `bin` pinned to `cpu` (under cachegrind, writing `profile`, when given) and
 /// waits for its "listening on" line.
 fn start_server(
     bin: &Path,
     cpu: &str,
     addr: &str,
-    callgrind_out: Option<&Path>,
+    profile: Option<&Path>,
 ) -> Result<Server, String> {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", cpu]);
-    if let Some(out) = callgrind_out {
-        cmd.args(["valgrind", "--tool=callgrind", "--quiet"])
-            .arg(format!("--callgrind-out-file={}", out.display()));
+    if let Some(out) = profile {
+        // cachegrind counts the same instructions as callgrind and, with a simulated L1 data
+        // cache of this machine's size (48 KiB, 12-way), the cache lines a server touches that
+        // are not in L1 any more: what a thousand connections' scattered state costs.
+        cmd.args([
+            "valgrind",
+            "--tool=cachegrind",
+            "--quiet",
+            "--cache-sim=yes",
+        ])
+        .args(["--D1=49152,12,64", "--LL=2097152,16,64"])
+        .arg(format!("--cachegrind-out-file={}", out.display()));
     }
     let mut child = cmd
         .arg(bin)
@@ -325,7 +347,7 @@ fn start_server(
     let server = Server {
         child,
         // valgrind writes its profile on exit, which takes a while.
-        grace: Duration::from_secs(if callgrind_out.is_some() { 60 } else { 5 }),
+        grace: Duration::from_secs(if profile.is_some() { 60 } else { 5 }),
     };
     // Its stderr (shutdown chatter, or why it failed) is shown only when it does not start.
     let errors = std::thread::spawn(move || {
@@ -378,9 +400,9 @@ fn parse_result(out: &str) -> Option<(f64, f64, f64, u64)> {
 
 fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Result<Run, String> {
     let addr = format!("127.0.0.1:{port}");
-    let profile = o.callgrind.then(|| {
+    let profile = o.valgrind.then(|| {
         std::env::temp_dir().join(format!(
-            "echo_compare.{}.{port}.callgrind",
+            "echo_compare.{}.{port}.cachegrind",
             std::process::id()
         ))
     });
@@ -421,11 +443,14 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
     let busy1 = busy_seconds(&cpus).unwrap_or(f64::NAN);
     let hwm_kib = peak_rss_kib(pid).unwrap_or(0);
     drop(srv);
-    let instructions = profile.as_deref().and_then(|p| {
-        let n = callgrind_total(p);
-        let _ = std::fs::remove_file(p);
-        n
-    });
+    let (instructions, l1_misses) = match profile.as_deref() {
+        Some(p) => {
+            let counts = cachegrind_totals(p);
+            let _ = std::fs::remove_file(p);
+            (counts.map(|c| c.0), counts.map(|c| c.1))
+        }
+        None => (None, None),
+    };
     let stdout = reader.join().unwrap_or_default();
     let (msgs_per_sec, p50_us, p99_us, errors) = parse_result(&stdout).ok_or_else(|| {
         format!("no RESULT line from the client (wait status {status:#x}):\n{stdout}")
@@ -445,17 +470,26 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
         wall_s,
         hwm_kib,
         instructions,
+        l1_misses,
     })
 }
 
-/// The instruction total of a callgrind profile (its `totals:` or `summary:` line).
-fn callgrind_total(path: &Path) -> Option<u64> {
+/// Instructions and L1 data misses (`D1mr` + `D1mw`) of a cachegrind profile, from its
+/// `events:` and `summary:` lines.
+fn cachegrind_totals(path: &Path) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(path).ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("totals:"))
-        .or_else(|| text.lines().find(|l| l.starts_with("summary:")))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+    };
+    let events = field("events:")?;
+    let summary = field("summary:")?;
+    let count = |name: &str| -> Option<u64> {
+        let i = events.iter().position(|e| *e == name)?;
+        summary.get(i)?.parse().ok()
+    };
+    Some((count("Ir")?, count("D1mr")? + count("D1mw")?))
 }
 
 /// Reaps child `pid` (which `Child` then must not wait for) and returns its wait status and
@@ -527,8 +561,10 @@ struct Summary {
     client_util: f64,
     /// Median CPU use (0..1, of one CPU) by anything else on the two CPUs during those runs.
     others_util: f64,
-    /// Per server: median user-space instructions per message (with --callgrind).
+    /// Per server: median user-space instructions per message (with --cachegrind).
     instr: [f64; 3],
+    /// Per server: median simulated L1 data misses per message (with --cachegrind).
+    l1: [f64; 3],
     errors: u64,
 }
 
@@ -564,6 +600,7 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                         .collect(),
                 ),
                 instr: [f64::NAN; 3],
+                l1: [f64::NAN; 3],
                 errors: 0,
             };
             for s in 0..3 {
@@ -577,6 +614,7 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                         .map(|r| r.instructions_per_msg(o.secs))
                         .collect(),
                 );
+                sum.l1[s] = median(mine.iter().map(|r| r.l1_misses_per_msg(o.secs)).collect());
                 sum.errors += mine.iter().map(|r| r.errors).sum::<u64>();
                 let pairs = |f: &dyn Fn(&Run, &Run) -> f64| {
                     median(
@@ -607,12 +645,13 @@ fn write_csv(path: &Path, o: &Opts, runs: &[Run]) -> std::io::Result<()> {
     let mut s = String::from(
         "round,conns,size,server,msgs_per_sec,p50_us,p99_us,errors,server_cpu_s,wall_s,\
          server_cpu_util,server_cpu_ns_per_msg,server_vmhwm_kib,client_cpu_s,client_cpu_util,\
-         others_cpu_s,others_cpu_util,user_instructions,user_instructions_per_msg\n",
+         others_cpu_s,others_cpu_util,user_instructions,user_instructions_per_msg,\
+         user_l1_misses,user_l1_misses_per_msg\n",
     );
     for r in runs {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.1},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.1},{},{:.3},{:.3},{:.3},{:.3},{},{}",
+            "{},{},{},{},{:.1},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.1},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{}",
             r.round + 1,
             r.conns,
             r.size,
@@ -633,6 +672,12 @@ fn write_csv(path: &Path, o: &Opts, runs: &[Run]) -> std::io::Result<()> {
             r.instructions.map(|n| n.to_string()).unwrap_or_default(),
             if r.instructions.is_some() {
                 format!("{:.0}", r.instructions_per_msg(o.secs))
+            } else {
+                String::new()
+            },
+            r.l1_misses.map(|n| n.to_string()).unwrap_or_default(),
+            if r.l1_misses.is_some() {
+                format!("{:.2}", r.l1_misses_per_msg(o.secs))
             } else {
                 String::new()
             },
@@ -771,56 +816,66 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
     t
 }
 
-/// The table of --callgrind runs: instructions per message, which other work on the machine
-/// does not change (unlike msgs/s and CPU time).
+/// The table of --cachegrind runs: instructions and simulated L1 data misses per message, which
+/// other work on the machine does not change (unlike msgs/s and CPU time).
 fn instruction_table(o: &Opts, sums: &[Summary]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "user-space instructions per message under callgrind (load {}, {} s per run; kernel \
-         work not counted; startup included)",
+        "user space under cachegrind, per message (load {}, {} s per run; kernel work not \
+         counted; startup included): instructions, and L1 data-cache misses (simulated 48 KiB \
+         12-way L1: cache lines touched that other connections' work had evicted)",
         client_name(o),
         o.secs
     );
     let _ = writeln!(
         t,
-        "{:>5} {:>6} | {:>8} {:>8} {:>8} | {:>6} {:>6} {:>10}",
-        "conns", "size", "C", "evco", "tokio", "evco/C", "tok/C", "evco/tokio"
+        "{:>5} {:>6} | {:>8} {:>8} {:>8} | {:>6} {:>10} | {:>6} {:>6} {:>6} | {:>10}",
+        "conns",
+        "size",
+        "C",
+        "evco",
+        "tokio",
+        "evco/C",
+        "evco/tokio",
+        "C L1",
+        "evco",
+        "tokio",
+        "evco/tokio"
     );
     let mut starved = false;
     for s in sums {
         // A server that echoed under a tenth of the best one's messages spent the run on
         // something else under valgrind (tokio at 1,000 connections does: seconds of latency);
-        // its per-message count is mostly startup and idling, so it is left out.
+        // its per-message counts are mostly startup and idling, so they are left out.
         let best = s.rate.iter().copied().fold(0.0, f64::max);
-        let instr: Vec<f64> = (0..3)
-            .map(|i| {
-                if s.rate[i] < 0.1 * best {
-                    starved = true;
-                    f64::NAN
-                } else {
-                    s.instr[i]
-                }
-            })
-            .collect();
+        let keep = |i: usize, v: f64| {
+            if s.rate[i] < 0.1 * best { f64::NAN } else { v }
+        };
+        starved |= (0..3).any(|i| s.rate[i] < 0.1 * best);
+        let instr: Vec<f64> = (0..3).map(|i| keep(i, s.instr[i])).collect();
+        let l1: Vec<f64> = (0..3).map(|i| keep(i, s.l1[i])).collect();
         let _ = writeln!(
             t,
-            "{:>5} {:>6} | {:>8.0} {:>8.0} {:>8.0} | {:>6.2} {:>6.2} {:>10.2}",
+            "{:>5} {:>6} | {:>8.0} {:>8.0} {:>8.0} | {:>6.2} {:>10.2} | {:>6.1} {:>6.1} {:>6.1} | {:>10.2}",
             s.conns,
             size_label(s.size),
             instr[0],
             instr[1],
             instr[2],
             instr[1] / instr[0],
-            instr[2] / instr[0],
-            instr[1] / instr[2]
+            instr[1] / instr[2],
+            l1[0],
+            l1[1],
+            l1[2],
+            l1[1] / l1[2]
         );
     }
     if starved {
         let _ = writeln!(
             t,
             "NaN: that server echoed under a tenth of the best server's messages under valgrind; \
-             its count per message would be mostly startup and idling (see the CSV)."
+             its counts per message would be mostly startup and idling (see the CSV)."
         );
     }
     t
@@ -978,7 +1033,7 @@ fn main() {
     let csv = o.out.join(format!("{}.csv", o.stem));
     write_csv(&csv, &o, &runs).unwrap_or_else(|e| die(&format!("{}: {e}", csv.display())));
     let sums = summarise(&o, &runs);
-    if o.callgrind {
+    if o.valgrind {
         // Throughput under valgrind means nothing; the instruction counts are the result.
         print!("{}", instruction_table(&o, &sums));
         println!("wrote {}", csv.display());
