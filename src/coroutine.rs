@@ -339,7 +339,8 @@ pub(crate) struct Core {
     cancelling: Cell<bool>,
     /// The body's yield handle while the body runs (set by `enter_body`), else null.
     scope: Cell<*mut Scope>,
-    /// Roughly where the stack pointer was when the body last switched out (see `prefetch`).
+    /// The stack pointer where the body last switched out to wait (`switch_out_waiting`), for
+    /// `prefetch`.
     sp: Cell<usize>,
     stack: UnsafeCell<Option<Stack>>,
     id: CoroutineId,
@@ -598,6 +599,28 @@ fn prefetch_lines(addr: usize, lines: usize) {
     }
 }
 
+/// The current stack pointer, read without making the caller keep anything on its stack.
+#[inline(always)]
+fn stack_pointer() -> usize {
+    let sp: usize;
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: copies a register; touches no memory.
+    unsafe {
+        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: as above.
+    unsafe {
+        std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let here = 0u8;
+        sp = std::hint::black_box(std::ptr::addr_of!(here)) as usize;
+    }
+    sp
+}
+
 /// The core of the coroutine running on this thread right now, if any.
 #[inline]
 pub(crate) fn current_core() -> Option<&'static Core> {
@@ -622,15 +645,20 @@ pub(crate) fn current_core() -> Option<&'static Core> {
 #[inline(always)]
 pub(crate) fn switch_out(core: &Core) {
     let scope = core.scope.get();
-    // Where this switch's frames are, for `Core::prefetch`: the address of a local is as good
-    // as the stack pointer and needs no assembly.
-    let here = 0u8;
-    core.sp.set(std::ptr::addr_of!(here) as usize);
     debug_assert!(!scope.is_null(), "switch_out outside a running body");
     // SAFETY: `core` is running, so its body has started and `enter_body` stored the handle of
     // its first frame, which lives until the body returns (after this call). Only the running
     // coroutine touches it, and it is not borrowed anywhere else during the switch.
     unsafe { (*scope).yield_with(()) };
+}
+
+/// [`switch_out`] for a coroutine about to wait for an event: records where its frames are,
+/// for the prefetch its wake-up issues (`Core::prefetch`). Plain switches (yield, park, bare
+/// coroutines) skip the store.
+#[inline(always)]
+pub(crate) fn switch_out_waiting(core: &Core) {
+    core.sp.set(stack_pointer());
+    switch_out(core);
 }
 
 /// Whether the calling code runs on a coroutine's stack.

@@ -687,7 +687,7 @@ pub(crate) fn wait_registered(
     }
     reg.waiters(what).push(task);
     let guard = RegGuard { reg, task, what };
-    coroutine::switch_out(&task.core);
+    coroutine::switch_out_waiting(&task.core);
     drop(guard);
     if task.closed.get() {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
@@ -876,7 +876,7 @@ pub(crate) fn wait_event(fd: RawFd, what: What, timeout: Option<Duration>) -> io
         sched.register_waiter(fd, task);
     }
     let guard = WaitGuard { sched, task, fd };
-    coroutine::switch_out(&task.core);
+    coroutine::switch_out_waiting(&task.core);
     drop(guard);
     if task.closed.get() {
         // The fd was closed under us (io::close): what a read on it would now say.
