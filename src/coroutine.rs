@@ -408,7 +408,7 @@ impl Core {
         prefetch_lines(stack.object as usize, 2);
         let sp = self.sp.get();
         if sp != 0 {
-            // The switch's own frames sit just below `sp` (the saved stack pointer is 56 bytes
+            // The switch's own frames sit just below `sp` (the saved stack pointer is 8 bytes
             // below it in release builds), the waiting caller's frames above it. More lines
             // than this measured no better and only occupy the CPU's fill buffers.
             prefetch_lines(sp.saturating_sub(2 * LINE), 8);
