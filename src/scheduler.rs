@@ -34,11 +34,12 @@
 //! closed (`deregister`, called by the socket's `Drop`, `into_std`, `into_raw_fd`, and by
 //! `io::close`). A wait then only happens after the socket returned `EAGAIN`, so the next edge
 //! is exactly what it waits for: the waiter puts itself on the registration's reader or writer
-//! list and suspends; `edge` takes the listed coroutines off and makes them ready. A timeout uses the coroutine's own
-//! event as a timer. The lists hold a coroutine only while it is suspended in that wait (its
-//! guard removes it when the wait ends or unwinds), and a registration is freed only after its
-//! event is deleted; the callback holds its own reference while it runs. On backends without
-//! edge triggering (poll, with `EVENT_NOEPOLL=1`) every wait is one-shot.
+//! list and suspends; `edge` takes the listed coroutines off and makes them ready. A timeout
+//! uses the coroutine's own event as a timer. The lists hold a coroutine only while it is
+//! suspended in that wait (its guard removes it when the wait ends or unwinds), and a
+//! registration is freed only after its event is deleted; nothing can drop it while `edge`
+//! runs, since no coroutine runs inside a callback (see "Wake-ups"). On backends without edge
+//! triggering (poll, with `EVENT_NOEPOLL=1`) every wait is one-shot.
 //!
 //! # Wake-ups
 //!
@@ -50,9 +51,8 @@
 //! callbacks and the coroutines before it. With 1,000 echo connections (each stack's two hot
 //! pages long out of the caches between two of its messages) that saves 3-6% of server CPU per
 //! message (interleaved A/B runs); it costs ~50 instructions per wake-up (queue push and pop,
-//! the prefetches) and one drain callback per pass. Since no
-//! coroutine runs inside a callback, a callback cannot see its registration or the tasks it
-//! walks freed under it.
+//! the prefetches) and one drain callback per pass. Since no coroutine runs inside a callback,
+//! a callback cannot see its registration or the tasks it walks freed under it.
 //!
 //! # Fairness
 //!
