@@ -2,13 +2,14 @@
 //!
 //! A coroutine is a function running on a stack of its own. It runs when something resumes it
 //! and stops where it suspends, returning control to whoever resumed it: the scheduler's ready
-//! queue, a libevent callback (for a wait), or another coroutine (for a bare [`Coroutine`]).
+//! queue (where the callbacks of the events it waited for put it), or another coroutine (for a
+//! bare [`Coroutine`]).
 //!
 //! ```text
 //!   thread stack                       coroutine stack (mmap, guard page below)
 //!   ┌───────────────────────┐          ┌──────────────────────────────┐ high
 //!   │ event_base_loop       │          │ body closure (StackBox)      │
-//!   │  └ wake callback      │ resume   │  └ user code                 │
+//!   │  └ drain callback     │ resume   │  └ user code                 │
 //!   │     └ Core::resume ───┼─────────▶│     └ io::wait               │
 //!   │                       │◀─────────┼──────  └ suspend (Scope)     │
 //!   └───────────────────────┘ suspend  │  ...free...                  │
@@ -592,7 +593,11 @@ fn prefetch_lines(addr: usize, lines: usize) {
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above: `prfm` is a hint that never faults.
         unsafe {
-            std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags))
+            std::arch::asm!(
+                "prfm pldl1keep, [{0}]",
+                in(reg) p,
+                options(nostack, readonly, preserves_flags)
+            )
         };
         #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let _ = p;
