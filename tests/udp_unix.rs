@@ -41,14 +41,20 @@ fn udp_send_to_recv_from_and_connected_send_recv_round_trip() {
     });
 }
 
-#[test]
-fn unix_stream_listener_round_trip() {
-    let _w = watchdog(20);
-    let dir = std::env::temp_dir().join(format!("evco-unix-{}", std::process::id()));
+/// A fresh socket path in a directory of its own for this process and `tag`; the caller
+/// removes the directory.
+fn socket_path(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("evco-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("s.sock");
     let _ = std::fs::remove_file(&path);
-    let p2 = path.clone();
+    (dir, path)
+}
+
+#[test]
+fn unix_stream_listener_round_trip() {
+    let _w = watchdog(20);
+    let (dir, p2) = socket_path("unix");
     evco::run(move || {
         let listener = UnixListener::bind(&p2).unwrap();
         let server = evco::spawn(move || {
@@ -72,11 +78,7 @@ fn unix_stream_listener_round_trip() {
 #[test]
 fn unix_data_and_eof_queued_before_accept_are_read_after_it() {
     let _w = watchdog(20);
-    let dir = std::env::temp_dir().join(format!("evco-unix-early-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("s.sock");
-    let _ = std::fs::remove_file(&path);
-    let p2 = path.clone();
+    let (dir, p2) = socket_path("unix-early");
     evco::run(move || {
         let listener = UnixListener::bind(&p2).unwrap();
         let mut client = std::os::unix::net::UnixStream::connect(&p2).unwrap();
