@@ -3,10 +3,12 @@
  * when examples/echo_client saturates its own CPU before the server does.
  *
  * N connections over one level-triggered epoll, each with one message in flight: write a
- * message, read until all of it is back (memcmp'd against what was sent), write the next. Same
- * command line and last line as examples/echo_client:
+ * message, read until all of it is back (memcmp'd against what was sent), write the next. With
+ * --mode churn each connection carries one message and is then closed and replaced by a new one
+ * (connect, one echo, close: what a server pays per accepted connection). Same command line and
+ * last line as examples/echo_client (msgs_per_sec is connections per second in churn mode):
  *
- *   echo_load --addr 127.0.0.1:7878 --conns 100 --size 64 --secs 5
+ *   echo_load --addr 127.0.0.1:7878 --conns 100 --size 64 --secs 5 [--mode echo|churn]
  *   RESULT msgs_per_sec=<f> p50_us=<f> p99_us=<f> errors=<n>
  *
  * Plain libc, no libevent: cc -O2 -o echo_load echo_load.c
@@ -58,6 +60,10 @@ static void fill(struct conn *c, size_t id, size_t size) {
     }
 }
 
+/* Connects connection i (a blocking connect: the listen backlog takes it without the server's
+ * help), makes it non-blocking, registers it and sends its first message; -1 on error. */
+static int open_conn(struct conn *c, size_t i, size_t size, int ep, const struct sockaddr_in *sin);
+
 /* Writes what is left of the current message; -1 on error. */
 static int pump_out(struct conn *c, size_t size) {
     while (c->sent < size) {
@@ -75,14 +81,61 @@ static int pump_out(struct conn *c, size_t size) {
     return 0;
 }
 
+/* Source addresses for churn: each new connection leaves a TIME_WAIT socket behind, and with
+ * one source address the kernel's search for a free ephemeral port soon costs the client more
+ * CPU than the server spends per connection. Spreading them over 127.0.0.2-127.0.0.33 (with the
+ * port chosen at connect time) keeps that search short. */
+static int spread_sources = 0;
+
+int open_conn(struct conn *c, size_t i, size_t size, int ep, const struct sockaddr_in *sin) {
+    static unsigned next_source = 0;
+    c->sent = c->got = 0;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (c->fd >= 0 && spread_sources && (ntohl(sin->sin_addr.s_addr) >> 24) == 127) {
+        int one = 1;
+        struct sockaddr_in src = {.sin_family = AF_INET,
+                                  .sin_addr.s_addr = htonl(0x7f000002u + next_source++ % 32)};
+        setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        if (bind(c->fd, (const struct sockaddr *)&src, sizeof src) < 0) {
+            perror("echo_load: bind");
+        }
+    }
+    if (c->fd < 0 || connect(c->fd, (const struct sockaddr *)sin, sizeof *sin) < 0) {
+        perror("echo_load: connect");
+        if (c->fd >= 0) {
+            close(c->fd);
+        }
+        c->fd = -1;
+        return -1;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0) {
+        die("fcntl");
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = i};
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+    fill(c, i, size);
+    c->t0 = now();
+    if (pump_out(c, size) < 0) {
+        close(c->fd);
+        c->fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *addr = "127.0.0.1:7878";
     size_t conns = 100, size = 64;
     double secs = 5.0;
+    int churn = 0;
+    const char *usage =
+        "usage: echo_load [--addr A] [--conns N] [--size BYTES] [--secs S] [--mode echo|churn]";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
-            die("usage: echo_load [--addr A] [--conns N] [--size BYTES] [--secs S]");
+            die(usage);
         }
         if (strcmp(a, "--addr") == 0) {
             addr = v;
@@ -92,8 +145,13 @@ int main(int argc, char **argv) {
             size = strtoul(v, NULL, 10);
         } else if (strcmp(a, "--secs") == 0) {
             secs = strtod(v, NULL);
+        } else if (strcmp(a, "--mode") == 0 && strcmp(v, "echo") == 0) {
+            churn = 0;
+        } else if (strcmp(a, "--mode") == 0 && strcmp(v, "churn") == 0) {
+            churn = 1;
+            spread_sources = 1;
         } else {
-            die("usage: echo_load [--addr A] [--conns N] [--size BYTES] [--secs S]");
+            die(usage);
         }
         i++;
     }
@@ -127,32 +185,11 @@ int main(int argc, char **argv) {
         struct conn *c = &cs[i];
         c->out = malloc(size);
         c->back = malloc(size);
-        /* Blocking connect, then non-blocking: the backlog takes them all quickly. */
-        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (!c->out || !c->back || c->fd < 0 ||
-            connect(c->fd, (struct sockaddr *)&sin, sizeof sin) < 0) {
-            if (errors++ < 5) {
-                perror("echo_load: connect");
-            }
-            if (c->fd >= 0) {
-                close(c->fd);
-            }
-            c->fd = -1;
-            continue;
+        if (!c->out || !c->back) {
+            die("out of memory");
         }
-        int one = 1;
-        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0) {
-            die("fcntl");
-        }
-        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = i};
-        epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
-        fill(c, i, size);
-        c->t0 = now();
-        if (pump_out(c, size) < 0) {
+        if (open_conn(c, i, size, ep, &sin) < 0) {
             errors++;
-            close(c->fd);
-            c->fd = -1;
             continue;
         }
         live++;
@@ -206,6 +243,15 @@ int main(int argc, char **argv) {
                         break;
                     }
                     c->seq++;
+                    if (churn) {
+                        /* Closing deregisters it from the epoll set. */
+                        close(c->fd);
+                        if (open_conn(c, i, size, ep, &sin) < 0) {
+                            c->fd = -1;
+                            failed = 1;
+                        }
+                        break;
+                    }
                     c->sent = c->got = 0;
                     fill(c, i, size);
                     c->t0 = t;
@@ -231,7 +277,9 @@ int main(int argc, char **argv) {
             }
             if (failed) {
                 errors++;
-                close(c->fd);
+                if (c->fd >= 0) {
+                    close(c->fd);
+                }
                 c->fd = -1;
                 live--;
             }
