@@ -158,12 +158,14 @@ impl Stack {
                 // overflow) from `resume`, but to keep it for `get_panic_data`: no unwinding and
                 // no `catch_unwind` on the switch path. The value is a flag, never dereferenced.
                 gn.set_local_data(std::ptr::NonNull::<u8>::dangling().as_ptr());
-                let (gn, released_bottom) = sentinel::release(gn);
+                // Where generator put its object: the only way to the address is a round trip
+                // through `into_raw`.
                 let object = gn.into_raw();
                 // SAFETY: `object` came from `into_raw` on this very type one line above and is
                 // reclaimed exactly once, here; the address stays valid as long as `gn` lives
                 // (the object sits on its own stack and never moves).
                 let gn = unsafe { Gen::from_raw(object) };
+                let released_bottom = sentinel::release(&gn, object);
                 Ok(Stack {
                     gn,
                     object: object.cast_const().cast(),
@@ -220,32 +222,29 @@ mod sentinel {
 
     use super::Gen;
 
-    use super::PAGE;
+    const PAGE: usize = 4096;
     const PAGE_WORDS: usize = PAGE / std::mem::size_of::<usize>();
 
     /// The sentinel words of a fresh stack's bottom page (trailing zeros dropped), or `None`
     /// when releasing is off for this process.
     pub(super) static PATTERN: OnceLock<Option<Box<[usize]>>> = OnceLock::new();
 
-    /// Releases the bottom page of a freshly created generator's stack when that is safe;
-    /// returns the generator and the page (null when it was not released).
-    pub(super) fn release(gn: Gen) -> (Gen, *mut usize) {
-        let raw = gn.into_raw();
-        // SAFETY: `raw` came from `into_raw` on this very type one line above and is reclaimed
-        // exactly once, here.
-        let gn = unsafe { Gen::from_raw(raw) };
+    /// Releases the bottom page of a freshly created generator's stack (`object` is the
+    /// generator's own address) when that is safe; returns the page, or null when it was not
+    /// released.
+    pub(super) fn release(gn: &Gen, object: *mut usize) -> *mut usize {
         // SAFETY: sysconf has no preconditions.
         if unsafe { libc::sysconf(libc::_SC_PAGESIZE) } != PAGE as libc::c_long {
-            return (gn, std::ptr::null_mut());
+            return std::ptr::null_mut();
         }
-        let top = (raw as usize + 1).next_multiple_of(PAGE);
+        let top = (object as usize + 1).next_multiple_of(PAGE);
         let (words, _) = gn.stack_usage();
         let Some(bottom) = top.checked_sub(words * std::mem::size_of::<usize>()) else {
-            return (gn, std::ptr::null_mut());
+            return std::ptr::null_mut();
         };
         let pattern = PATTERN.get_or_init(|| learn(bottom, top));
         let Some(pattern) = pattern.as_deref() else {
-            return (gn, std::ptr::null_mut());
+            return std::ptr::null_mut();
         };
         let page = bottom as *mut usize;
         // SAFETY: `learn` confirmed that for this process's stacks `bottom` starts the usable,
@@ -255,13 +254,13 @@ mod sentinel {
             let words = std::slice::from_raw_parts(page, PAGE_WORDS);
             let (head, rest) = words.split_at(pattern.len());
             if head != pattern || rest.iter().any(|&w| w != 0) {
-                return (gn, std::ptr::null_mut());
+                return std::ptr::null_mut();
             }
             if libc::madvise(page.cast(), PAGE, libc::MADV_DONTNEED) != 0 {
-                return (gn, std::ptr::null_mut());
+                return std::ptr::null_mut();
             }
         }
-        (gn, page)
+        page
     }
 
     /// Writes the sentinel words back (a no-op for a page that was not released).
@@ -576,7 +575,6 @@ impl Drop for Core {
     }
 }
 
-const PAGE: usize = 4096;
 const LINE: usize = 64;
 
 /// Prefetches `lines` cache lines from `addr` up. A hint only: any address is fine.
