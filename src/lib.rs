@@ -3,7 +3,8 @@
 //! evco runs coroutines on a libevent `event_base`. Inside a coroutine, a blocking-looking call
 //! ([`io::wait`], [`time::sleep`], [`JoinHandle::join`]) registers a one-shot libevent event and
 //! suspends; the event's callback resumes the coroutine. One scheduler per thread owns or borrows
-//! one base; coroutines never move between threads.
+//! one base; coroutines never move between threads. [`net`] has std's socket types made
+//! cooperative, [`sync`] channels that park the coroutine instead of the thread.
 //!
 //! # Implementation
 //!
@@ -36,6 +37,7 @@ pub mod io;
 pub mod net;
 mod os;
 pub mod scheduler;
+pub mod sync;
 #[allow(missing_debug_implementations)]
 pub mod sys;
 pub mod time;

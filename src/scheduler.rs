@@ -20,7 +20,10 @@
 //!   scheduler deletes the event *before* it unwinds the coroutine's stack;
 //! - when the fd is closed through [`io::close`](crate::io::close), the event is deleted and the
 //!   waiter is resumed through the ready queue with `EBADF`;
-//! - a finished coroutine's event is reset before its stack returns to the pool.
+//! - a finished coroutine's event is reset before its stack returns to the pool;
+//! - a timed park (`park_timeout`, what `sync`'s timeouts use) arms it as a timer: an unpark
+//!   deletes it before it queues the coroutine, and so does the park's guard on every other way
+//!   out.
 //!
 //! `event_base_once` is never used: it cannot be cancelled, so a dropped coroutine would leave a
 //! callback pointing at freed memory.
@@ -91,6 +94,8 @@ enum Blocked {
     Io,
     /// Parked until [`unpark`].
     Parked,
+    /// Parked until [`unpark`] or until its wait event, armed as a timer, fires.
+    ParkedTimed,
 }
 
 enum Outcome {
@@ -124,6 +129,19 @@ pub(crate) struct Task {
 }
 
 impl Task {
+    /// Another reference to this task, without the task table's lookup (a cache line of its
+    /// own with a thousand tasks).
+    #[inline]
+    fn rc(&self) -> Rc<Task> {
+        // SAFETY: every `Task` is allocated by `Rc::new` (`spawn_with` is the only place one is
+        // made), and `&self` proves that allocation is alive (strong count at least 1) for the
+        // duration of this call.
+        unsafe {
+            Rc::increment_strong_count(self);
+            Rc::from_raw(self)
+        }
+    }
+
     fn is_finished(&self) -> bool {
         self.core.state() == State::Finished
     }
@@ -218,10 +236,6 @@ impl Scheduler {
         &self.base
     }
 
-    fn task_rc(&self, slot: usize) -> Option<Rc<Task>> {
-        self.tasks.borrow().get(slot).and_then(|t| t.clone())
-    }
-
     fn insert(&self, task: &Rc<Task>) {
         let slot = match self.free_slots.borrow_mut().pop() {
             Some(i) => {
@@ -303,10 +317,17 @@ impl Scheduler {
     }
 
     fn unpark(&self, task: &Rc<Task>) {
-        if task.blocked.get() == Blocked::Parked {
-            task.blocked.set(Blocked::No);
-            self.schedule(task.clone());
+        match task.blocked.get() {
+            Blocked::Parked => {}
+            Blocked::ParkedTimed => {
+                if let Some(ev) = task.core.wait_event() {
+                    ev.del();
+                }
+            }
+            Blocked::No | Blocked::Io => return,
         }
+        task.blocked.set(Blocked::No);
+        self.schedule(task.clone());
     }
 
     /// Deletes the task's wait, unwinds its stack and reports it cancelled.
@@ -417,9 +438,7 @@ impl Scheduler {
             }
             task.closed.set(true);
             task.blocked.set(Blocked::No);
-            if let Some(rc) = self.task_rc(task.slot.get()) {
-                self.schedule(rc);
-            }
+            self.schedule(task.rc());
         }
     }
 
@@ -432,7 +451,14 @@ impl Scheduler {
     #[inline]
     fn io_ready(&self, task: &Task, woke: c_short) {
         if task.blocked.get() != Blocked::Io {
-            // Something (a waiter queued before it, a timeout, a close) already ended its wait.
+            if task.blocked.get() == Blocked::ParkedTimed {
+                // A `park_timeout` timer: the only event such a task has pending.
+                task.woke.set(woke);
+                task.blocked.set(Blocked::Parked);
+                self.unpark(&task.rc());
+            }
+            // Otherwise something (a waiter queued before it, a timeout, a close) already
+            // ended its wait.
             return;
         }
         if task.timer_armed.replace(false) {
@@ -443,15 +469,7 @@ impl Scheduler {
         task.blocked.set(Blocked::No);
         task.woke.set(woke);
         task.core.prefetch();
-        // SAFETY: every `Task` is allocated by `Rc::new` (`spawn_with`), and one blocked in a
-        // wait is alive: the task table holds a reference until it completes, which it cannot
-        // do while suspended. Taking another reference through the pointer skips the table
-        // lookup (a cache line of its own with a thousand tasks).
-        let rc = unsafe {
-            Rc::increment_strong_count(task);
-            Rc::from_raw(task)
-        };
-        self.schedule(rc);
+        self.schedule(task.rc());
     }
 }
 
@@ -636,6 +654,20 @@ unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
     }
 }
 
+/// Arms the running task's wait event as a timer that makes it ready (through `wake`) after
+/// `timeout`. The caller deletes it on every path that ends the wait some other way.
+fn arm_timer(task: &Task, sched: &Scheduler, timeout: Duration) -> io::Result<()> {
+    let ev = task
+        .core
+        .wait_event()
+        .ok_or_else(|| misuse("coroutine has no stack"))?;
+    let arg = task as *const Task as *mut c_void;
+    // SAFETY: as in `wait_event`: the task outlives its pending timer, which the caller deletes
+    // before the wait ends (or `wake` finds it non-pending, one-shot, when it fired).
+    unsafe { ev.assign(sched.base.as_raw(), -1, What::NONE, wake, arg) };
+    ev.add(Some(timeout))
+}
+
 /// Removes a registered wait from its list when the wait ends, including by cancellation.
 struct RegGuard<'a> {
     reg: Rc<Registration>,
@@ -669,14 +701,8 @@ pub(crate) fn wait_registered(
     }
     let reg = sched.registration(fd)?;
     if let Some(t) = timeout {
-        let ev = task
-            .core
-            .wait_event()
-            .ok_or_else(|| misuse("coroutine has no stack"))?;
-        let arg = task as *const Task as *mut c_void;
-        // SAFETY: as in `wait_event`: the task outlives its pending timer (the guard deletes it).
-        unsafe { ev.assign(sched.base.as_raw(), -1, What::NONE, wake, arg) };
-        ev.add(Some(t))?;
+        // The guard deletes it.
+        arm_timer(task, sched, t)?;
         task.timer_armed.set(true);
     }
     task.woke.set(0);
@@ -894,13 +920,94 @@ pub(crate) fn park() -> io::Result<()> {
     Ok(())
 }
 
+/// Ends a timed park however it ends: a park cut short by unwinding (cancellation) or resumed
+/// by anything but its timer or an unpark must not leave the timer pending.
+struct ParkGuard<'a>(&'a Task);
+
+impl Drop for ParkGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.blocked.replace(Blocked::No) == Blocked::ParkedTimed {
+            if let Some(ev) = self.0.core.wait_event() {
+                ev.del();
+            }
+        }
+    }
+}
+
+/// [`park`] for at most `timeout`: `Ok(true)` when the timeout ended it. Like `park`, it may
+/// return early, so callers loop on their condition and their deadline.
+pub(crate) fn park_timeout(timeout: Duration) -> io::Result<bool> {
+    let (task, sched) = current_task()?;
+    // Unpark, the guard and cancellation delete it.
+    arm_timer(task, sched, timeout)?;
+    task.woke.set(0);
+    task.blocked.set(Blocked::ParkedTimed);
+    let guard = ParkGuard(task);
+    coroutine::switch_out(&task.core);
+    drop(guard);
+    Ok(What::from_bits(task.woke.get()).contains(What::TIMEOUT))
+}
+
+/// A handle that makes one parked coroutine runnable again: what `sync`'s wait lists hold.
+///
+/// Holding one keeps the coroutine's task alive (not its body: a cancelled or finished
+/// coroutine's waker does nothing).
+#[derive(Clone)]
+pub(crate) struct Waker(Rc<Task>);
+
+impl Waker {
+    /// The running coroutine's waker. An error outside a scheduled coroutine.
+    pub(crate) fn current() -> io::Result<Waker> {
+        let (task, _) = current_task()?;
+        Ok(Waker(task.rc()))
+    }
+
+    /// Unparks the coroutine if it is parked ([`park`], [`park_timeout`]); otherwise nothing.
+    pub(crate) fn wake(&self) {
+        // SAFETY: the task's scheduler outlives it.
+        let sched = unsafe { &*self.0.sched };
+        sched.unpark(&self.0);
+    }
+
+    /// Whether both wake the same coroutine.
+    pub(crate) fn same(&self, other: &Waker) -> bool {
+        Rc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Blocks a caller outside any coroutine until `done()` holds, by running this thread's event
+/// loop (as [`JoinHandle::join`] does outside a coroutine), for at most `timeout` when given.
+/// `Ok(false)` when the timeout passed first; an error when there is no scheduler on this
+/// thread or nothing left could make `done()` true (a deadlock).
+pub(crate) fn block_outside(
+    done: impl Fn() -> bool,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
+    if done() {
+        return Ok(true);
+    }
+    let sched = Scheduler::current().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Deadlock,
+            "would block forever: no coroutine runs on this thread to make progress",
+        )
+    })?;
+    let Some(t) = timeout else {
+        sched.drive_until(&done)?;
+        return Ok(true);
+    };
+    let fired = Rc::new(Cell::new(false));
+    let flag = fired.clone();
+    let timer = crate::event::Event::timer(&sched.base, move |_| flag.set(true))?;
+    timer.add(Some(t))?;
+    sched.drive_until(|| done() || fired.get())?;
+    Ok(done())
+}
+
 /// Yields the running coroutine: it goes to the back of the ready queue.
 pub fn yield_now() -> io::Result<()> {
     let (task, sched) = current_task()?;
-    let rc = sched
-        .task_rc(task.slot.get())
-        .ok_or_else(|| misuse("running coroutine is not on the scheduler"))?;
-    sched.schedule(rc);
+    sched.schedule(task.rc());
     coroutine::switch_out(&task.core);
     Ok(())
 }
@@ -1049,17 +1156,14 @@ impl<T> JoinHandle<T> {
             return Ok(());
         }
         if coroutine::is_coroutine() {
-            let (me, sched) = current_task()?;
+            let (me, _) = current_task()?;
             if std::ptr::eq(me, &*self.task) {
                 return Err(io::Error::new(
                     io::ErrorKind::Deadlock,
                     "a coroutine cannot join itself",
                 ));
             }
-            let me_rc = sched
-                .task_rc(me.slot.get())
-                .ok_or_else(|| misuse("running coroutine is not on the scheduler"))?;
-            *self.task.joiner.borrow_mut() = Some(me_rc);
+            *self.task.joiner.borrow_mut() = Some(me.rc());
             while !self.task.is_finished() {
                 park()?;
             }

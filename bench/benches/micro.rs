@@ -9,6 +9,9 @@
 //! | `schedule` | `spawn(..).join()`, stack pool warm       | (target: 300 ns)                        |
 //! | `wait`     | write 1 byte, `io::wait` READABLE, read   | write + read; write + epoll_wait + read |
 //! | `wait`     | `net::UnixStream` ping-pong, 2 coroutines | write + read twice, one thread          |
+//! | `channel`  | `sync::mpsc` ping-pong, 2 coroutines      | tokio mpsc, 2 tasks, current_thread;    |
+//! |            |                                           | std mpsc, 2 threads                     |
+//! | `channel`  | `sync::mpsc::bounded(64)` stream          | tokio mpsc `channel(64)` stream         |
 //!
 //! Loops that must run inside a coroutine use `iter_custom`: one `evco::run` per sample, timing
 //! only the loop inside it.
@@ -213,6 +216,121 @@ fn wait_cycle(c: &mut Criterion) {
     g.finish();
 }
 
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Channels between coroutines: a round trip (each side parks on every message) and a stream
+/// (the producer runs ahead until the channel is full).
+fn channel(c: &mut Criterion) {
+    let mut g = c.benchmark_group("channel");
+    g.bench_function("evco sync::mpsc ping-pong (2 coroutines)", |b| {
+        b.iter_custom(|iters| {
+            evco::run(move || {
+                let (to_echo, from_main) = evco::sync::mpsc::channel::<u64>();
+                let (to_main, from_echo) = evco::sync::mpsc::channel::<u64>();
+                let echo = evco::spawn(move || {
+                    for v in &from_main {
+                        to_main.send(v).expect("send back");
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..iters {
+                    to_echo.send(i).expect("send");
+                    black_box(from_echo.recv().expect("recv"));
+                }
+                let elapsed = start.elapsed();
+                drop(to_echo);
+                echo.join().expect("echo coroutine");
+                elapsed
+            })
+        });
+    });
+    g.bench_function("tokio mpsc ping-pong (2 tasks, current_thread)", |b| {
+        b.iter_custom(|iters| {
+            tokio_rt().block_on(async move {
+                let (to_echo, mut from_main) = tokio::sync::mpsc::unbounded_channel::<u64>();
+                let (to_main, mut from_echo) = tokio::sync::mpsc::unbounded_channel::<u64>();
+                let echo = tokio::task::spawn(async move {
+                    while let Some(v) = from_main.recv().await {
+                        to_main.send(v).expect("send back");
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..iters {
+                    to_echo.send(i).expect("send");
+                    black_box(from_echo.recv().await.expect("recv"));
+                }
+                let elapsed = start.elapsed();
+                drop(to_echo);
+                echo.await.expect("echo task");
+                elapsed
+            })
+        });
+    });
+    g.bench_function("std mpsc ping-pong (2 threads)", |b| {
+        b.iter_custom(|iters| {
+            let (to_echo, from_main) = std::sync::mpsc::channel::<u64>();
+            let (to_main, from_echo) = std::sync::mpsc::channel::<u64>();
+            let echo = std::thread::spawn(move || {
+                for v in from_main {
+                    to_main.send(v).expect("send back");
+                }
+            });
+            let start = Instant::now();
+            for i in 0..iters {
+                to_echo.send(i).expect("send");
+                black_box(from_echo.recv().expect("recv"));
+            }
+            let elapsed = start.elapsed();
+            drop(to_echo);
+            echo.join().expect("echo thread");
+            elapsed
+        });
+    });
+    g.bench_function("evco sync::mpsc::bounded(64) stream, per message", |b| {
+        b.iter_custom(|iters| {
+            evco::run(move || {
+                let (tx, rx) = evco::sync::mpsc::bounded::<u64>(64);
+                let consumer = evco::spawn(move || {
+                    for v in &rx {
+                        black_box(v);
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..iters {
+                    tx.send(i).expect("send");
+                }
+                drop(tx);
+                consumer.join().expect("consumer");
+                start.elapsed()
+            })
+        });
+    });
+    g.bench_function("tokio mpsc::channel(64) stream, per message", |b| {
+        b.iter_custom(|iters| {
+            tokio_rt().block_on(async move {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(64);
+                let consumer = tokio::task::spawn(async move {
+                    while let Some(v) = rx.recv().await {
+                        black_box(v);
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..iters {
+                    tx.send(i).await.expect("send");
+                }
+                drop(tx);
+                consumer.await.expect("consumer");
+                start.elapsed()
+            })
+        });
+    });
+    g.finish();
+}
+
 fn config() -> Criterion {
     // Short enough that the whole suite runs in about a minute on a shared 2-core machine.
     Criterion::default()
@@ -224,6 +342,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = switch, schedule, wait_cycle
+    targets = switch, schedule, wait_cycle, channel
 }
 criterion_main!(benches);

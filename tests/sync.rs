@@ -1,0 +1,332 @@
+//! evco::sync::mpsc: channels between coroutines of one thread, on a real scheduler and loop.
+
+mod common;
+
+use std::cell::RefCell;
+use std::io::ErrorKind;
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::watchdog;
+use evco::coroutine::Cancelled;
+use evco::sync::mpsc::{self, RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
+
+type Log = Rc<RefCell<Vec<String>>>;
+
+fn note(log: &Log, s: impl Into<String>) {
+    log.borrow_mut().push(s.into());
+}
+
+fn added_events() -> usize {
+    evco::scheduler::base().unwrap().added_events()
+}
+
+#[test]
+fn unbounded_channel_delivers_in_order_and_send_never_waits() {
+    let _w = watchdog(20);
+    let got = evco::run(|| {
+        let (tx, rx) = mpsc::channel();
+        let producer = evco::spawn(move || {
+            for i in 0..10_000u32 {
+                tx.send(i).unwrap();
+            }
+            // Everything was queued without the receiver running once.
+            tx.len()
+        });
+        let queued = producer.join().unwrap();
+        (queued, rx.iter().collect::<Vec<_>>())
+    });
+    assert_eq!(got.0, 10_000);
+    assert_eq!(got.1, (0..10_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn bounded_send_parks_while_full_and_resumes_when_the_receiver_makes_room() {
+    let _w = watchdog(20);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    evco::run(move || {
+        let (tx, rx) = mpsc::bounded(2);
+        let lp = l.clone();
+        let producer = evco::spawn(move || {
+            for i in 0..4 {
+                tx.send(i).unwrap();
+                note(&lp, format!("sent {i}"));
+            }
+        });
+        // Let the producer fill the channel and park on the third send.
+        evco::yield_now().unwrap();
+        note(&l, format!("queued {}", rx.len()));
+        for _ in 0..4 {
+            let v = rx.recv().unwrap();
+            note(&l, format!("got {v}"));
+        }
+        producer.join().unwrap();
+    });
+    let log = log.borrow();
+    assert_eq!(
+        log[..3],
+        ["sent 0", "sent 1", "queued 2"],
+        "a full channel parks its sender: {log:?}"
+    );
+    // Each receive makes room for exactly one more send.
+    let sent = |i| log.iter().position(|s| *s == format!("sent {i}")).unwrap();
+    let got = |i| log.iter().position(|s| *s == format!("got {i}")).unwrap();
+    assert!(got(0) < sent(2), "{log:?}");
+    assert!(got(1) < sent(3), "{log:?}");
+}
+
+#[test]
+fn rendezvous_send_returns_only_once_a_receiver_takes_the_value() {
+    let _w = watchdog(20);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    evco::run(move || {
+        let (tx, rx) = mpsc::bounded::<u32>(0);
+        assert!(matches!(tx.try_send(1), Err(TrySendError::Full(1))));
+        let lp = l.clone();
+        let producer = evco::spawn(move || {
+            note(&lp, "send");
+            tx.send(7).unwrap();
+            note(&lp, "sent");
+        });
+        // The producer runs first and must stay parked: nobody receives yet.
+        evco::yield_now().unwrap();
+        evco::yield_now().unwrap();
+        note(&l, "recv");
+        assert_eq!(rx.recv().unwrap(), 7);
+        producer.join().unwrap();
+        assert_eq!(rx.len(), 0);
+    });
+    assert_eq!(*log.borrow(), ["send", "recv", "sent"]);
+}
+
+#[test]
+fn recv_reports_disconnected_only_after_the_last_sender_is_gone_and_the_queue_is_drained() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
+        tx.send(1).unwrap();
+        drop(tx);
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "tx2 still lives");
+        let waiter = evco::spawn(move || (rx.recv().map_err(|e| e.to_string()), rx));
+        evco::yield_now().unwrap();
+        tx2.send(2).unwrap();
+        let (first, rx) = waiter.join().unwrap();
+        assert_eq!(first, Ok(2));
+        // A parked receiver is woken by the last sender's drop.
+        let waiter = evco::spawn(move || matches!(rx.recv(), Err(RecvError::Disconnected)));
+        evco::yield_now().unwrap();
+        drop(tx2);
+        assert!(waiter.join().unwrap());
+    });
+}
+
+#[test]
+fn send_gives_the_value_back_when_the_receiver_is_gone_even_to_a_parked_sender() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (tx, rx) = mpsc::bounded(1);
+        tx.send(String::from("queued")).unwrap();
+        let parked = evco::spawn(move || match tx.send(String::from("blocked")) {
+            Err(SendError::Disconnected(v)) => (v, tx),
+            other => panic!("expected Disconnected, got {other:?}"),
+        });
+        evco::yield_now().unwrap();
+        drop(rx);
+        let (back, tx) = parked.join().unwrap();
+        assert_eq!(back, "blocked");
+        assert!(tx.is_closed());
+        assert!(matches!(
+            tx.try_send(String::new()),
+            Err(TrySendError::Disconnected(_))
+        ));
+    });
+}
+
+#[test]
+fn values_still_queued_are_dropped_with_the_receiver() {
+    let _w = watchdog(20);
+    let token = Rc::new(());
+    let (tx, rx) = mpsc::channel();
+    for _ in 0..3 {
+        tx.send(token.clone()).unwrap();
+    }
+    assert_eq!(Rc::strong_count(&token), 4);
+    drop(rx);
+    assert_eq!(Rc::strong_count(&token), 1);
+    drop(tx);
+}
+
+#[test]
+fn recv_timeout_times_out_on_an_empty_channel_and_leaves_no_timer_behind() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (tx, rx) = mpsc::channel::<u8>();
+        let before = added_events();
+        assert!(matches!(
+            rx.recv_timeout(Duration::from_millis(5)),
+            Err(RecvTimeoutError::Timeout)
+        ));
+        assert_eq!(added_events(), before);
+        // A value that comes before the timeout is received, and its timer deleted.
+        let sender = evco::spawn(move || {
+            evco::time::sleep(Duration::from_millis(1));
+            tx.send(9).unwrap();
+        });
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).unwrap(), 9);
+        assert_eq!(added_events(), before, "the 60 s timer must be gone");
+        sender.join().unwrap();
+    });
+}
+
+#[test]
+fn a_notified_receiver_cancelled_before_it_runs_passes_the_value_to_the_next() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (tx, rx) = mpsc::channel::<u32>();
+        let rx = Rc::new(rx);
+        let (r1, r2) = (rx.clone(), rx.clone());
+        let first = evco::spawn(move || r1.recv().ok());
+        let second = evco::spawn(move || r2.recv().ok());
+        evco::yield_now().unwrap(); // both park, `first` ahead of `second`
+        tx.send(5).unwrap(); // notifies `first` ...
+        first.cancel().unwrap(); // ... which is cancelled before it runs
+        assert!(
+            first
+                .join()
+                .unwrap_err()
+                .downcast_ref::<Cancelled>()
+                .is_some()
+        );
+        // Without the hand-on `second` would stay parked and run would report a deadlock.
+        assert_eq!(second.join().unwrap(), Some(5));
+    });
+}
+
+#[test]
+fn a_cancelled_parked_sender_leaves_the_wait_list_and_others_keep_going() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (tx, rx) = mpsc::bounded(1);
+        tx.send(0).unwrap();
+        let (t1, t2) = (tx.clone(), tx.clone());
+        let doomed = evco::spawn(move || t1.send(1).is_ok());
+        let survivor = evco::spawn(move || t2.send(2).is_ok());
+        evco::yield_now().unwrap(); // both park on the full channel
+        doomed.cancel().unwrap();
+        assert_eq!(rx.recv().unwrap(), 0); // makes room: must go to `survivor`
+        assert!(survivor.join().unwrap());
+        assert_eq!(rx.recv().unwrap(), 2);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    });
+    assert_eq!(evco::scheduler::live_coroutines(), 0);
+}
+
+#[test]
+fn a_cancelled_recv_timeout_deletes_its_timer() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (_tx, rx) = mpsc::channel::<u8>();
+        let before = added_events();
+        let h = evco::spawn(move || rx.recv_timeout(Duration::from_secs(60)).is_ok());
+        evco::yield_now().unwrap();
+        assert_eq!(added_events(), before + 1, "the parked receiver's timer");
+        h.cancel().unwrap();
+        assert_eq!(added_events(), before);
+    });
+}
+
+#[test]
+fn many_producers_and_a_bounded_channel_deliver_every_value_exactly_once() {
+    let _w = watchdog(30);
+    let (count, sum) = evco::run(|| {
+        let (tx, rx) = mpsc::bounded(3);
+        for p in 0..8u64 {
+            let tx = tx.clone();
+            evco::spawn(move || {
+                for i in 0..500u64 {
+                    tx.send(p * 1_000_000 + i).unwrap();
+                    if i % 7 == p % 7 {
+                        evco::yield_now().unwrap();
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut last = [None::<u64>; 8];
+        let (mut count, mut sum) = (0u64, 0u64);
+        for v in &rx {
+            let p = (v / 1_000_000) as usize;
+            assert!(last[p].is_none_or(|l| l < v), "per-producer order");
+            last[p] = Some(v);
+            count += 1;
+            sum += v;
+        }
+        (count, sum)
+    });
+    assert_eq!(count, 8 * 500);
+    let expected: u64 = (0..8u64)
+        .map(|p| 500 * p * 1_000_000 + (0..500).sum::<u64>())
+        .sum();
+    assert_eq!(sum, expected);
+}
+
+#[test]
+fn recv_outside_a_coroutine_runs_the_loop_until_a_value_comes() {
+    let _w = watchdog(20);
+    let (tx, rx) = mpsc::channel();
+    let h = evco::spawn(move || {
+        evco::time::sleep(Duration::from_millis(2));
+        tx.send("from a coroutine").unwrap();
+    });
+    assert_eq!(rx.recv().unwrap(), "from a coroutine");
+    h.join().unwrap();
+    assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+}
+
+#[test]
+fn rendezvous_with_a_receiver_outside_any_coroutine() {
+    let _w = watchdog(20);
+    let (tx, rx) = mpsc::bounded(0);
+    let h = evco::spawn(move || {
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+    });
+    assert_eq!(rx.recv().unwrap(), 1);
+    assert_eq!(rx.recv().unwrap(), 2);
+    h.join().unwrap();
+}
+
+#[test]
+fn blocking_outside_a_coroutine_with_nothing_that_could_wake_it_is_an_error_not_a_hang() {
+    let _w = watchdog(20);
+    let (tx, rx) = mpsc::bounded::<u8>(1);
+    match rx.recv() {
+        Err(RecvError::Wait(e)) => assert_eq!(e.kind(), ErrorKind::Deadlock, "{e}"),
+        other => panic!("expected a Wait error, got {other:?}"),
+    }
+    tx.send(1).unwrap();
+    match tx.send(2) {
+        Err(SendError::Wait(2, e)) => assert_eq!(e.kind(), ErrorKind::Deadlock, "{e}"),
+        other => panic!("expected a Wait error, got {other:?}"),
+    }
+    // Nothing was lost: the first value is still there.
+    assert_eq!(rx.try_recv(), Ok(1));
+}
+
+#[test]
+fn recv_in_a_bare_coroutine_is_an_error() {
+    let _w = watchdog(20);
+    let (_tx, rx) = mpsc::channel::<u8>();
+    let saw = Rc::new(RefCell::new(None));
+    let s = saw.clone();
+    let mut co = evco::coroutine::Coroutine::new(move || {
+        *s.borrow_mut() = Some(matches!(rx.recv(), Err(RecvError::Wait(_))));
+    })
+    .unwrap();
+    assert!(matches!(co.resume(), Ok(evco::coroutine::Status::Finished)));
+    assert_eq!(*saw.borrow(), Some(true));
+}
