@@ -330,3 +330,179 @@ fn recv_in_a_bare_coroutine_is_an_error() {
     assert!(matches!(co.resume(), Ok(evco::coroutine::Status::Finished)));
     assert_eq!(*saw.borrow(), Some(true));
 }
+
+// ---- Mutex and Condvar ----
+
+use evco::sync::{Condvar, Mutex};
+
+#[test]
+fn a_mutex_keeps_critical_sections_that_suspend_from_interleaving() {
+    let _w = watchdog(20);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    evco::run(move || {
+        let m = Rc::new(Mutex::new(()));
+        let hs: Vec<_> = (0..3)
+            .map(|id| {
+                let (m, l) = (m.clone(), l.clone());
+                evco::spawn(move || {
+                    let _held = m.lock().unwrap();
+                    note(&l, format!("{id} in"));
+                    evco::time::sleep(Duration::from_millis(1));
+                    evco::yield_now().unwrap();
+                    note(&l, format!("{id} out"));
+                })
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        assert!(!m.is_locked());
+    });
+    assert_eq!(
+        *log.borrow(),
+        ["0 in", "0 out", "1 in", "1 out", "2 in", "2 out"]
+    );
+}
+
+#[test]
+fn unlocking_hands_the_mutex_to_the_first_waiter_so_newcomers_cannot_barge() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let m = Rc::new(Mutex::new(Vec::new()));
+        let held = m.lock().unwrap();
+        let waiters: Vec<_> = (0..3)
+            .map(|id| {
+                let m = m.clone();
+                evco::spawn(move || m.lock().unwrap().push(id))
+            })
+            .collect();
+        evco::yield_now().unwrap(); // all three park, in order
+        drop(held);
+        // Handed to waiter 0, which has not run yet: the lock is not free for a newcomer.
+        assert!(m.is_locked());
+        assert!(m.try_lock().is_none());
+        waiters.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(*m.try_lock().unwrap(), [0, 1, 2]);
+    });
+}
+
+#[test]
+fn a_waiter_cancelled_after_it_was_handed_the_mutex_passes_it_on() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let m = Rc::new(Mutex::new(0));
+        let held = m.lock().unwrap();
+        let (m1, m2) = (m.clone(), m.clone());
+        let first = evco::spawn(move || *m1.lock().unwrap() += 1);
+        let second = evco::spawn(move || *m2.lock().unwrap() += 10);
+        evco::yield_now().unwrap();
+        drop(held); // hands the lock to `first` ...
+        first.cancel().unwrap(); // ... which is cancelled before it runs
+        // Without the hand-on `second` would wait forever and run would report a deadlock.
+        second.join().unwrap();
+        assert_eq!(*m.lock().unwrap(), 10);
+        assert!(!m.is_locked());
+    });
+}
+
+#[test]
+fn lock_outside_a_coroutine_runs_the_loop_until_the_holder_unlocks() {
+    let _w = watchdog(20);
+    let m = Rc::new(Mutex::new(String::new()));
+    let m2 = m.clone();
+    let h = evco::spawn(move || {
+        let mut s = m2.lock().unwrap();
+        evco::time::sleep(Duration::from_millis(2));
+        s.push_str("written under the lock");
+    });
+    // Let the coroutine take the lock first.
+    while !m.is_locked() {
+        evco::scheduler::base().unwrap().loop_once().unwrap();
+    }
+    assert_eq!(*m.lock().unwrap(), "written under the lock");
+    h.join().unwrap();
+    // Holding it and locking again outside a coroutine: nothing could unlock it.
+    let held = m.lock().unwrap();
+    assert_eq!(m.lock().unwrap_err().kind(), ErrorKind::Deadlock);
+    drop(held);
+}
+
+#[test]
+fn condvar_notify_one_wakes_waiters_in_order_and_notify_all_wakes_the_rest() {
+    let _w = watchdog(20);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    evco::run(move || {
+        let state = Rc::new((Mutex::new(0u32), Condvar::new()));
+        let hs: Vec<_> = (0..3)
+            .map(|id| {
+                let (s, l) = (state.clone(), l.clone());
+                evco::spawn(move || {
+                    let (m, cv) = &*s;
+                    let g = m.lock().unwrap();
+                    let g = cv.wait(g).unwrap();
+                    note(&l, format!("{id} woke at {}", *g));
+                })
+            })
+            .collect();
+        evco::yield_now().unwrap(); // all wait
+        *state.0.lock().unwrap() = 1;
+        state.1.notify_one();
+        evco::yield_now().unwrap();
+        evco::yield_now().unwrap();
+        note(&l, "notify_all");
+        *state.0.lock().unwrap() = 2;
+        state.1.notify_all();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+    });
+    assert_eq!(
+        *log.borrow(),
+        ["0 woke at 1", "notify_all", "1 woke at 2", "2 woke at 2"]
+    );
+}
+
+#[test]
+fn condvar_wait_timeout_reports_the_timeout_and_holds_the_lock_again() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (m, cv) = (Mutex::new(5), Condvar::new());
+        let before = added_events();
+        let (g, timed_out) = cv
+            .wait_timeout(m.lock().unwrap(), Duration::from_millis(2))
+            .unwrap();
+        assert!(timed_out);
+        assert_eq!(*g, 5);
+        assert!(m.is_locked());
+        drop(g);
+        assert!(!m.is_locked());
+        assert_eq!(added_events(), before);
+    });
+}
+
+#[test]
+fn a_coroutine_cancelled_in_condvar_wait_leaves_the_mutex_usable() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let state = Rc::new((Mutex::new(0), Condvar::new()));
+        let s = state.clone();
+        let doomed = evco::spawn(move || {
+            let g = s.0.lock().unwrap();
+            let _g = s.1.wait(g).unwrap();
+        });
+        evco::yield_now().unwrap();
+        assert!(!state.0.is_locked(), "a waiter releases the lock");
+        doomed.cancel().unwrap();
+        assert!(!state.0.is_locked(), "cancellation unlocks nothing twice");
+        *state.0.lock().unwrap() += 1;
+        state.1.notify_all(); // nobody is left to wake
+        assert_eq!(*state.0.lock().unwrap(), 1);
+    });
+}
+
+#[test]
+fn condvar_wait_outside_a_coroutine_is_an_error_and_releases_the_lock() {
+    let _w = watchdog(20);
+    let (m, cv) = (Mutex::new(()), Condvar::new());
+    let err = cv.wait(m.lock().unwrap()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(!m.is_locked());
+}

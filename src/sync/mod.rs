@@ -7,21 +7,40 @@
 //!
 //! - [`mpsc`]: multi-producer, single-consumer channels, unbounded ([`mpsc::channel`]) or
 //!   bounded ([`mpsc::bounded`], including rendezvous with capacity 0).
+//! - [`Mutex`]: a lock that can be held across a suspension (a `RefCell` cannot: another
+//!   coroutine would find it borrowed), handed to waiters in arrival order.
+//! - [`Condvar`]: waiting for a condition under a [`Mutex`].
 //!
 //! Outside a coroutine (on the scheduler's thread, e.g. in `main` after spawning), a blocking
 //! call runs the event loop until it can complete, as
 //! [`JoinHandle::join`](crate::JoinHandle::join) does; when nothing could ever let it complete,
 //! it returns an error instead of hanging.
 //!
+//! # Send
+//!
+//! Nothing here is `Send` or `Sync`: the waiters are coroutines of one thread's scheduler.
+//!
+//! ```compile_fail
+//! fn assert_send<T: Send>() {}
+//! assert_send::<evco::sync::mpsc::Sender<u8>>();
+//! ```
+//!
+//! ```compile_fail
+//! fn assert_sync<T: Sync>() {}
+//! assert_sync::<evco::sync::Mutex<u8>>();
+//! ```
+//!
 //! # Wait lists
 //!
-//! Each direction of a channel keeps a FIFO wait list of parked coroutines. A notification
-//! takes the first waiter off the list and unparks it; the woken coroutine re-checks its
-//! condition when it runs (another coroutine may have got there first) and waits again at the
-//! back if it must. A waiter that leaves the list in any other way (a timeout, or cancellation
-//! unwinding its stack) removes itself. One that was notified but is cancelled before it ran
-//! passes the notification on, so a cancelled receiver cannot strand a value that a second
-//! receiver is waiting for.
+//! Each direction of a channel, each mutex and each condition variable keeps a FIFO wait list
+//! of parked coroutines. A notification takes the first waiter off the list and unparks it; the
+//! woken coroutine re-checks its condition when it runs (another coroutine may have got there
+//! first) and waits again at the back if it must. A mutex does not make its waiters re-check:
+//! unlocking hands the lock to the first waiter directly, so a stream of newcomers cannot starve
+//! it. A waiter that leaves the list in any other way (a timeout, or cancellation unwinding its
+//! stack) removes itself. One that was notified but is cancelled before it ran passes the
+//! notification on (the value to the next receiver, the lock to the next locker), so a
+//! cancelled waiter never strands what a second one is waiting for.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -30,12 +49,25 @@ use std::time::{Duration, Instant};
 
 use crate::scheduler::{self, Waker};
 
+mod condvar;
 pub mod mpsc;
+mod mutex;
+
+pub use condvar::Condvar;
+pub use mutex::{Mutex, MutexGuard};
 
 /// Coroutines parked until some condition may hold; see "Wait lists" in the module docs.
 #[derive(Default)]
 pub(crate) struct WaitList {
     queue: RefCell<VecDeque<Waker>>,
+}
+
+impl std::fmt::Debug for WaitList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaitList")
+            .field("waiting", &self.len())
+            .finish()
+    }
 }
 
 /// How a [`WaitList::wait`] ended.
@@ -48,6 +80,12 @@ pub(crate) enum Woken {
 }
 
 impl WaitList {
+    pub(crate) const fn new() -> WaitList {
+        WaitList {
+            queue: RefCell::new(VecDeque::new()),
+        }
+    }
+
     /// Number of coroutines listed.
     pub(crate) fn len(&self) -> usize {
         self.queue.borrow().len()
