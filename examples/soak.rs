@@ -24,6 +24,8 @@
 //! long soak can run out of ephemeral ports: connect then fails with `AddrNotAvailable`, which
 //! is reported as an error.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -32,7 +34,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use evco::coroutine::Builder;
-use evco::event::Event;
 use evco::net::{TcpListener, TcpStream};
 
 const MAX_MSG: usize = 16 * 1024;
@@ -101,7 +102,7 @@ fn serve() {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         println!("listening on {}", listener.local_addr()?);
         io::stdout().flush()?;
-        let acceptor = evco::spawn(move || -> io::Result<()> {
+        common::serve_until_signalled(None, move || -> io::Result<()> {
             loop {
                 let (stream, _) = listener.accept()?;
                 SERVER_CONNS.fetch_add(1, Ordering::Relaxed);
@@ -112,21 +113,7 @@ fn serve() {
                     eprintln!("soak server: cannot serve a connection: {e}");
                 }
             }
-        });
-        let base = evco::scheduler::base()?;
-        let stop = |_| {
-            let _ = evco::scheduler::shutdown();
-        };
-        let sigterm = Event::signal(&base, libc::SIGTERM, stop)?;
-        let sigint = Event::signal(&base, libc::SIGINT, stop)?;
-        sigterm.add(None)?;
-        sigint.add(None)?;
-        let r = acceptor.join();
-        drop((sigterm, sigint));
-        match r {
-            Ok(Err(e)) => Err(e),
-            _ => Ok(()),
-        }
+        })
     });
     if let Err(e) = result {
         eprintln!("soak server: {e}");

@@ -33,6 +33,8 @@
 
 pub mod coroutine;
 pub mod event;
+#[cfg(all(feature = "hook", target_os = "linux"))]
+pub mod hook;
 pub mod io;
 pub mod net;
 mod os;

@@ -836,6 +836,13 @@ unsafe extern "C" fn wake(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
     sched.io_ready(task, what);
 }
 
+/// Whether the caller runs in a coroutine of a scheduler (not a bare `Coroutine`, not plain
+/// thread code): where a wait can suspend. One thread-local read.
+#[inline]
+pub(crate) fn in_scheduled_coroutine() -> bool {
+    coroutine::current_core().is_some_and(|c| !c.owner.get().is_null())
+}
+
 fn current_task() -> io::Result<(&'static Task, &'static Scheduler)> {
     let core = coroutine::current_core().ok_or_else(|| misuse("not inside a coroutine"))?;
     let task = core.owner.get() as *const Task;

@@ -443,8 +443,9 @@ fn io_close_wakes_every_coroutine_waiting_on_the_fd_with_ebadf() {
     });
 }
 
-/// `dup2(new, fd)` while a coroutine waits on `fd`. Nothing in evco sees it (it is not
-/// `io::close`), so what the waiter sees is the backend's:
+/// `dup2(new, fd)` while a coroutine waits on `fd`. With the `hook` feature evco's `dup2`
+/// treats it as a close of `fd`: the waiter gets `EBADF` at once, on every backend. Without it
+/// nothing in evco sees it, so what the waiter sees is the backend's:
 ///
 /// - epoll registers the *open file description*: `dup2` releases the old one, which silently
 ///   drops it from the epoll set, and the new one was never added. The waiter is woken by
@@ -481,7 +482,16 @@ fn dup2_over_a_waited_fd_ends_the_wait_by_its_timeout_with_epoll_or_by_readiness
         write_byte(&new_peer);
 
         let (result, old) = waiter.join().unwrap();
-        match base.backend().split(' ').next().unwrap() {
+        let backend = base.backend().split(' ').next().unwrap();
+        match if cfg!(feature = "hook") {
+            "hook"
+        } else {
+            backend
+        } {
+            "hook" => {
+                let err = result.expect_err("the hooked dup2 closes what the waiter waits on");
+                assert_eq!(err.raw_os_error(), Some(libc::EBADF), "{err}");
+            }
             "epoll" => {
                 let err = result.expect_err("epoll cannot see the new socket behind the old fd");
                 assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
@@ -504,8 +514,9 @@ fn dup2_over_a_waited_fd_ends_the_wait_by_its_timeout_with_epoll_or_by_readiness
 /// The same through an evco stream, whose fd has (under epoll) one persistent edge-triggered
 /// registration: after `dup2` over its fd the kernel has dropped that registration, so no edge
 /// ever comes again, and reads wait for one (they skip the `recv` that would say `EAGAIN`):
-/// under epoll the stream stays deaf until it is dropped, even with data queued; under poll it
-/// reads the new socket. (`dup2` over an fd a stream owns breaks I/O safety: this documents
+/// without the `hook` feature, under epoll the stream stays deaf until it is dropped, even
+/// with data queued; under poll, or with the hooked `dup2` (which removes the registration),
+/// it reads the new socket. (`dup2` over an fd a stream owns breaks I/O safety: this documents
 /// what happens, it does not bless it.) What must hold: with a read timeout no read hangs.
 #[test]
 fn dup2_over_an_evco_streams_fd_never_hangs_a_read_that_has_a_timeout() {
@@ -535,8 +546,12 @@ fn dup2_over_an_evco_streams_fd_never_hangs_a_read_that_has_a_timeout() {
             }
         }
         println!("dup2 over a stream's fd, {backend}: reads gave {outcomes:?}");
-        if backend == "poll" {
-            assert_eq!(outcomes, ["Ok(1)", "TimedOut"], "poll reads the new socket");
+        if backend == "poll" || cfg!(feature = "hook") {
+            assert_eq!(
+                outcomes,
+                ["Ok(1)", "TimedOut"],
+                "{backend}: reads the new socket"
+            );
         }
     });
 }

@@ -493,9 +493,9 @@ fn a_timed_wait_started_late_in_a_long_pass_waits_its_full_duration() {
     evco::run(|| {
         let (a, _b) = socketpair();
         let fd = a.as_raw_fd();
-        // 50 ms of work without suspending, in the same pass as the two waits below (the
-        // thread sleep stands for CPU work; it synchronises nothing).
-        let busy = evco::spawn(|| std::thread::sleep(Duration::from_millis(50)));
+        // 50 ms of CPU work without suspending, in the same pass as the two waits below (it
+        // synchronises nothing).
+        let busy = evco::spawn(|| common::busy_for(Duration::from_millis(50)));
         let sleeper = evco::spawn(|| {
             let t = Instant::now();
             evco::time::sleep(D);
@@ -535,7 +535,7 @@ fn sleeps_never_end_early_by_a_clock_tick() {
                 t.elapsed()
             });
             // 5 ms of work in the same pass, so that a tick passes before the loop polls.
-            let busy = evco::spawn(|| std::thread::sleep(Duration::from_millis(5)));
+            let busy = evco::spawn(|| common::busy_for(Duration::from_millis(5)));
             busy.join().unwrap();
             let slept = sleeper.join().unwrap();
             if slept < D {

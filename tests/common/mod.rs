@@ -110,3 +110,12 @@ pub fn child_passes(test: &str, env: &[(&str, &str)]) -> String {
     );
     stdout
 }
+
+/// Keeps the CPU busy for `d` without suspending or sleeping: stands for a coroutine's CPU work
+/// (a `thread::sleep` would suspend the coroutine instead, through evco's hooks).
+pub fn busy_for(d: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}

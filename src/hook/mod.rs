@@ -1,0 +1,1032 @@
+//! Interposed libc calls: unmodified blocking socket code (std::net, C client libraries)
+//! becomes cooperative inside coroutines.
+//!
+//! With the `hook` feature (on by default) evco defines `socket`, `accept`, `connect`, `read`,
+//! `write`, `recv`, `send` and their relatives, `close`, `dup`, `fcntl`, `ioctl`,
+//! `setsockopt` and the sleeps itself. The linker binds calls in the program to these before
+//! libc's (and, for libraries loaded with the program, the dynamic linker does the same for
+//! the symbols they use); each one finds libc's own with `dlsym(RTLD_NEXT)` and calls it.
+//!
+//! # What a hook changes, and where
+//!
+//! Only what a program could not tell apart from blocking:
+//!
+//! - **Inside a scheduled coroutine, on a blocking socket this process created** (through
+//!   `socket`, `socketpair` or `accept`), a call that would block makes the non-blocking
+//!   attempt instead (`MSG_DONTWAIT`, or `O_NONBLOCK` set for the one `accept`/`connect`
+//!   attempt and cleared again), and on `EAGAIN` waits for readiness through evco's
+//!   scheduler: the coroutine suspends, the thread runs others. It is evco's own retry loop
+//!   (`io::retry`, `io::read_owned`), so hooked sockets get the same persistent
+//!   edge-triggered registration as [`net`](crate::net) sockets.
+//! - `SO_RCVTIMEO` and `SO_SNDTIMEO` bound those waits as they bound the blocking call (a
+//!   timeout is `EAGAIN`, and `EINPROGRESS` for `connect`); they are kept in milliseconds,
+//!   rounded up.
+//! - A blocking stream `send`/`write`/`sendto` returns when everything is queued, as the
+//!   kernel's does (or with the bytes sent so far when a later wait fails); `MSG_WAITALL`
+//!   receives are waited out the same way. `readv`/`writev`/`recvmsg`/`sendmsg` make one
+//!   transfer once the socket is ready.
+//! - `sleep`, `usleep`, `nanosleep` and `clock_nanosleep` inside a scheduled coroutine suspend
+//!   it on a timer ([`time::sleep`](crate::time::sleep)).
+//! - Everywhere else every hook is a plain call of libc's function: outside coroutines, inside
+//!   a bare [`Coroutine`](crate::coroutine::Coroutine), on fds the process did not create as
+//!   sockets (stdin/stdout/stderr, files, pipes, inherited fds), and on sockets the program
+//!   made non-blocking itself (it still gets `EAGAIN`). evco never leaves `O_NONBLOCK` set on
+//!   an fd it did not set it on for the program, so outside coroutines a socket behaves
+//!   exactly as the program configured it. Those paths allocate nothing and take no lock:
+//!   one load from the fd table below, one thread-local read, one call.
+//! - `close` (and `dup2`/`dup3` over an open fd) wakes coroutines of this thread waiting on the
+//!   fd with `EBADF` and removes its registration, so a reused fd number never inherits a
+//!   stale one.
+//!
+//! A coroutine that is being cancelled cannot suspend: its hooked calls that would block fail
+//! with `EINTR` instead. `poll`, `select`, `epoll_wait` and DNS (`getaddrinfo`) are not hooked:
+//! they block the thread as before.
+//!
+//! # The fd table
+//!
+//! One `AtomicU64` per fd below [`MAX_FDS`], in a static array (zero pages until touched):
+//! whether the fd is a socket this process created, whether it is a stream, a TCP stream,
+//! whether the program made it non-blocking, and its receive and send timeouts. Updated by the
+//! hooks that create, configure, duplicate and close fds; read with relaxed loads (an fd used
+//! by two threads at once is the program's race, as it would be without evco). Fds at or above
+//! `MAX_FDS` are never hooked. `O_NONBLOCK` belongs to the open file description, which `dup`
+//! shares: the table tracks it per fd, so a flag changed through one duplicate is not seen
+//! through the other.
+//!
+//! # Unwinding
+//!
+//! A hooked call can suspend, and a suspended coroutine that is cancelled unwinds through it:
+//! every hook is `extern "C-unwind"`. C code calling a hook in a coroutine that may be
+//! cancelled must be compiled with unwind tables (`-fexceptions`, the default for C++).
+
+use std::ffi::{CStr, c_int, c_uint, c_void};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use libc::{iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
+
+use crate::event::What;
+use crate::io::Interest;
+use crate::scheduler::{self, Scheduler};
+
+/// Fds at or above this are never hooked (see "The fd table").
+pub const MAX_FDS: usize = 1 << 20;
+
+/// Whether evco treats `fd` as a socket this process created (and would make its blocking
+/// calls cooperative inside coroutines, unless the program made it non-blocking).
+pub fn is_tracked(fd: RawFd) -> bool {
+    table::get(fd) & table::SOCKET != 0
+}
+
+mod table {
+    use super::*;
+
+    pub(super) const SOCKET: u64 = 1;
+    pub(super) const NONBLOCK: u64 = 2;
+    pub(super) const STREAM: u64 = 4;
+    /// An AF_INET/AF_INET6 stream: reads may use the short-read rule (`io::read_owned`).
+    pub(super) const TCP: u64 = 8;
+    const RCV_SHIFT: u32 = 8;
+    const SND_SHIFT: u32 = 36;
+    /// Timeouts in milliseconds, 28 bits each (74 hours; longer ones are clamped).
+    const MS_MASK: u64 = (1 << 28) - 1;
+
+    static FDS: [AtomicU64; MAX_FDS] = [const { AtomicU64::new(0) }; MAX_FDS];
+
+    fn slot(fd: RawFd) -> Option<&'static AtomicU64> {
+        FDS.get(usize::try_from(fd).ok()?)
+    }
+
+    pub(super) fn get(fd: RawFd) -> u64 {
+        slot(fd).map_or(0, |s| s.load(Relaxed))
+    }
+
+    pub(super) fn set(fd: RawFd, bits: u64) {
+        if let Some(s) = slot(fd) {
+            s.store(bits, Relaxed);
+        }
+    }
+
+    pub(super) fn set_nonblocking(fd: RawFd, on: bool) {
+        if let Some(s) = slot(fd) {
+            let bits = s.load(Relaxed);
+            if bits & SOCKET != 0 {
+                s.store(
+                    if on {
+                        bits | NONBLOCK
+                    } else {
+                        bits & !NONBLOCK
+                    },
+                    Relaxed,
+                );
+            }
+        }
+    }
+
+    pub(super) fn set_timeout(fd: RawFd, send: bool, timeout: Option<Duration>) {
+        let Some(s) = slot(fd) else { return };
+        let ms = timeout.map_or(0, |t| {
+            let ms = t.as_micros().div_ceil(1000);
+            ms.clamp(1, MS_MASK as u128) as u64
+        });
+        let shift = if send { SND_SHIFT } else { RCV_SHIFT };
+        let bits = s.load(Relaxed);
+        s.store((bits & !(MS_MASK << shift)) | (ms << shift), Relaxed);
+    }
+
+    pub(super) fn timeout(bits: u64, send: bool) -> Option<Duration> {
+        let shift = if send { SND_SHIFT } else { RCV_SHIFT };
+        match (bits >> shift) & MS_MASK {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// A libc function found with `dlsym(RTLD_NEXT)`, on first use or by the constructor below.
+struct Real {
+    name: &'static CStr,
+    addr: AtomicUsize,
+}
+
+impl Real {
+    const fn new(name: &'static CStr) -> Real {
+        Real {
+            name,
+            addr: AtomicUsize::new(0),
+        }
+    }
+
+    /// The function's address, or 0 when no later object defines it.
+    fn get(&self) -> usize {
+        match self.addr.load(Relaxed) {
+            0 => self.resolve(),
+            a => a,
+        }
+    }
+
+    #[cold]
+    fn resolve(&self) -> usize {
+        // SAFETY: `name` is a NUL-terminated symbol name; dlsym only reads it.
+        let a = unsafe { libc::dlsym(libc::RTLD_NEXT, self.name.as_ptr()) } as usize;
+        self.addr.store(a, Relaxed);
+        a
+    }
+}
+
+/// Declares, for every listed libc function, a `Real` in `sym` and a typed caller in `real`
+/// that fails with `ENOSYS` when libc has no such function.
+macro_rules! real_fns {
+    ($($name:ident($($a:ident: $t:ty),*) -> $r:ty;)*) => {
+        #[allow(non_upper_case_globals)]
+        mod sym {
+            use super::Real;
+            $(pub(super) static $name: Real =
+                Real::new(match CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
+                    Ok(c) => c,
+                    Err(_) => panic!("symbol name"),
+                });)*
+            use std::ffi::CStr;
+
+            pub(super) fn resolve_all() {
+                $($name.get();)*
+            }
+        }
+
+        /// libc's own functions, past evco's hooks.
+        pub(crate) mod real {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                /// libc's function of this name.
+                ///
+                /// # Safety
+                ///
+                /// libc's contract for it.
+                pub(crate) unsafe fn $name($($a: $t),*) -> $r {
+                    let addr = super::sym::$name.get();
+                    if addr == 0 {
+                        super::set_errno(libc::ENOSYS);
+                        return -1 as $r;
+                    }
+                    // SAFETY: `addr` is what dlsym returned for this name: libc's function,
+                    // whose C prototype the listed signature copies.
+                    let f: unsafe extern "C" fn($($t),*) -> $r = unsafe { std::mem::transmute(addr) };
+                    // SAFETY: the caller keeps libc's contract.
+                    unsafe { f($($a),*) }
+                }
+            )*
+        }
+    };
+}
+
+real_fns! {
+    socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+    socketpair(domain: c_int, ty: c_int, protocol: c_int, sv: *mut c_int) -> c_int;
+    accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t;
+    write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t;
+    readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
+    writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t;
+    recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t;
+    send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t;
+    recvfrom(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int, addr: *mut sockaddr, alen: *mut socklen_t) -> ssize_t;
+    sendto(fd: c_int, buf: *const c_void, len: size_t, flags: c_int, addr: *const sockaddr, alen: socklen_t) -> ssize_t;
+    recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t;
+    sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t;
+    close(fd: c_int) -> c_int;
+    dup(fd: c_int) -> c_int;
+    dup2(fd: c_int, new: c_int) -> c_int;
+    dup3(fd: c_int, new: c_int, flags: c_int) -> c_int;
+    setsockopt(fd: c_int, level: c_int, name: c_int, val: *const c_void, len: socklen_t) -> c_int;
+    getsockopt(fd: c_int, level: c_int, name: c_int, val: *mut c_void, len: *mut socklen_t) -> c_int;
+    nanosleep(req: *const timespec, rem: *mut timespec) -> c_int;
+    clock_nanosleep(clock: libc::clockid_t, flags: c_int, req: *const timespec, rem: *mut timespec) -> c_int;
+    usleep(us: libc::useconds_t) -> c_int;
+}
+
+/// libc's `fcntl` and `ioctl` (variadic: not expressible in `real_fns!`).
+static REAL_FCNTL: Real = Real::new(c"fcntl");
+static REAL_IOCTL: Real = Real::new(c"ioctl");
+
+unsafe fn real_fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    let addr = REAL_FCNTL.get();
+    if addr == 0 {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: libc's variadic fcntl, found by dlsym.
+    let f: unsafe extern "C" fn(c_int, c_int, ...) -> c_int = unsafe { std::mem::transmute(addr) };
+    // SAFETY: the caller passes on its own caller's arguments (one word, as fcntl reads it).
+    unsafe { f(fd, cmd, arg) }
+}
+
+unsafe fn real_ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
+    let addr = REAL_IOCTL.get();
+    if addr == 0 {
+        set_errno(libc::ENOSYS);
+        return -1;
+    }
+    // SAFETY: libc's variadic ioctl, found by dlsym.
+    let f: unsafe extern "C" fn(c_int, libc::c_ulong, ...) -> c_int =
+        unsafe { std::mem::transmute(addr) };
+    // SAFETY: as in `real_fcntl`.
+    unsafe { f(fd, request, arg) }
+}
+
+/// Resolves every real function before `main` (and before other threads exist), so that the
+/// hooks never call `dlsym` later, e.g. from a signal handler. Best effort: a hook called
+/// earlier, or a linker that drops this constructor, resolves lazily.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static RESOLVE_AT_START: extern "C" fn() = resolve_at_start;
+
+extern "C" fn resolve_at_start() {
+    sym::resolve_all();
+    REAL_FCNTL.get();
+    REAL_IOCTL.get();
+}
+
+fn set_errno(e: c_int) {
+    // SAFETY: errno is this thread's; the location is always valid.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn errno() -> c_int {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// The errno a failed cooperative call reports.
+fn errno_of(e: &io::Error) -> c_int {
+    if let Some(code) = e.raw_os_error() {
+        return code;
+    }
+    match e.kind() {
+        // SO_RCVTIMEO / SO_SNDTIMEO expired: what the blocking call says.
+        io::ErrorKind::TimedOut => libc::EAGAIN,
+        // Cancelling: the coroutine cannot wait any more.
+        io::ErrorKind::Interrupted => libc::EINTR,
+        io::ErrorKind::InvalidInput => libc::EINVAL,
+        _ => libc::EIO,
+    }
+}
+
+fn ret(r: io::Result<usize>) -> ssize_t {
+    match r {
+        Ok(n) => n as ssize_t,
+        Err(e) => {
+            set_errno(errno_of(&e));
+            -1
+        }
+    }
+}
+
+fn cvt(n: ssize_t) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// The table bits of `fd` when a blocking call on it should be made cooperative: a blocking
+/// socket this process created, used inside a scheduled coroutine.
+#[inline]
+fn cooperative(fd: c_int) -> Option<u64> {
+    let bits = table::get(fd);
+    if bits & (table::SOCKET | table::NONBLOCK) != table::SOCKET {
+        return None;
+    }
+    scheduler::in_scheduled_coroutine().then_some(bits)
+}
+
+/// A cooperative receive of at most `len` bytes (`op` makes one non-blocking attempt).
+fn coop_recv(
+    fd: c_int,
+    bits: u64,
+    len: usize,
+    peek: bool,
+    op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let timeout = table::timeout(bits, false);
+    if bits & table::TCP != 0 && !peek {
+        crate::io::read_owned(fd, timeout, len, op)
+    } else {
+        crate::io::retry(fd, Interest::READABLE, timeout, op)
+    }
+}
+
+/// A cooperative send of `len` bytes; `op(offset)` makes one non-blocking attempt from
+/// `offset`. Streams go on until everything is queued, as a blocking send does.
+fn coop_send(
+    fd: c_int,
+    bits: u64,
+    len: usize,
+    mut op: impl FnMut(usize) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let timeout = table::timeout(bits, true);
+    if bits & table::STREAM == 0 {
+        return crate::io::retry(fd, Interest::WRITABLE, timeout, || op(0));
+    }
+    let mut done = 0;
+    loop {
+        match crate::io::retry(fd, Interest::WRITABLE, timeout, || op(done)) {
+            Ok(n) => {
+                done += n;
+                if done >= len || n == 0 {
+                    return Ok(done);
+                }
+            }
+            Err(_) if done > 0 => return Ok(done),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs one attempt of `op` with `O_NONBLOCK` set on `fd`, and clears it again (keeping the
+/// attempt's errno).
+fn nonblocking_attempt(fd: c_int, op: impl FnOnce() -> c_int) -> io::Result<c_int> {
+    let on: c_int = 1;
+    // SAFETY: FIONBIO reads one int from the pointer, which points at `on`.
+    if unsafe { real_ioctl(fd, libc::FIONBIO, &on as *const c_int as libc::c_ulong) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let r = op();
+    let saved = errno();
+    let off: c_int = 0;
+    // SAFETY: as above.
+    unsafe { real_ioctl(fd, libc::FIONBIO, &off as *const c_int as libc::c_ulong) };
+    if r == -1 {
+        Err(io::Error::from_raw_os_error(saved))
+    } else {
+        Ok(r)
+    }
+}
+
+/// What a new socket of this `domain` and `ty` (with its `SOCK_*` flags) is in the table.
+fn socket_bits(domain: c_int, ty: c_int) -> u64 {
+    let mut bits = table::SOCKET;
+    if ty & libc::SOCK_NONBLOCK != 0 {
+        bits |= table::NONBLOCK;
+    }
+    if ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) == libc::SOCK_STREAM {
+        bits |= table::STREAM;
+        if domain == libc::AF_INET || domain == libc::AF_INET6 {
+            bits |= table::TCP;
+        }
+    }
+    bits
+}
+
+/// `fd` was just created (a socket, an accepted connection, a duplicate): record it, and drop
+/// any registration this thread's scheduler still has for the number. Normally `close` removed
+/// that already; it is left behind when a socket used in coroutines here was closed by another
+/// thread (std's sockets are `Send`), and epoll would never report the new socket through it.
+fn fresh(fd: c_int, bits: u64) {
+    table::set(fd, bits);
+    if scheduler::is_registered(fd) {
+        scheduler::deregister(fd);
+    }
+}
+
+/// `fd` is going away (closed, or replaced by `dup2`): forget it, and wake this thread's
+/// coroutines waiting on it.
+fn forget(fd: c_int) {
+    if table::get(fd) == 0 {
+        return;
+    }
+    table::set(fd, 0);
+    if let Some(s) = Scheduler::current() {
+        s.notify_close(fd);
+        scheduler::deregister(fd);
+    }
+}
+
+// ---- the hooks ----
+
+/// Hook: records the new socket in the fd table.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    let fd = unsafe { real::socket(domain, ty, protocol) };
+    if fd >= 0 {
+        fresh(fd, socket_bits(domain, ty));
+    }
+    fd
+}
+
+/// Hook: records both sockets in the fd table.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn socketpair(
+    domain: c_int,
+    ty: c_int,
+    protocol: c_int,
+    sv: *mut c_int,
+) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    let r = unsafe { real::socketpair(domain, ty, protocol, sv) };
+    if r == 0 {
+        let bits = socket_bits(domain, ty);
+        // SAFETY: on success socketpair wrote two fds to `sv`.
+        let (a, b) = unsafe { (*sv, *sv.add(1)) };
+        fresh(a, bits);
+        fresh(b, bits);
+    }
+    r
+}
+
+/// Hook: `accept4` without flags.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    unsafe { accept4(fd, addr, len, 0) }
+}
+
+/// Hook: cooperative on a blocking listener inside a coroutine; the new socket is recorded.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    let listener = table::get(fd);
+    let new = match cooperative(fd) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::accept4(fd, addr, len, flags) }
+        }
+        Some(bits) => {
+            let r = crate::io::retry(fd, Interest::READABLE, table::timeout(bits, false), || {
+                // SAFETY: as above, one attempt with the listener non-blocking.
+                nonblocking_attempt(fd, || unsafe { real::accept4(fd, addr, len, flags) })
+            });
+            match r {
+                Ok(new) => new,
+                Err(e) => {
+                    set_errno(errno_of(&e));
+                    -1
+                }
+            }
+        }
+    };
+    if new >= 0 && listener & table::SOCKET != 0 {
+        let mut bits = listener & (table::SOCKET | table::STREAM | table::TCP);
+        if flags & libc::SOCK_NONBLOCK != 0 {
+            bits |= table::NONBLOCK;
+        }
+        fresh(new, bits);
+    }
+    new
+}
+
+/// Hook: a blocking TCP connect inside a coroutine starts non-blocking and waits for the
+/// socket to become writable (bounded by `SO_SNDTIMEO`, then `EINPROGRESS` as the kernel's).
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(bits) = cooperative(fd).filter(|b| b & table::TCP != 0) else {
+        // SAFETY: the caller's arguments, passed on.
+        return unsafe { real::connect(fd, addr, len) };
+    };
+    // SAFETY: as above, one attempt with the socket non-blocking.
+    match nonblocking_attempt(fd, || unsafe { real::connect(fd, addr, len) }) {
+        Ok(_) => return 0,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => {
+            set_errno(errno_of(&e));
+            return -1;
+        }
+    }
+    match crate::io::wait_for(fd, Interest::WRITABLE, table::timeout(bits, true)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            set_errno(libc::EINPROGRESS);
+            return -1;
+        }
+        Err(e) => {
+            set_errno(errno_of(&e));
+            return -1;
+        }
+    }
+    let mut err: c_int = 0;
+    let mut elen = size_of::<c_int>() as socklen_t;
+    // SAFETY: SO_ERROR writes one int into `err`, whose size `elen` gives.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut err as *mut c_int as *mut c_void,
+            &mut elen,
+        )
+    };
+    if r == -1 {
+        return -1;
+    }
+    if err != 0 {
+        set_errno(err);
+        return -1;
+    }
+    0
+}
+
+/// Hook: on a hooked socket in a coroutine, a cooperative `recv`.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+    match cooperative(fd) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::read(fd, buf, count) }
+        }
+        Some(bits) => ret(coop_recv(fd, bits, count, false, || {
+            // SAFETY: as above; on a socket, read is recv without flags.
+            cvt(unsafe { real::recv(fd, buf, count, libc::MSG_DONTWAIT) })
+        })),
+    }
+}
+
+/// Hook: on a hooked socket in a coroutine, a cooperative `send` of everything.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+    match cooperative(fd) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::write(fd, buf, count) }
+        }
+        Some(bits) => ret(coop_send(fd, bits, count, |off| {
+            // SAFETY: `off <= count`, so the rest of the caller's buffer; on a socket, write
+            // is send without flags.
+            cvt(unsafe { real::send(fd, buf.byte_add(off), count - off, libc::MSG_DONTWAIT) })
+        })),
+    }
+}
+
+/// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out).
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn recv(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    let Some(bits) = cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) else {
+        // SAFETY: the caller's arguments, passed on.
+        return unsafe { real::recv(fd, buf, len, flags) };
+    };
+    let peek = flags & libc::MSG_PEEK != 0;
+    let once = |off: usize| {
+        coop_recv(fd, bits, len - off, peek, || {
+            // SAFETY: `off <= len`: the rest of the caller's buffer.
+            cvt(unsafe {
+                real::recv(
+                    fd,
+                    buf.byte_add(off),
+                    len - off,
+                    (flags & !libc::MSG_WAITALL) | libc::MSG_DONTWAIT,
+                )
+            })
+        })
+    };
+    if flags & libc::MSG_WAITALL == 0 || peek || bits & table::STREAM == 0 {
+        return ret(once(0));
+    }
+    let mut got = 0;
+    while got < len {
+        match once(got) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) if got > 0 => break,
+            Err(e) => return ret(Err(e)),
+        }
+    }
+    got as ssize_t
+}
+
+/// Hook: cooperative on a hooked socket in a coroutine.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn send(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::send(fd, buf, len, flags) }
+        }
+        Some(bits) => ret(coop_send(fd, bits, len, |off| {
+            // SAFETY: `off <= len`: the rest of the caller's buffer.
+            cvt(unsafe { real::send(fd, buf.byte_add(off), len - off, flags | libc::MSG_DONTWAIT) })
+        })),
+    }
+}
+
+/// Hook: cooperative on a hooked socket in a coroutine.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) }
+        }
+        Some(bits) => ret(coop_recv(
+            fd,
+            bits,
+            len,
+            flags & libc::MSG_PEEK != 0,
+            || {
+                // SAFETY: as above, one non-blocking attempt.
+                cvt(unsafe { real::recvfrom(fd, buf, len, flags | libc::MSG_DONTWAIT, addr, alen) })
+            },
+        )),
+    }
+}
+
+/// Hook: cooperative on a hooked socket in a coroutine.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> ssize_t {
+    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::sendto(fd, buf, len, flags, addr, alen) }
+        }
+        Some(bits) => ret(coop_send(fd, bits, len, |off| {
+            // SAFETY: `off <= len`: the rest of the caller's buffer.
+            cvt(unsafe {
+                real::sendto(
+                    fd,
+                    buf.byte_add(off),
+                    len - off,
+                    flags | libc::MSG_DONTWAIT,
+                    addr,
+                    alen,
+                )
+            })
+        })),
+    }
+}
+
+/// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::recvmsg(fd, msg, flags) }
+        }
+        Some(bits) => ret(crate::io::retry(
+            fd,
+            Interest::READABLE,
+            table::timeout(bits, false),
+            || {
+                // SAFETY: as above, one non-blocking attempt.
+                cvt(unsafe { real::recvmsg(fd, msg, flags | libc::MSG_DONTWAIT) })
+            },
+        )),
+    }
+}
+
+/// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::sendmsg(fd, msg, flags) }
+        }
+        Some(bits) => ret(crate::io::retry(
+            fd,
+            Interest::WRITABLE,
+            table::timeout(bits, true),
+            || {
+                // SAFETY: as above, one non-blocking attempt.
+                cvt(unsafe { real::sendmsg(fd, msg, flags | libc::MSG_DONTWAIT) })
+            },
+        )),
+    }
+}
+
+/// A `msghdr` over the caller's iovecs, for `readv`/`writev` on sockets.
+fn iov_msg(iov: *const iovec, n: c_int) -> msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut m: msghdr = unsafe { std::mem::zeroed() };
+    m.msg_iov = iov as *mut iovec;
+    m.msg_iovlen = n.max(0) as _;
+    m
+}
+
+/// Hook: on a hooked socket in a coroutine, a cooperative `recvmsg`.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+    match cooperative(fd) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::readv(fd, iov, n) }
+        }
+        Some(bits) => {
+            let mut m = iov_msg(iov, n);
+            ret(crate::io::retry(
+                fd,
+                Interest::READABLE,
+                table::timeout(bits, false),
+                || {
+                    // SAFETY: `m` points at the caller's iovecs; recvmsg on a socket is readv.
+                    cvt(unsafe { real::recvmsg(fd, &mut m, libc::MSG_DONTWAIT) })
+                },
+            ))
+        }
+    }
+}
+
+/// Hook: on a hooked socket in a coroutine, a cooperative `sendmsg`.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+    match cooperative(fd) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::writev(fd, iov, n) }
+        }
+        Some(bits) => {
+            let m = iov_msg(iov, n);
+            ret(crate::io::retry(
+                fd,
+                Interest::WRITABLE,
+                table::timeout(bits, true),
+                || {
+                    // SAFETY: `m` points at the caller's iovecs; sendmsg on a socket is writev.
+                    cvt(unsafe { real::sendmsg(fd, &m, libc::MSG_DONTWAIT) })
+                },
+            ))
+        }
+    }
+}
+
+/// Hook: forgets the fd (waking its waiters with `EBADF`), then closes it.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
+    forget(fd);
+    // SAFETY: the caller's argument, passed on.
+    unsafe { real::close(fd) }
+}
+
+/// Hook: the duplicate inherits the fd's table entry.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn dup(fd: c_int) -> c_int {
+    // SAFETY: the caller's argument, passed on.
+    let new = unsafe { real::dup(fd) };
+    if new >= 0 {
+        fresh(new, table::get(fd));
+    }
+    new
+}
+
+/// Hook: `new`, if it was open, is forgotten as by `close` (its waiters get `EBADF`, its
+/// registration goes); it inherits `fd`'s entry.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn dup2(fd: c_int, new: c_int) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    let r = unsafe { real::dup2(fd, new) };
+    replaced(fd, r);
+    r
+}
+
+/// Hook: as `dup2`.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    let r = unsafe { real::dup3(fd, new, flags) };
+    replaced(fd, r);
+    r
+}
+
+/// After a `dup2`/`dup3` that returned `r`: `r` now refers to `fd`'s socket.
+fn replaced(fd: c_int, r: c_int) {
+    if r >= 0 && r != fd {
+        let bits = table::get(fd);
+        forget(r);
+        fresh(r, bits);
+    }
+}
+
+/// Hook: records `SO_RCVTIMEO` and `SO_SNDTIMEO`.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    val: *const c_void,
+    len: socklen_t,
+) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    let r = unsafe { real::setsockopt(fd, level, name, val, len) };
+    let timeo = name == libc::SO_RCVTIMEO || name == libc::SO_SNDTIMEO;
+    if r == 0 && level == libc::SOL_SOCKET && timeo && len as usize >= size_of::<libc::timeval>() {
+        // SAFETY: the kernel accepted `val` as a timeval of `len` bytes.
+        let tv = unsafe { std::ptr::read_unaligned(val as *const libc::timeval) };
+        let d = Duration::from_secs(tv.tv_sec.max(0) as u64)
+            + Duration::from_micros(tv.tv_usec.max(0) as u64);
+        table::set_timeout(fd, name == libc::SO_SNDTIMEO, (!d.is_zero()).then_some(d));
+    }
+    r
+}
+
+/// The Rust side of the `fcntl` hook (src/hook/shim.c): records `O_NONBLOCK` and duplicates.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn evco_hook_fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    let r = unsafe { real_fcntl(fd, cmd, arg) };
+    if r >= 0 {
+        match cmd {
+            libc::F_SETFL => table::set_nonblocking(fd, arg as c_int & libc::O_NONBLOCK != 0),
+            libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => fresh(r, table::get(fd)),
+            _ => {}
+        }
+    }
+    r
+}
+
+/// The Rust side of the `ioctl` hook (src/hook/shim.c): records `FIONBIO`.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn evco_hook_ioctl(
+    fd: c_int,
+    request: libc::c_ulong,
+    arg: libc::c_ulong,
+) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    let r = unsafe { real_ioctl(fd, request, arg) };
+    if r == 0 && request == libc::FIONBIO && arg != 0 {
+        // SAFETY: the kernel just read an int through `arg`.
+        let on = unsafe { *(arg as *const c_int) } != 0;
+        table::set_nonblocking(fd, on);
+    }
+    r
+}
+
+/// Sleeps the running scheduled coroutine for `d`: `Some(0)` when done, `Some(EINTR)` when it
+/// is being cancelled, `None` outside one (the caller makes the real call).
+fn coop_sleep(d: Duration) -> Option<c_int> {
+    if !scheduler::in_scheduled_coroutine() {
+        return None;
+    }
+    let r = if d.is_zero() {
+        scheduler::yield_now()
+    } else {
+        scheduler::wait_event(-1, What::NONE, Some(d)).map(drop)
+    };
+    Some(match r {
+        Ok(()) => 0,
+        Err(e) => errno_of(&e),
+    })
+}
+
+fn duration_of(ts: &timespec) -> Option<Duration> {
+    if ts.tv_sec < 0 || !(0..1_000_000_000).contains(&ts.tv_nsec) {
+        return None;
+    }
+    Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// Hook: a timer wait inside a scheduled coroutine.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
+    if scheduler::in_scheduled_coroutine() && !req.is_null() {
+        // SAFETY: a non-null request is the caller's timespec.
+        if let Some(d) = duration_of(unsafe { &*req }) {
+            match coop_sleep(d) {
+                Some(0) => return 0,
+                Some(e) => {
+                    set_errno(e);
+                    return -1;
+                }
+                None => {}
+            }
+        }
+    }
+    // SAFETY: the caller's arguments, passed on.
+    unsafe { real::nanosleep(req, rem) }
+}
+
+/// Hook: a timer wait inside a scheduled coroutine (relative, or absolute on the given clock).
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn clock_nanosleep(
+    clock: libc::clockid_t,
+    flags: c_int,
+    req: *const timespec,
+    rem: *mut timespec,
+) -> c_int {
+    if scheduler::in_scheduled_coroutine() && !req.is_null() {
+        // SAFETY: a non-null request is the caller's timespec.
+        if let Some(mut d) = duration_of(unsafe { &*req }) {
+            let mut ok = true;
+            if flags & libc::TIMER_ABSTIME != 0 {
+                // SAFETY: a zeroed timespec for clock_gettime to fill.
+                let mut now: timespec = unsafe { std::mem::zeroed() };
+                // SAFETY: `now` is a valid timespec to write.
+                ok = unsafe { libc::clock_gettime(clock, &mut now) } == 0;
+                d = duration_of(&now).map_or(Duration::ZERO, |n| d.saturating_sub(n));
+            }
+            if ok {
+                if let Some(e) = coop_sleep(d) {
+                    return e; // clock_nanosleep reports the error number itself
+                }
+            }
+        }
+    }
+    // SAFETY: the caller's arguments, passed on.
+    unsafe { real::clock_nanosleep(clock, flags, req, rem) }
+}
+
+/// Hook: a timer wait inside a scheduled coroutine.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn usleep(us: libc::useconds_t) -> c_int {
+    match coop_sleep(Duration::from_micros(us as u64)) {
+        Some(0) => 0,
+        Some(e) => {
+            set_errno(e);
+            -1
+        }
+        // SAFETY: the caller's argument, passed on.
+        None => unsafe { real::usleep(us) },
+    }
+}
+
+/// Hook: a timer wait inside a scheduled coroutine (whole seconds; returns what is left,
+/// all of it when cancelled).
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn sleep(secs: c_uint) -> c_uint {
+    let start = Instant::now();
+    match coop_sleep(Duration::from_secs(secs as u64)) {
+        Some(0) => 0,
+        Some(_) => secs.saturating_sub(start.elapsed().as_secs() as c_uint),
+        None => {
+            let ts = timespec {
+                tv_sec: secs as libc::time_t,
+                tv_nsec: 0,
+            };
+            // SAFETY: glibc's sleep is nanosleep; `ts` is valid, `rem` may be null.
+            if unsafe { real::nanosleep(&ts, std::ptr::null_mut()) } == 0 {
+                0
+            } else {
+                secs.saturating_sub(start.elapsed().as_secs() as c_uint)
+            }
+        }
+    }
+}

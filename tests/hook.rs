@@ -1,0 +1,357 @@
+//! evco::hook: unmodified blocking std::net code inside coroutines suspends the coroutine, not
+//! the thread; everywhere else the calls behave exactly as libc's.
+//!
+//! Most tests here would hang without the hooks (a blocking call would stop the only thread
+//! before the coroutine that unblocks it could run): the watchdog turns that into a failure.
+#![cfg(all(feature = "hook", target_os = "linux"))]
+
+mod common;
+
+use std::cell::RefCell;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::watchdog;
+use evco::coroutine::Cancelled;
+
+type Log = Rc<RefCell<Vec<String>>>;
+
+struct DropFlag(Rc<std::cell::Cell<bool>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
+fn note(log: &Log, s: impl Into<String>) {
+    log.borrow_mut().push(s.into());
+}
+
+fn nonblocking_flag(fd: i32) -> bool {
+    // SAFETY: F_GETFL only reads the fd's status flags.
+    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    assert!(fl >= 0, "F_GETFL: {}", std::io::Error::last_os_error());
+    fl & libc::O_NONBLOCK != 0
+}
+
+#[test]
+fn std_accept_connect_read_and_write_suspend_only_their_coroutine() {
+    let _w = watchdog(20);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    evco::run(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(evco::hook::is_tracked(listener.as_raw_fd()));
+        let ls = l.clone();
+        let server = evco::spawn(move || {
+            note(&ls, "accepting");
+            let (mut conn, _) = listener.accept().unwrap(); // would block the thread unhooked
+            note(&ls, "accepted");
+            let mut buf = [0u8; 5];
+            conn.read_exact(&mut buf).unwrap();
+            note(&ls, "read");
+            conn.write_all(&buf).unwrap();
+            // Neither the listener nor the accepted socket was left non-blocking.
+            assert!(!nonblocking_flag(conn.as_raw_fd()));
+        });
+        evco::yield_now().unwrap(); // the server parks in accept
+        note(&l, "connecting");
+        let mut client = TcpStream::connect(addr).unwrap();
+        note(&l, "connected");
+        evco::yield_now().unwrap(); // the server parks in read
+        note(&l, "writing");
+        client.write_all(b"hello").unwrap();
+        let mut back = [0u8; 5];
+        client.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"hello");
+        assert!(!nonblocking_flag(client.as_raw_fd()));
+        server.join().unwrap();
+    });
+    let log = log.borrow();
+    let at = |s: &str| log.iter().position(|x| x == s).unwrap();
+    assert!(at("accepting") < at("connecting"), "{log:?}");
+    assert!(
+        at("accepted") < at("writing") && at("writing") < at("read"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_megabyte_each_way_through_blocking_std_streams_between_two_coroutines() {
+    let _w = watchdog(30);
+    const LEN: usize = 1 << 20;
+    let echoed = evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = evco::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = conn.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                conn.write_all(&buf[..n]).unwrap();
+            }
+        });
+        let client = TcpStream::connect(addr).unwrap();
+        let mut reader = client.try_clone().unwrap();
+        // The writer blocks (cooperatively) on full socket buffers until the reader drains the
+        // echo: unhooked, the first full buffer would stop the thread for good.
+        let writer = evco::spawn(move || {
+            let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+            let mut c = client;
+            c.write_all(&data).unwrap();
+            c.shutdown(std::net::Shutdown::Write).unwrap();
+        });
+        let mut got = Vec::with_capacity(LEN);
+        reader.read_to_end(&mut got).unwrap();
+        writer.join().unwrap();
+        echo.join().unwrap();
+        got
+    });
+    assert_eq!(echoed.len(), LEN);
+    assert!(
+        echoed
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 251) as u8)
+    );
+}
+
+#[test]
+fn thread_sleep_usleep_and_sleep_in_a_coroutine_let_the_others_run() {
+    let _w = watchdog(20);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    evco::run(move || {
+        let (la, lb, lc) = (l.clone(), l.clone(), l.clone());
+        let a = evco::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            note(&la, "a (30 ms)");
+        });
+        let b = evco::spawn(move || {
+            // SAFETY: usleep has no memory preconditions.
+            assert_eq!(unsafe { libc::usleep(1_000) }, 0);
+            note(&lb, "b (1 ms)");
+        });
+        let c = evco::spawn(move || {
+            // SAFETY: as above; sleep(0) just yields.
+            assert_eq!(unsafe { libc::sleep(0) }, 0);
+            note(&lc, "c (0 s)");
+        });
+        for h in [a, b, c] {
+            h.join().unwrap();
+        }
+    });
+    // Unhooked, each sleep would hold the thread: a, b, c in spawn order.
+    assert_eq!(*log.borrow(), ["c (0 s)", "b (1 ms)", "a (30 ms)"]);
+}
+
+#[test]
+fn a_socket_the_program_made_nonblocking_still_reports_wouldblock() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_nonblocking(true).unwrap();
+        let e = conn.read(&mut [0u8; 8]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+        listener.set_nonblocking(true).unwrap();
+        assert_eq!(listener.accept().unwrap_err().kind(), ErrorKind::WouldBlock);
+        // Back to blocking: cooperative again.
+        conn.set_nonblocking(false).unwrap();
+        let reader = evco::spawn(move || {
+            let mut b = [0u8; 2];
+            conn.read_exact(&mut b).unwrap();
+            b
+        });
+        evco::yield_now().unwrap();
+        (&client).write_all(b"ok").unwrap();
+        assert_eq!(&reader.join().unwrap(), b"ok");
+    });
+}
+
+#[test]
+fn so_rcvtimeo_bounds_a_cooperative_read_and_others_run_meanwhile() {
+    let _w = watchdog(20);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    evco::run(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let lo = l.clone();
+        let other = evco::spawn(move || note(&lo, "other ran"));
+        let e = conn.read(&mut [0u8; 8]).unwrap_err();
+        note(&l, format!("read: {:?}", e.kind()));
+        other.join().unwrap();
+    });
+    // A blocking socket's SO_RCVTIMEO expiry is EAGAIN, which std reports as WouldBlock.
+    assert_eq!(*log.borrow(), ["other ran", "read: WouldBlock"]);
+}
+
+#[test]
+fn udp_recv_from_waits_cooperatively_for_a_datagram() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = rx.local_addr().unwrap();
+        let receiver = evco::spawn(move || {
+            let mut buf = [0u8; 16];
+            let (n, _) = rx.recv_from(&mut buf).unwrap();
+            buf[..n].to_vec()
+        });
+        evco::yield_now().unwrap(); // parks in recv_from
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(b"datagram", addr).unwrap();
+        assert_eq!(receiver.join().unwrap(), b"datagram");
+    });
+}
+
+#[test]
+fn recv_with_msg_waitall_waits_for_every_byte() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let fd = conn.as_raw_fd();
+        let reader = evco::spawn(move || {
+            let mut buf = [0u8; 9];
+            // SAFETY: `buf` is 9 writable bytes; `conn` keeps the fd open.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), 9, libc::MSG_WAITALL) };
+            drop(conn);
+            (n, buf)
+        });
+        for part in [&b"one"[..], b"two", b"six"] {
+            evco::yield_now().unwrap();
+            client.write_all(part).unwrap();
+        }
+        let (n, buf) = reader.join().unwrap();
+        assert_eq!(n, 9);
+        assert_eq!(&buf, b"onetwosix");
+    });
+}
+
+#[test]
+fn closing_an_fd_wakes_a_coroutine_blocked_on_it_with_ebadf() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let fd = listener.accept().unwrap().0.into_raw_fd();
+        let reader = evco::spawn(move || {
+            let mut b = [0u8; 1];
+            // SAFETY: `b` is one writable byte.
+            let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+            (n, std::io::Error::last_os_error().raw_os_error())
+        });
+        evco::yield_now().unwrap(); // parks in read
+        // SAFETY: `fd` is ours (into_raw_fd above); C code closing a socket another part of
+        // the program still reads is exactly what this guards against.
+        assert_eq!(unsafe { libc::close(fd) }, 0);
+        assert_eq!(reader.join().unwrap(), (-1, Some(libc::EBADF)));
+    });
+}
+
+#[test]
+fn a_coroutine_cancelled_in_a_hooked_read_unwinds_and_leaves_no_event() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let base = evco::scheduler::base().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let before = base.added_events();
+        let dropped = Rc::new(std::cell::Cell::new(false));
+        let d = dropped.clone();
+        let reader = evco::spawn(move || {
+            let _flag = DropFlag(d);
+            conn.read(&mut [0u8; 1]).map(drop)
+        });
+        evco::yield_now().unwrap();
+        assert!(base.added_events() > before, "the reader waits on an event");
+        reader.cancel().unwrap();
+        let p = reader.join().unwrap_err();
+        assert!(p.downcast_ref::<Cancelled>().is_some());
+        // The unwinding dropped the coroutine's locals, the stream with them, and the stream's
+        // close removed its registration (the one event a hooked socket keeps).
+        assert!(dropped.get());
+        assert_eq!(base.added_events(), before);
+    });
+}
+
+#[test]
+fn outside_coroutines_and_on_other_fds_every_call_is_libcs() {
+    let _w = watchdog(20);
+    // Plain thread code: a blocking std round trip, unchanged.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    client.write_all(b"plain").unwrap();
+    let mut b = [0u8; 5];
+    conn.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"plain");
+    assert!(!nonblocking_flag(conn.as_raw_fd()));
+    // Pipes, files and stdio are never tracked, inside a coroutine or not.
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two fds into `fds`.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    assert!(!evco::hook::is_tracked(fds[0]) && !evco::hook::is_tracked(0));
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    assert!(!evco::hook::is_tracked(file.as_raw_fd()));
+    let read_in_coroutine = evco::run(move || {
+        // SAFETY: writes 3 bytes from a static buffer to the pipe we own.
+        assert_eq!(unsafe { libc::write(fds[1], b"abc".as_ptr().cast(), 3) }, 3);
+        let mut b = [0u8; 3];
+        // SAFETY: reads 3 bytes into `b`.
+        let n = unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 3) };
+        // SAFETY: both fds are ours.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        (n, b)
+    });
+    assert_eq!(read_in_coroutine, (3, *b"abc"));
+}
+
+#[test]
+fn fcntl_and_ioctl_pass_their_argument_through_and_track_nonblocking() {
+    let _w = watchdog(20);
+    let s = TcpListener::bind("127.0.0.1:0").unwrap();
+    let fd = s.as_raw_fd();
+    // SAFETY: fcntl/ioctl on an fd we own, with the argument each command expects.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        assert!(fl >= 0);
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
+        assert!(nonblocking_flag(fd));
+        let dup = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+        assert!(dup >= 100, "F_DUPFD_CLOEXEC honours its minimum: {dup}");
+        assert!(evco::hook::is_tracked(dup));
+        assert!(libc::fcntl(dup, libc::F_GETFD) & libc::FD_CLOEXEC != 0);
+        libc::close(dup);
+        let off: libc::c_int = 0;
+        assert_eq!(libc::ioctl(fd, libc::FIONBIO, &off), 0);
+        assert!(!nonblocking_flag(fd));
+    }
+    // Back to blocking as far as the table knows too: an accept in a coroutine waits (and a
+    // connect from another coroutine completes it).
+    let addr = s.local_addr().unwrap();
+    evco::run(move || {
+        let acceptor = evco::spawn(move || s.accept().map(|_| ()).unwrap());
+        evco::yield_now().unwrap();
+        let _c = TcpStream::connect(addr).unwrap();
+        acceptor.join().unwrap();
+    });
+}
