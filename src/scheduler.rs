@@ -779,6 +779,38 @@ pub(crate) fn is_registered(fd: RawFd) -> bool {
     Scheduler::current().is_some_and(|s| s.is_registered(fd))
 }
 
+/// `fd` is being closed or replaced by code evco does not own (the hooks' `close`, `dup2`, or
+/// a new fd with a number this scheduler still has a registration for): wake this thread's
+/// coroutines waiting on it with `EBADF` and delete its registration, as [`io::close`] does.
+///
+/// Costs two borrow checks when there is nothing to do (a socket never waited on in a
+/// coroutine), and does nothing at all when the tables are borrowed, which only happens when
+/// a signal handler interrupted the scheduler: it never panics.
+///
+/// [`io::close`]: crate::io::close
+pub(crate) fn forget_fd(fd: RawFd) {
+    let Some(s) = Scheduler::current() else {
+        return;
+    };
+    let waiters = match s.fd_waiters.try_borrow_mut() {
+        Ok(mut w) => match w.get_mut(fd as usize) {
+            Some(list) if !list.is_empty() => std::mem::take(list),
+            _ => Vec::new(),
+        },
+        Err(_) => return,
+    };
+    if !waiters.is_empty() {
+        s.wake_closed(waiters);
+    }
+    let registered = match s.regs.try_borrow() {
+        Ok(regs) => matches!(regs.get(fd as usize), Some(Some(_))),
+        Err(_) => return,
+    };
+    if registered {
+        s.deregister(fd);
+    }
+}
+
 impl Drop for Scheduler {
     fn drop(&mut self) {
         let _ = SCHED.try_with(|s| {

@@ -7,6 +7,30 @@
 //! libc's (and, for libraries loaded with the program, the dynamic linker does the same for
 //! the symbols they use); each one finds libc's own with `dlsym(RTLD_NEXT)` and calls it.
 //!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::net::{TcpListener, TcpStream};
+//!
+//! evco::run(|| {
+//!     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+//!     let addr = listener.local_addr().unwrap();
+//!     let server = evco::spawn(move || {
+//!         // Blocks this coroutine only: without the hooks, the thread would stop here
+//!         // before the client below could connect.
+//!         let (mut conn, _) = listener.accept().unwrap();
+//!         let mut buf = [0u8; 5];
+//!         conn.read_exact(&mut buf).unwrap();
+//!         conn.write_all(&buf).unwrap();
+//!     });
+//!     let mut client = TcpStream::connect(addr).unwrap();
+//!     client.write_all(b"hello").unwrap();
+//!     let mut back = [0u8; 5];
+//!     client.read_exact(&mut back).unwrap();
+//!     assert_eq!(&back, b"hello");
+//!     server.join().unwrap();
+//! });
+//! ```
+//!
 //! # What a hook changes, and where
 //!
 //! Only what a program could not tell apart from blocking:
@@ -69,7 +93,7 @@ use libc::{iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
 use crate::event::What;
 use crate::io::Interest;
-use crate::scheduler::{self, Scheduler};
+use crate::scheduler;
 
 /// Fds at or above this are never hooked (see "The fd table").
 pub const MAX_FDS: usize = 1 << 20;
@@ -427,9 +451,7 @@ fn socket_bits(domain: c_int, ty: c_int) -> u64 {
 /// thread (std's sockets are `Send`), and epoll would never report the new socket through it.
 fn fresh(fd: c_int, bits: u64) {
     table::set(fd, bits);
-    if scheduler::is_registered(fd) {
-        scheduler::deregister(fd);
-    }
+    scheduler::forget_fd(fd);
 }
 
 /// `fd` is going away (closed, or replaced by `dup2`): forget it, and wake this thread's
@@ -439,10 +461,7 @@ fn forget(fd: c_int) {
         return;
     }
     table::set(fd, 0);
-    if let Some(s) = Scheduler::current() {
-        s.notify_close(fd);
-        scheduler::deregister(fd);
-    }
+    scheduler::forget_fd(fd);
 }
 
 // ---- the hooks ----
