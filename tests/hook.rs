@@ -355,3 +355,31 @@ fn fcntl_and_ioctl_pass_their_argument_through_and_track_nonblocking() {
         acceptor.join().unwrap();
     });
 }
+
+#[test]
+fn a_blocking_connect_waits_cooperatively_and_honours_so_sndtimeo() {
+    let _w = watchdog(30);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    evco::run(move || {
+        // Nobody accepts and the queue is full: SYNs are dropped, the connect cannot finish.
+        let (_listener, addr, _fillers) = common::full_backlog_listener();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_write_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let lo = l.clone();
+        let other = evco::spawn(move || note(&lo, "other ran"));
+        let err = s.connect(&addr.into()).unwrap_err();
+        // What a blocking connect says when SO_SNDTIMEO expires.
+        note(
+            &l,
+            format!(
+                "connect: {:?}",
+                err.raw_os_error().map(|e| e == libc::EINPROGRESS)
+            ),
+        );
+        assert!(!nonblocking_flag(s.as_raw_fd()));
+        other.join().unwrap();
+    });
+    assert_eq!(*log.borrow(), ["other ran", "connect: Some(true)"]);
+}

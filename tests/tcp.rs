@@ -99,31 +99,11 @@ fn connect_to_a_closed_port_is_connection_refused() {
     });
 }
 
-/// A listener whose accept queue is full: further SYNs are dropped, so a connect hangs until
-/// its timeout — an unroutable target without leaving loopback.
-fn full_backlog_listener() -> (socket2::Socket, SocketAddr, Vec<std::net::TcpStream>) {
-    use socket2::{Domain, Socket, Type};
-    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    l.listen(0).unwrap();
-    let addr = l.local_addr().unwrap().as_socket().unwrap();
-    // Fill the queue (backlog 0 admits one or two) with connections nobody accepts.
-    let mut fillers = Vec::new();
-    for _ in 0..8 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
-            Ok(s) => fillers.push(s),
-            Err(_) => break,
-        }
-    }
-    (l, addr, fillers)
-}
-
 #[test]
 fn connect_timeout_to_a_full_backlog_times_out_and_leaves_no_event() {
     let _w = watchdog(30);
     evco::run(|| {
-        let (_l, addr, _fillers) = full_backlog_listener();
+        let (_l, addr, _fillers) = common::full_backlog_listener();
         let before = added_events();
         let err = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");

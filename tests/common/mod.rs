@@ -119,3 +119,32 @@ pub fn busy_for(d: Duration) {
         std::hint::spin_loop();
     }
 }
+
+/// A listener whose accept queue is full: further SYNs are dropped, so a connect hangs until
+/// its timeout — an unroutable target without leaving loopback.
+pub fn full_backlog_listener() -> (
+    socket2::Socket,
+    std::net::SocketAddr,
+    Vec<std::net::TcpStream>,
+) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue (backlog 0 admits one or two) with connections nobody accepts.
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    (l, addr, fillers)
+}
