@@ -383,3 +383,41 @@ fn a_blocking_connect_waits_cooperatively_and_honours_so_sndtimeo() {
     });
     assert_eq!(*log.borrow(), ["other ran", "connect: Some(true)"]);
 }
+
+#[test]
+fn connections_accepted_on_an_inherited_listener_are_cooperative() {
+    let _w = watchdog(20);
+    use std::os::fd::FromRawFd;
+    // SAFETY: a raw socket syscall, past the hooks, as a listener inherited from a parent
+    // (socket activation) would be: evco did not see it created.
+    let fd = unsafe { libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0) };
+    assert!(fd >= 0);
+    let fd = fd as i32;
+    assert!(!evco::hook::is_tracked(fd));
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let sock = socket2::SockRef::from(&listener);
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(8).unwrap();
+    let addr = listener.local_addr().unwrap();
+    evco::run(move || {
+        let mut client = TcpStream::connect(addr).unwrap();
+        // The listener is untracked, so this accept is libc's: the connection is queued.
+        let (mut conn, _) = listener.accept().unwrap();
+        assert!(evco::hook::is_tracked(conn.as_raw_fd()));
+        let reader = evco::spawn(move || {
+            let mut b = [0u8; 3];
+            conn.read_exact(&mut b).unwrap(); // cooperative: the writer runs meanwhile
+            b
+        });
+        evco::yield_now().unwrap();
+        client.write_all(b"hey").unwrap();
+        assert_eq!(&reader.join().unwrap(), b"hey");
+    });
+}

@@ -4,7 +4,7 @@ mod common;
 
 use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;

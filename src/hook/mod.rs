@@ -48,7 +48,8 @@
 //! - A blocking stream `send`/`write`/`sendto` returns when everything is queued, as the
 //!   kernel's does (or with the bytes sent so far when a later wait fails); `MSG_WAITALL`
 //!   receives are waited out the same way. `readv`/`writev`/`recvmsg`/`sendmsg` make one
-//!   transfer once the socket is ready.
+//!   transfer once the socket is ready. A Unix-domain `connect` is libc's (it blocks only
+//!   while the listener's queue is full).
 //! - `sleep`, `usleep`, `nanosleep` and `clock_nanosleep` inside a scheduled coroutine suspend
 //!   it on a timer ([`time::sleep`](crate::time::sleep)).
 //! - Everywhere else every hook is a plain call of libc's function: outside coroutines, inside
@@ -532,14 +533,37 @@ unsafe extern "C-unwind" fn accept4(
             }
         }
     };
-    if new >= 0 && listener & table::SOCKET != 0 {
-        let mut bits = listener & (table::SOCKET | table::STREAM | table::TCP);
+    if new >= 0 {
+        let mut bits = if listener & table::SOCKET != 0 {
+            listener & (table::SOCKET | table::STREAM | table::TCP)
+        } else {
+            // A listener the process did not create (inherited, e.g. socket activation): the
+            // connection is still a socket this process made; ask what kind.
+            socket_bits(sockopt(new, libc::SO_DOMAIN), sockopt(new, libc::SO_TYPE))
+        };
         if flags & libc::SOCK_NONBLOCK != 0 {
             bits |= table::NONBLOCK;
         }
         fresh(new, bits);
     }
     new
+}
+
+/// An int socket option at `SOL_SOCKET` (-1 when it cannot be read).
+fn sockopt(fd: c_int, name: c_int) -> c_int {
+    let mut v: c_int = -1;
+    let mut len = size_of::<c_int>() as socklen_t;
+    // SAFETY: the option is one int, written into `v`, whose size `len` gives.
+    let r = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            &mut v as *mut c_int as *mut c_void,
+            &mut len,
+        )
+    };
+    if r == 0 { v } else { -1 }
 }
 
 /// Hook: a blocking TCP connect inside a coroutine starts non-blocking and waits for the
@@ -570,26 +594,14 @@ unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: sockl
             return -1;
         }
     }
-    let mut err: c_int = 0;
-    let mut elen = size_of::<c_int>() as socklen_t;
-    // SAFETY: SO_ERROR writes one int into `err`, whose size `elen` gives.
-    let r = unsafe {
-        real::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            &mut err as *mut c_int as *mut c_void,
-            &mut elen,
-        )
-    };
-    if r == -1 {
-        return -1;
+    match sockopt(fd, libc::SO_ERROR) {
+        0 => 0,
+        -1 => -1, // getsockopt's own errno
+        err => {
+            set_errno(err);
+            -1
+        }
     }
-    if err != 0 {
-        set_errno(err);
-        return -1;
-    }
-    0
 }
 
 /// Hook: on a hooked socket in a coroutine, a cooperative `recv`.
