@@ -9,6 +9,7 @@
 //! | `schedule` | `spawn(..).join()`, stack pool warm       | (target: 300 ns)                        |
 //! | `wait`     | write 1 byte, `io::wait` READABLE, read   | write + read; write + epoll_wait + read |
 //! | `wait`     | `net::UnixStream` ping-pong, 2 coroutines | write + read twice, one thread          |
+//! | `wait`     | std `UnixStream` ping-pong through hooks  | (the evco ping-pong above)              |
 //! | `channel`  | `sync::mpsc` ping-pong, 2 coroutines      | tokio mpsc, 2 tasks, current_thread;    |
 //! |            |                                           | std mpsc, 2 threads                     |
 //! | `channel`  | `sync::mpsc::bounded(64)` stream          | tokio mpsc `channel(64)` stream         |
@@ -194,6 +195,30 @@ fn wait_cycle(c: &mut Criterion) {
         b.iter_custom(|iters| {
             evco::run(move || {
                 let (mut a, mut z) = evco::net::UnixStream::pair().expect("socketpair");
+                let echo = evco::spawn(move || {
+                    let mut byte = [0u8; 1];
+                    for _ in 0..iters {
+                        z.read_exact(&mut byte).expect("read");
+                        z.write_all(&byte).expect("write");
+                    }
+                });
+                let mut byte = [0u8; 1];
+                let start = Instant::now();
+                for _ in 0..iters {
+                    a.write_all(b"x").expect("write");
+                    a.read_exact(&mut byte).expect("read");
+                }
+                let elapsed = start.elapsed();
+                echo.join().expect("echo coroutine");
+                elapsed
+            })
+        });
+    });
+    g.bench_function("hooked std UnixStream ping-pong (2 coroutines)", |b| {
+        b.iter_custom(|iters| {
+            evco::run(move || {
+                // Blocking std sockets: evco's hooks make their reads and writes cooperative.
+                let (mut a, mut z) = UnixStream::pair().expect("socketpair");
                 let echo = evco::spawn(move || {
                     let mut byte = [0u8; 1];
                     for _ in 0..iters {

@@ -1,15 +1,19 @@
 //! The runner behind `scripts/echo-compare`: evco's echo example against a raw C libevent echo
-//! server and a tokio current-thread one, side by side on the same load.
+//! server and a tokio current-thread one, side by side on the same load; with `--hooked`, also
+//! `examples/echo_hooked` (the same server on blocking std::net, made cooperative by evco's libc
+//! hooks).
 //!
 //! For each round, configuration (connections × message size) and server, in that nesting (so
 //! the servers alternate A B C A B C and share whatever the machine is doing), it starts a fresh
 //! server pinned to one CPU, runs `echo_client` pinned to another, and records the client's
 //! messages/s and latency, the server's CPU time (utime + stime from `/proc/<pid>/stat`, before
-//! and after) and its peak RSS (`VmHWM`). Ratios to the C server are taken within one round
-//! and configuration, then the median over rounds is reported.
+//! and after) and its peak RSS (`VmHWM`). Ratios to the C server, and echo_hooked's to evco's
+//! echo, are taken within one round and configuration, then the median over rounds is reported.
 //!
 //! Writes `<out>/echo.csv` (one row per run) and `<out>/echo.svg` (ratios to C, grouped bars),
-//! and prints a table of medians. See `scripts/echo-compare --help` for the options.
+//! and prints a table of medians. Without `--hooked` the CSV, chart and table are those of the
+//! three-server comparison, so older result files stay comparable. See
+//! `scripts/echo-compare --help` for the options.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -20,11 +24,29 @@ use std::time::{Duration, Instant};
 
 use plotters::prelude::*;
 
-/// The servers, in the order they run within a round; the first is the reference.
-const SERVERS: [&str; 3] = ["c", "evco", "tokio"];
+/// The server slots (the CSV's `server` column), in the order they run within a round; the
+/// first is the reference. `hooked` runs only when `--hooked` names its binary.
+const SERVERS: [&str; 4] = ["c", "evco", "hooked", "tokio"];
+/// Indices into [`SERVERS`] (and into the per-server arrays of [`Summary`]).
+const C: usize = 0;
+const EVCO: usize = 1;
+const HOOKED: usize = 2;
+const TOKIO: usize = 3;
+
+/// Column headings of the tables, per server slot: messages/s, ratio to C, CPU per message,
+/// CPU use, peak RSS.
+const HEADINGS: [[&str; 5]; 4] = [
+    ["C msg/s", "", "C ns", "C%", "C MiB"],
+    ["evco", "evco/C", "evco", "ev%", "evco"],
+    ["hooked", "hook/C", "hooked", "hk%", "hooked"],
+    ["tokio", "tok/C", "tokio", "tk%", "tokio"],
+];
 
 struct Opts {
-    bins: [PathBuf; 3],
+    /// Per server slot, its binary; `None` for `hooked` without `--hooked`.
+    bins: [Option<PathBuf>; 4],
+    /// The slots that run (those with a binary), in [`SERVERS`] order.
+    servers: Vec<usize>,
     client: PathBuf,
     out: PathBuf,
     stem: String,
@@ -42,7 +64,10 @@ struct Opts {
 }
 
 const USAGE: &str = "\
-usage: echo_compare --c BIN --evco BIN --tokio BIN --client BIN [options]
+usage: echo_compare --c BIN --evco BIN --tokio BIN --client BIN [--hooked BIN] [options]
+  --hooked BIN       also run this server (examples/echo_hooked) in every round and
+                     configuration, between evco and tokio (\"hooked\" in the CSV); the table
+                     adds its columns and the targets its msgs/s ratio to evco (>= 0.9)
   --out DIR          where the CSV and SVG go (default bench/results)
   --stem NAME        their file name without extension (default echo)
   --rounds N         rounds of every configuration and server (default 5)
@@ -76,9 +101,9 @@ fn list(s: &str) -> Vec<usize> {
 }
 
 fn parse() -> Opts {
-    let mut bins: [Option<PathBuf>; 3] = [None, None, None];
     let mut o = Opts {
         bins: Default::default(),
+        servers: Vec::new(),
         client: PathBuf::new(),
         out: PathBuf::from("bench/results"),
         stem: "echo".into(),
@@ -100,9 +125,10 @@ fn parse() -> Opts {
                 .unwrap_or_else(|| die(&format!("{a} needs a value")))
         };
         match a.as_str() {
-            "--c" => bins[0] = Some(val().into()),
-            "--evco" => bins[1] = Some(val().into()),
-            "--tokio" => bins[2] = Some(val().into()),
+            "--c" => o.bins[C] = Some(val().into()),
+            "--evco" => o.bins[EVCO] = Some(val().into()),
+            "--hooked" => o.bins[HOOKED] = Some(val().into()),
+            "--tokio" => o.bins[TOKIO] = Some(val().into()),
             "--client" => client = Some(PathBuf::from(val())),
             "--out" => o.out = val().into(),
             "--stem" => o.stem = val(),
@@ -132,16 +158,17 @@ fn parse() -> Opts {
             _ => die(&format!("unknown argument {a:?}\n{USAGE}")),
         }
     }
-    let [c, e, t] = bins;
-    match (c, e, t, client) {
-        (Some(c), Some(e), Some(t), Some(client)) => {
-            o.bins = [c, e, t];
+    match client {
+        Some(client) if [C, EVCO, TOKIO].iter().all(|&s| o.bins[s].is_some()) => {
             o.client = client;
         }
         _ => die(&format!(
             "--c, --evco, --tokio and --client are required\n{USAGE}"
         )),
     }
+    o.servers = (0..SERVERS.len())
+        .filter(|&s| o.bins[s].is_some())
+        .collect();
     if o.rounds == 0 || o.secs <= 0.0 {
         die("--rounds and --secs must be positive");
     }
@@ -406,7 +433,10 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
             std::process::id()
         ))
     });
-    let srv = start_server(&o.bins[server], &o.server_cpu, &addr, profile.as_deref())?;
+    let bin = o.bins[server]
+        .as_deref()
+        .expect("a server that runs has a binary");
+    let srv = start_server(bin, &o.server_cpu, &addr, profile.as_deref())?;
     let pid = srv.child.id();
     let mut cpus = cpu_list(&o.server_cpu);
     cpus.extend(cpu_list(&o.client_cpu));
@@ -543,28 +573,32 @@ fn size_label(size: usize) -> String {
     }
 }
 
-/// Medians of one configuration.
+/// Medians of one configuration. The per-server arrays are indexed like [`SERVERS`]; a slot
+/// that did not run (`hooked` without `--hooked`) holds NaN (0 for `hwm`).
 struct Summary {
     conns: usize,
     size: usize,
     /// Per server: median msgs/s, median CPU ns/msg, median server CPU use (0..1), max VmHWM KiB.
-    rate: [f64; 3],
-    cpu_ns: [f64; 3],
-    util: [f64; 3],
-    hwm: [u64; 3],
+    rate: [f64; 4],
+    cpu_ns: [f64; 4],
+    util: [f64; 4],
+    hwm: [u64; 4],
     /// Median over rounds of the same-round ratio to the C server (index 0 is 1.0).
-    rate_vs_c: [f64; 3],
-    cpu_vs_c: [f64; 3],
+    rate_vs_c: [f64; 4],
+    cpu_vs_c: [f64; 4],
     /// Median over rounds of evco's messages per server-CPU-second relative to tokio's.
     evco_eff_vs_tokio: f64,
+    /// Median over rounds of echo_hooked's msgs/s relative to evco's echo in the same round
+    /// (NaN without `--hooked`).
+    hooked_vs_evco: f64,
     /// Median CPU use (0..1) of the load client over the configuration's runs.
     client_util: f64,
     /// Median CPU use (0..1, of one CPU) by anything else on the two CPUs during those runs.
     others_util: f64,
     /// Per server: median user-space instructions per message (with --cachegrind).
-    instr: [f64; 3],
+    instr: [f64; 4],
     /// Per server: median simulated L1 data misses per message (with --cachegrind).
-    l1: [f64; 3],
+    l1: [f64; 4],
     errors: u64,
 }
 
@@ -580,13 +614,14 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
             let mut sum = Summary {
                 conns,
                 size,
-                rate: [f64::NAN; 3],
-                cpu_ns: [f64::NAN; 3],
-                util: [f64::NAN; 3],
-                hwm: [0; 3],
-                rate_vs_c: [f64::NAN; 3],
-                cpu_vs_c: [f64::NAN; 3],
+                rate: [f64::NAN; 4],
+                cpu_ns: [f64::NAN; 4],
+                util: [f64::NAN; 4],
+                hwm: [0; 4],
+                rate_vs_c: [f64::NAN; 4],
+                cpu_vs_c: [f64::NAN; 4],
                 evco_eff_vs_tokio: f64::NAN,
+                hooked_vs_evco: f64::NAN,
                 client_util: median(
                     runs.iter()
                         .filter(|r| r.conns == conns && r.size == size)
@@ -599,11 +634,11 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                         .map(|r| r.others_cpu_s / r.wall_s)
                         .collect(),
                 ),
-                instr: [f64::NAN; 3],
-                l1: [f64::NAN; 3],
+                instr: [f64::NAN; 4],
+                l1: [f64::NAN; 4],
                 errors: 0,
             };
-            for s in 0..3 {
+            for &s in &o.servers {
                 let mine: Vec<&Run> = (0..o.rounds).filter_map(|r| of(r, s)).collect();
                 sum.rate[s] = median(mine.iter().map(|r| r.msgs_per_sec).collect());
                 sum.cpu_ns[s] = median(mine.iter().map(|r| r.cpu_ns_per_msg(o.secs)).collect());
@@ -619,7 +654,7 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                 let pairs = |f: &dyn Fn(&Run, &Run) -> f64| {
                     median(
                         (0..o.rounds)
-                            .filter_map(|r| Some(f(of(r, s)?, of(r, 0)?)))
+                            .filter_map(|r| Some(f(of(r, s)?, of(r, C)?)))
                             .collect(),
                     )
                 };
@@ -630,8 +665,16 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
             sum.evco_eff_vs_tokio = median(
                 (0..o.rounds)
                     .filter_map(|r| {
-                        let (e, t) = (of(r, 1)?, of(r, 2)?);
+                        let (e, t) = (of(r, EVCO)?, of(r, TOKIO)?);
                         Some(t.cpu_ns_per_msg(o.secs) / e.cpu_ns_per_msg(o.secs))
+                    })
+                    .collect(),
+            );
+            sum.hooked_vs_evco = median(
+                (0..o.rounds)
+                    .filter_map(|r| {
+                        let (e, h) = (of(r, EVCO)?, of(r, HOOKED)?);
+                        Some(h.msgs_per_sec / e.msgs_per_sec)
                     })
                     .collect(),
             );
@@ -686,7 +729,24 @@ fn write_csv(path: &Path, o: &Opts, runs: &[Run]) -> std::io::Result<()> {
     std::fs::write(path, s)
 }
 
+/// `cell(slot)` for each server slot of `servers`, joined by single spaces: one group of
+/// columns of the tables.
+fn cells(servers: &[usize], cell: impl Fn(usize) -> String) -> String {
+    servers
+        .iter()
+        .map(|&s| cell(s))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn table(o: &Opts, sums: &[Summary]) -> String {
+    let all = &o.servers[..];
+    // The servers with a ratio to C: all but the reference.
+    let others = &o.servers[1..];
+    let hooked = o.bins[HOOKED].is_some();
+    // Widths of the column groups (k columns of 9, 6 or 4 characters and the spaces between).
+    let k = all.len();
+    let (w_rate, w_ratio, w_cpu, w_util) = (10 * k - 1, 7 * k - 8, 7 * k - 1, 5 * k + 9);
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -698,33 +758,23 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
     );
     let _ = writeln!(
         t,
-        "{:>5} {:>6} | {:>9} {:>9} {:>9} | {:>6} {:>6} | {:>6} {:>6} {:>6} | {:>6} {:>6} | \
-         {:>8} | {:>4} {:>4} {:>4} {:>4} {:>4} | {:>6} {:>6} {:>6}",
+        "{:>5} {:>6} | {} | {} | {} | {} | {:>8} | {} {:>4} {:>4} | {}",
         "conns",
         "size",
-        "C msg/s",
-        "evco",
-        "tokio",
-        "evco/C",
-        "tok/C",
-        "C ns",
-        "evco",
-        "tokio",
-        "evco/C",
-        "tok/C",
+        cells(all, |s| format!("{:>9}", HEADINGS[s][0])),
+        cells(others, |s| format!("{:>6}", HEADINGS[s][1])),
+        cells(all, |s| format!("{:>6}", HEADINGS[s][2])),
+        cells(others, |s| format!("{:>6}", HEADINGS[s][1])),
         "evco eff",
-        "C%",
-        "ev%",
-        "tk%",
+        cells(all, |s| format!("{:>4}", HEADINGS[s][3])),
         "cl%",
         "oth%",
-        "C MiB",
-        "evco",
-        "tokio"
+        cells(all, |s| format!("{:>6}", HEADINGS[s][4])),
     );
     let _ = writeln!(
         t,
-        "{:>5} {:>6} | {:^29} | {:^13} | {:^20} | {:^13} | {:>8} | {:^24} | {:^20}",
+        "{:>5} {:>6} | {:^w_rate$} | {:^w_ratio$} | {:^w_cpu$} | {:^w_ratio$} | {:>8} | \
+         {:^w_util$} | {:^w_cpu$}",
         "",
         "",
         "messages/s",
@@ -739,30 +789,18 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
         let mib = |k: u64| k as f64 / 1024.0;
         let _ = writeln!(
             t,
-            "{:>5} {:>6} | {:>9.0} {:>9.0} {:>9.0} | {:>6.3} {:>6.3} | {:>6.0} {:>6.0} {:>6.0} | \
-             {:>6.3} {:>6.3} | {:>8.3} | {:>4.0} {:>4.0} {:>4.0} {:>4.0} {:>4.0} | \
-             {:>6.1} {:>6.1} {:>6.1}{}",
+            "{:>5} {:>6} | {} | {} | {} | {} | {:>8.3} | {} {:>4.0} {:>4.0} | {}{}",
             s.conns,
             size_label(s.size),
-            s.rate[0],
-            s.rate[1],
-            s.rate[2],
-            s.rate_vs_c[1],
-            s.rate_vs_c[2],
-            s.cpu_ns[0],
-            s.cpu_ns[1],
-            s.cpu_ns[2],
-            s.cpu_vs_c[1],
-            s.cpu_vs_c[2],
+            cells(all, |i| format!("{:>9.0}", s.rate[i])),
+            cells(others, |i| format!("{:>6.3}", s.rate_vs_c[i])),
+            cells(all, |i| format!("{:>6.0}", s.cpu_ns[i])),
+            cells(others, |i| format!("{:>6.3}", s.cpu_vs_c[i])),
             s.evco_eff_vs_tokio,
-            s.util[0] * 100.0,
-            s.util[1] * 100.0,
-            s.util[2] * 100.0,
+            cells(all, |i| format!("{:>4.0}", s.util[i] * 100.0)),
             s.client_util * 100.0,
             s.others_util * 100.0,
-            mib(s.hwm[0]),
-            mib(s.hwm[1]),
-            mib(s.hwm[2]),
+            cells(all, |i| format!("{:>6.1}", mib(s.hwm[i]))),
             if s.errors > 0 {
                 format!("  ({} client errors)", s.errors)
             } else {
@@ -772,14 +810,27 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
     }
     let _ = writeln!(
         t,
-        "evco/C, tok/C: msgs/s relative to C (higher is better) and CPU per message relative to \
+        "{}: msgs/s relative to C (higher is better) and CPU per message relative to \
          C (lower is better).\nevco eff vs tokio: evco's messages per server-CPU-second over \
          tokio's (target >= 1.0).\nCPU use: a server near 100% was the bottleneck; a server \
          well below it with the client (cl) near 100% means the client was, and msgs/s ratios \
          then understate the servers' differences (CPU per message still compares them).\noth%: \
          CPU the two measuring CPUs spent on other work during a run (other processes, \
-         interrupts, steal); above ~10% the machine was busy and msgs/s are unreliable."
+         interrupts, steal); above ~10% the machine was busy and msgs/s are unreliable.",
+        others
+            .iter()
+            .map(|&s| HEADINGS[s][1])
+            .collect::<Vec<_>>()
+            .join(", ")
     );
+    if hooked {
+        let _ = writeln!(
+            t,
+            "hooked: examples/echo_hooked, evco's echo written against blocking std::net and made \
+             cooperative by evco's libc hooks.\nhooked/evco (target lines): its msgs/s over evco's \
+             echo's in the same round (target >= 0.9)."
+        );
+    }
     let busy = sums.iter().filter(|s| s.others_util > 0.1).count();
     if busy > 0 {
         let _ = writeln!(
@@ -789,29 +840,31 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
             sums.len()
         );
     }
-    // The targets of the performance issue, where the configuration was run.
+    // The targets of the performance issues, where the configuration was run (NaN, which a
+    // configuration without runs gives, is MISSED).
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
     for s in sums
         .iter()
         .filter(|s| s.size == 64 && (s.conns == 100 || s.conns == 1000))
     {
-        let _ = writeln!(
-            t,
+        let mut line = format!(
             "target {} conns x 64 B: evco/C msgs/s {:.3} (>= 0.95: {}), evco vs tokio msgs per \
              CPU-s {:.3} (>= 1.0: {})",
             s.conns,
-            s.rate_vs_c[1],
-            if s.rate_vs_c[1] >= 0.95 {
-                "met"
-            } else {
-                "MISSED"
-            },
+            s.rate_vs_c[EVCO],
+            verdict(s.rate_vs_c[EVCO] >= 0.95),
             s.evco_eff_vs_tokio,
-            if s.evco_eff_vs_tokio >= 1.0 {
-                "met"
-            } else {
-                "MISSED"
-            },
+            verdict(s.evco_eff_vs_tokio >= 1.0),
         );
+        if hooked {
+            let _ = write!(
+                line,
+                ", hooked/evco msgs/s {:.3} (>= 0.9: {})",
+                s.hooked_vs_evco,
+                verdict(s.hooked_vs_evco >= 0.9)
+            );
+        }
+        let _ = writeln!(t, "{line}");
     }
     t
 }
@@ -828,47 +881,53 @@ fn instruction_table(o: &Opts, sums: &[Summary]) -> String {
         client_name(o),
         o.secs
     );
+    let all = &o.servers[..];
+    let hooked = o.bins[HOOKED].is_some();
+    // With echo_hooked, one more ratio after each group: its counts over evco's echo's.
+    let extra = |text: String| if hooked { text } else { String::new() };
     let _ = writeln!(
         t,
-        "{:>5} {:>6} | {:>8} {:>8} {:>8} | {:>6} {:>10} | {:>6} {:>6} {:>6} | {:>10}",
+        "{:>5} {:>6} | {} | {:>6} {:>10}{} | {} | {:>10}{}",
         "conns",
         "size",
-        "C",
-        "evco",
-        "tokio",
+        cells(all, |s| format!(
+            "{:>8}",
+            ["C", "evco", "hooked", "tokio"][s]
+        )),
         "evco/C",
         "evco/tokio",
-        "C L1",
-        "evco",
-        "tokio",
-        "evco/tokio"
+        extra(format!(" {:>9}", "hook/evco")),
+        cells(all, |s| format!(
+            "{:>6}",
+            ["C L1", "evco", "hooked", "tokio"][s]
+        )),
+        "evco/tokio",
+        extra(format!(" {:>9}", "hook/evco")),
     );
     let mut starved = false;
     for s in sums {
         // A server that echoed under a tenth of the best one's messages spent the run on
         // something else under valgrind (tokio at 1,000 connections does: seconds of latency);
         // its per-message counts are mostly startup and idling, so they are left out.
-        let best = s.rate.iter().copied().fold(0.0, f64::max);
+        let best = all.iter().map(|&i| s.rate[i]).fold(0.0, f64::max);
         let keep = |i: usize, v: f64| {
             if s.rate[i] < 0.1 * best { f64::NAN } else { v }
         };
-        starved |= (0..3).any(|i| s.rate[i] < 0.1 * best);
-        let instr: Vec<f64> = (0..3).map(|i| keep(i, s.instr[i])).collect();
-        let l1: Vec<f64> = (0..3).map(|i| keep(i, s.l1[i])).collect();
+        starved |= all.iter().any(|&i| s.rate[i] < 0.1 * best);
+        let instr: [f64; 4] = std::array::from_fn(|i| keep(i, s.instr[i]));
+        let l1: [f64; 4] = std::array::from_fn(|i| keep(i, s.l1[i]));
         let _ = writeln!(
             t,
-            "{:>5} {:>6} | {:>8.0} {:>8.0} {:>8.0} | {:>6.2} {:>10.2} | {:>6.1} {:>6.1} {:>6.1} | {:>10.2}",
+            "{:>5} {:>6} | {} | {:>6.2} {:>10.2}{} | {} | {:>10.2}{}",
             s.conns,
             size_label(s.size),
-            instr[0],
-            instr[1],
-            instr[2],
-            instr[1] / instr[0],
-            instr[1] / instr[2],
-            l1[0],
-            l1[1],
-            l1[2],
-            l1[1] / l1[2]
+            cells(all, |i| format!("{:>8.0}", instr[i])),
+            instr[EVCO] / instr[C],
+            instr[EVCO] / instr[TOKIO],
+            extra(format!(" {:>9.2}", instr[HOOKED] / instr[EVCO])),
+            cells(all, |i| format!("{:>6.1}", l1[i])),
+            l1[EVCO] / l1[TOKIO],
+            extra(format!(" {:>9.2}", l1[HOOKED] / l1[EVCO])),
         );
     }
     if starved {
@@ -885,10 +944,12 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
     let n = sums.len() as i32;
     let root = SVGBackend::new(path, (200 + 130 * n as u32, 760)).into_drawing_area();
     root.fill(&WHITE)?;
+    let hooked = o.bins[HOOKED].is_some();
     let root = root.titled(
         &format!(
-            "echo: evco and tokio relative to C libevent in the same round (median of {} rounds \
+            "echo: evco{} and tokio relative to C libevent in the same round (median of {} rounds \
              x {} s, load: {})",
+            if hooked { ", evco echo_hooked" } else { "" },
             o.rounds,
             o.secs,
             client_name(o)
@@ -896,16 +957,18 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
         ("sans-serif", 18),
     )?;
     let panels = root.split_evenly((2, 1));
+    // Per server slot, as in SERVERS.
     let colors = [
         RGBColor(120, 120, 120),
         RGBColor(31, 119, 180),
+        RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
     ];
     let labels: Vec<String> = sums
         .iter()
         .map(|s| format!("{} x {}", s.conns, size_label(s.size)))
         .collect();
-    type Value = fn(&Summary) -> [f64; 3];
+    type Value = fn(&Summary) -> [f64; 4];
     let plots: [(&str, Value); 2] = [
         ("messages/s relative to C (higher is better)", |s| {
             s.rate_vs_c
@@ -923,19 +986,23 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
             .fold(1.0f64, f64::max);
         // Headroom for the legend above the bars.
         let top = (top * 1.4).max(1.4);
-        // Each configuration is a group of three bars centred on a multiple of 10.
+        // Each configuration is a group of bars centred on a multiple of `group`: three bars 2
+        // wide and 1 apart in 10 units, or with echo_hooked four bars 3 wide and 2 apart in 20
+        // (whose x axis also gets a tick between the groups).
+        let (group, width, gap) = if hooked { (20, 3, 2) } else { (10, 2, 1) };
+        let first = -(width * o.servers.len() as i32 + gap * (o.servers.len() as i32 - 1)) / 2;
         let mut c = ChartBuilder::on(panel)
             .caption(caption, ("sans-serif", 16))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(-5i32..(n * 10 - 5), 0.0..top)?;
+            .build_cartesian_2d(-group / 2..(n * group - group / 2), 0.0..top)?;
         c.configure_mesh()
             .disable_x_mesh()
-            .x_labels(n as usize)
+            .x_labels((n * group / 10) as usize)
             .x_label_formatter(&|x| {
-                if x % 10 == 0 && *x >= 0 && *x < n * 10 {
-                    labels[(x / 10) as usize].clone()
+                if x % group == 0 && *x >= 0 && *x < n * group {
+                    labels[(x / group) as usize].clone()
                 } else {
                     String::new()
                 }
@@ -944,17 +1011,19 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
             .y_max_light_lines(1)
             .y_label_formatter(&|y| format!("{y:.1}"))
             .draw()?;
-        for (s, (&name, &color)) in SERVERS.iter().zip(colors.iter()).enumerate() {
+        for (j, &s) in o.servers.iter().enumerate() {
+            let color = colors[s];
             let bars = sums.iter().enumerate().filter_map(move |(i, sum)| {
                 let v = value(sum)[s];
-                let x = i as i32 * 10 - 4 + 3 * s as i32;
+                let x = i as i32 * group + first + (width + gap) * j as i32;
                 v.is_finite()
-                    .then(|| Rectangle::new([(x, 0.0), (x + 2, v)], color.filled()))
+                    .then(|| Rectangle::new([(x, 0.0), (x + width, v)], color.filled()))
             });
             c.draw_series(bars)?
-                .label(match name {
-                    "c" => "C libevent (1.0)",
-                    "evco" => "evco",
+                .label(match s {
+                    C => "C libevent (1.0)",
+                    EVCO => "evco",
+                    HOOKED => "evco echo_hooked (std::net, libc hooks)",
                     _ => "tokio current_thread",
                 })
                 .legend(move |(x, y)| {
@@ -962,7 +1031,7 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
                 });
         }
         c.draw_series(std::iter::once(PathElement::new(
-            vec![(-5, 1.0), (n * 10 - 5, 1.0)],
+            vec![(-group / 2, 1.0), (n * group - group / 2, 1.0)],
             BLACK.stroke_width(1),
         )))?;
         c.configure_series_labels()
@@ -979,7 +1048,14 @@ fn main() {
     let o = parse();
     std::fs::create_dir_all(&o.out)
         .unwrap_or_else(|e| die(&format!("cannot create {}: {e}", o.out.display())));
-    let total = o.rounds * o.conns.len() * o.sizes.len() * SERVERS.len();
+    let total = o.rounds * o.conns.len() * o.sizes.len() * o.servers.len();
+    // The progress lines' server column fits the longest name that runs.
+    let name_width = o
+        .servers
+        .iter()
+        .map(|&s| SERVERS[s].len())
+        .max()
+        .unwrap_or(0);
     eprintln!(
         "echo_compare: {total} runs of {} s (servers on CPU {}, client on CPU {})",
         o.secs, o.server_cpu, o.client_cpu
@@ -990,14 +1066,15 @@ fn main() {
     for round in 0..o.rounds {
         for &conns in &o.conns {
             for &size in &o.sizes {
-                for (s, &server) in SERVERS.iter().enumerate() {
+                for &s in &o.servers {
+                    let server = SERVERS[s];
                     // A fresh port per run: no TIME_WAIT or lingering listener between runs.
                     port = port.checked_add(1).unwrap_or(o.port);
                     match run_one(&o, s, conns, size, port) {
                         Ok(mut r) => {
                             r.round = round;
                             eprintln!(
-                                "[{:>3}/{total} {:>4.0}s] round {} {:>4} x {:>6} {:<5} {:>9.0} msg/s \
+                                "[{:>3}/{total} {:>4.0}s] round {} {:>4} x {:>6} {:<name_width$} {:>9.0} msg/s \
                                  cpu {:>5.0} ns/msg ({:>3.0}%, client {:>3.0}%, others {:>3.0}%) \
                                  hwm {:>6} KiB{}",
                                 runs.len() + 1,
