@@ -788,6 +788,7 @@ pub(crate) fn is_registered(fd: RawFd) -> bool {
 /// a signal handler interrupted the scheduler: it never panics.
 ///
 /// [`io::close`]: crate::io::close
+#[cfg(all(feature = "hook", target_os = "linux"))]
 pub(crate) fn forget_fd(fd: RawFd) {
     let Some(s) = Scheduler::current() else {
         return;
@@ -870,6 +871,7 @@ unsafe extern "C" fn wake(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
 
 /// Whether the caller runs in a coroutine of a scheduler (not a bare `Coroutine`, not plain
 /// thread code): where a wait can suspend. One thread-local read.
+#[cfg(all(feature = "hook", target_os = "linux"))]
 #[inline]
 pub(crate) fn in_scheduled_coroutine() -> bool {
     coroutine::current_core().is_some_and(|c| !c.owner.get().is_null())
