@@ -22,7 +22,7 @@ const CONN_STACK: usize = 32 * 1024;
 fn main() {
     let addr = common::addr_from_args("echo_hooked");
     let served = evco::run(move || -> io::Result<u64> {
-        let listener = TcpListener::bind(&addr)?;
+        let listener = listen(&addr)?;
         println!(
             "evco echo (hooked std::net): listening on {}",
             listener.local_addr()?
@@ -51,6 +51,27 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// A std listener with a queue for a thousand simultaneous connects: `TcpListener::bind`
+/// listens with a backlog of 128, and a burst beyond that waits out SYN retransmissions (a
+/// second or more), whatever serves the connections. So the listener is made with socket2, as
+/// a std program expecting such bursts would; everything after is std's.
+fn listen(addr: &str) -> io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// Plain blocking std code (`common::echo` is a `Read + Write` loop): nothing here knows it

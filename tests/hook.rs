@@ -421,3 +421,89 @@ fn connections_accepted_on_an_inherited_listener_are_cooperative() {
         assert_eq!(&reader.join().unwrap(), b"hey");
     });
 }
+
+#[test]
+fn poll_on_hooked_sockets_waits_cooperatively_and_reports_the_ready_one() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut c1 = TcpStream::connect(addr).unwrap();
+        let (s1, _) = listener.accept().unwrap();
+        let mut c2 = TcpStream::connect(addr).unwrap();
+        let (s2, _) = listener.accept().unwrap();
+        let (f1, f2) = (s1.as_raw_fd(), s2.as_raw_fd());
+        // One fd: waits until the other coroutine writes.
+        let one = evco::spawn(move || {
+            let mut p = [libc::pollfd {
+                fd: f1,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(p.as_mut_ptr(), 1, -1) };
+            (n, p[0].revents & libc::POLLIN != 0)
+        });
+        evco::yield_now().unwrap();
+        c1.write_all(b"1").unwrap();
+        assert_eq!(one.join().unwrap(), (1, true));
+        (&s1).read_exact(&mut [0u8; 1]).unwrap();
+        // Several fds (one negative, ignored): only the second becomes ready.
+        let many = evco::spawn(move || {
+            let mut p = [
+                libc::pollfd {
+                    fd: -1,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: f2,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: f1,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: three valid pollfds.
+            let n = unsafe { libc::poll(p.as_mut_ptr(), 3, 10_000) };
+            (n, p.map(|p| p.revents & libc::POLLIN != 0))
+        });
+        evco::yield_now().unwrap();
+        c2.write_all(b"2").unwrap();
+        assert_eq!(many.join().unwrap(), (1, [false, true, false]));
+        // A timeout: 0 after it, others ran meanwhile.
+        let log: Log = Rc::default();
+        let l = log.clone();
+        let other = evco::spawn(move || note(&l, "other ran"));
+        let mut p = [libc::pollfd {
+            fd: f1,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd.
+        assert_eq!(unsafe { libc::poll(p.as_mut_ptr(), 1, 20) }, 0);
+        other.join().unwrap();
+        assert_eq!(*log.borrow(), ["other ran"]);
+        drop((s1, s2));
+    });
+}
+
+#[test]
+fn std_connect_timeout_in_a_coroutine_lets_the_others_run() {
+    let _w = watchdog(30);
+    let log: Log = Rc::default();
+    let l = log.clone();
+    evco::run(move || {
+        // std's connect_timeout: a non-blocking connect, then poll with the timeout.
+        let (_listener, addr, _fillers) = common::full_backlog_listener();
+        let lo = l.clone();
+        let other = evco::spawn(move || note(&lo, "other ran"));
+        let e = TcpStream::connect_timeout(&addr, Duration::from_millis(50)).unwrap_err();
+        note(&l, format!("connect_timeout: {:?}", e.kind()));
+        other.join().unwrap();
+    });
+    assert_eq!(*log.borrow(), ["other ran", "connect_timeout: TimedOut"]);
+}

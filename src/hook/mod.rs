@@ -36,7 +36,7 @@
 //! Only what a program could not tell apart from blocking:
 //!
 //! - **Inside a scheduled coroutine, on a blocking socket this process created** (through
-//!   `socket`, `socketpair` or `accept`), a call that would block makes the non-blocking
+//!   `socket`, `socketpair` or `accept`, also on a listener it inherited), a call that would block makes the non-blocking
 //!   attempt instead (`MSG_DONTWAIT`, or `O_NONBLOCK` set for the one `accept`/`connect`
 //!   attempt and cleared again), and on `EAGAIN` waits for readiness through evco's
 //!   scheduler: the coroutine suspends, the thread runs others. It is evco's own retry loop
@@ -50,6 +50,11 @@
 //!   receives are waited out the same way. `readv`/`writev`/`recvmsg`/`sendmsg` make one
 //!   transfer once the socket is ready. A Unix-domain `connect` is libc's (it blocks only
 //!   while the listener's queue is full).
+//! - `poll` inside a scheduled coroutine, when every fd it lists is a socket this process
+//!   created polled for `POLLIN` and/or `POLLOUT`, waits for the first one to become ready (one fd: evco's wait on it; several: a
+//!   temporary epoll instance over them, waited on as one fd), then reports `revents` from a
+//!   zero-timeout `poll`. `poll(NULL, 0, ms)` sleeps as below. This is what makes std's
+//!   `connect_timeout` and C clients that wait with `poll` cooperative.
 //! - `sleep`, `usleep`, `nanosleep` and `clock_nanosleep` inside a scheduled coroutine suspend
 //!   it on a timer ([`time::sleep`](crate::time::sleep)).
 //! - Everywhere else every hook is a plain call of libc's function: outside coroutines, inside
@@ -61,11 +66,14 @@
 //!   one load from the fd table below, one thread-local read, one call.
 //! - `close` (and `dup2`/`dup3` over an open fd) wakes coroutines of this thread waiting on the
 //!   fd with `EBADF` and removes its registration, so a reused fd number never inherits a
-//!   stale one.
+//!   stale one; a new fd whose number this thread's scheduler still has a registration for (a
+//!   socket used in coroutines here but closed by another thread) drops it. For a socket
+//!   never waited on in a coroutine that costs two `RefCell` checks and allocates nothing;
+//!   where a signal handler interrupted the scheduler it does nothing rather than panic.
 //!
 //! A coroutine that is being cancelled cannot suspend: its hooked calls that would block fail
-//! with `EINTR` instead. `poll`, `select`, `epoll_wait` and DNS (`getaddrinfo`) are not hooked:
-//! they block the thread as before.
+//! with `EINTR` instead. `select`, `ppoll`, `epoll_wait` and DNS (`getaddrinfo`) are not
+//! hooked, nor `poll` over other fds: they block the thread as before.
 //!
 //! # The fd table
 //!
@@ -271,6 +279,7 @@ real_fns! {
     nanosleep(req: *const timespec, rem: *mut timespec) -> c_int;
     clock_nanosleep(clock: libc::clockid_t, flags: c_int, req: *const timespec, rem: *mut timespec) -> c_int;
     usleep(us: libc::useconds_t) -> c_int;
+    poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int;
 }
 
 /// libc's `fcntl` and `ioctl` (variadic: not expressible in `real_fns!`).
@@ -1060,4 +1069,120 @@ unsafe extern "C-unwind" fn sleep(secs: c_uint) -> c_uint {
             }
         }
     }
+}
+
+/// Hook: a cooperative wait inside a scheduled coroutine when every listed fd is a socket this
+/// process created (see the module docs); libc's `poll` otherwise.
+#[unsafe(no_mangle)]
+unsafe extern "C-unwind" fn poll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: c_int,
+) -> c_int {
+    if timeout != 0 && scheduler::in_scheduled_coroutine() {
+        if nfds == 0 && timeout > 0 {
+            match coop_sleep(Duration::from_millis(timeout as u64)) {
+                Some(0) => return 0,
+                Some(e) => {
+                    set_errno(e);
+                    return -1;
+                }
+                None => {}
+            }
+        } else if !fds.is_null() && nfds > 0 && nfds <= MAX_FDS as libc::nfds_t {
+            // SAFETY: poll's contract: `fds` points at `nfds` pollfds the caller owns.
+            let list = unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) };
+            // Only waits evco can express exactly: readability for POLLIN, writability for
+            // POLLOUT (a lone POLLPRI would wake on ordinary data, and spin).
+            let waitable = |p: &libc::pollfd| {
+                p.fd < 0
+                    || (table::get(p.fd) & table::SOCKET != 0
+                        && p.events & (libc::POLLIN | libc::POLLOUT) != 0)
+            };
+            if list.iter().all(waitable) {
+                return coop_poll(list, timeout);
+            }
+        }
+    }
+    // SAFETY: the caller's arguments, passed on.
+    unsafe { real::poll(fds, nfds, timeout) }
+}
+
+/// `poll` over sockets, waiting through the scheduler between zero-timeout polls.
+fn coop_poll(list: &mut [libc::pollfd], timeout: c_int) -> c_int {
+    let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
+    loop {
+        // SAFETY: `list` is the caller's pollfd array, borrowed for this call.
+        let n = unsafe { real::poll(list.as_mut_ptr(), list.len() as libc::nfds_t, 0) };
+        if n != 0 {
+            return n; // something is ready, or an error
+        }
+        let left = match deadline {
+            None => None,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(l) if !l.is_zero() => Some(l),
+                _ => return 0,
+            },
+        };
+        let waited = match list.iter().filter(|p| p.fd >= 0).count() {
+            0 => coop_sleep(left.unwrap_or(Duration::MAX)).map_or(Ok(()), |e| match e {
+                0 => Ok(()),
+                e => Err(io::Error::from_raw_os_error(e)),
+            }),
+            1 => {
+                let p = list.iter().find(|p| p.fd >= 0).expect("one fd");
+                crate::io::wait(p.fd, poll_interest(p.events), left).map(drop)
+            }
+            _ => wait_any(list, left),
+        };
+        match waited {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+            Err(e) => {
+                set_errno(errno_of(&e));
+                return -1;
+            }
+        }
+    }
+}
+
+/// What a `pollfd`'s `events` (with POLLIN or POLLOUT, see `poll`) wait for, as evco's
+/// interest. Errors and hang-ups, which poll always reports, wake either.
+fn poll_interest(events: libc::c_short) -> Interest {
+    match (events & libc::POLLIN != 0, events & libc::POLLOUT != 0) {
+        (true, true) => Interest::READABLE | Interest::WRITABLE,
+        (false, true) => Interest::WRITABLE,
+        _ => Interest::READABLE,
+    }
+}
+
+/// Waits until any of `list`'s fds is ready: a temporary epoll instance over them, itself
+/// waited on as one readable fd.
+fn wait_any(list: &[libc::pollfd], timeout: Option<Duration>) -> io::Result<()> {
+    // SAFETY: epoll_create1 has no memory preconditions.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for p in list.iter().filter(|p| p.fd >= 0) {
+        let mut ev = libc::epoll_event {
+            events: if poll_interest(p.events).is_writable() {
+                libc::EPOLLOUT as u32
+            } else {
+                0
+            } | if poll_interest(p.events).is_readable() {
+                (libc::EPOLLIN | libc::EPOLLRDHUP) as u32
+            } else {
+                0
+            },
+            u64: p.fd as u64,
+        };
+        // SAFETY: `ev` is a valid epoll_event; a listed fd twice fails with EEXIST, which
+        // leaves the first registration, and the zero-timeout poll reports both anyway.
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, p.fd, &mut ev) };
+    }
+    let r = crate::io::wait_for(ep, Interest::READABLE, timeout);
+    // SAFETY: `ep` is ours, made above.
+    unsafe { real::close(ep) };
+    r
 }
