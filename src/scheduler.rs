@@ -485,9 +485,24 @@ pub(crate) struct Registration {
     /// operation in that direction waits for an edge before it tries, saving a syscall that
     /// would only return `EAGAIN`.
     ready: Cell<c_short>,
+    /// The fd's generation when this was made (`fd_generation`; in the padding after `ready`).
+    generation: u32,
     readers: Waiters,
     writers: Waiters,
     ev: RawEvent,
+}
+
+/// How many times the hooks have seen an fd with this number created: a registration made for
+/// an older one is stale (see `Scheduler::registration`). Always 0 without the hooks.
+#[inline]
+fn fd_generation(fd: RawFd) -> u32 {
+    #[cfg(all(feature = "hook", target_os = "linux"))]
+    return crate::hook::generation(fd);
+    #[cfg(not(all(feature = "hook", target_os = "linux")))]
+    {
+        let _ = fd;
+        0
+    }
 }
 
 /// The coroutines waiting for one direction's next edge of a registered socket. The first one
@@ -560,12 +575,26 @@ impl Registration {
 }
 
 impl Scheduler {
+    /// `fd`'s registration, made on first use.
+    ///
+    /// One found for an older fd of the same number is stale: its socket was closed where this
+    /// scheduler could not see it (by another thread: std's sockets are `Send`, and the hooks'
+    /// `close` only cleans up the closing thread's scheduler), and epoll dropped it with the old
+    /// file description, so it would never report an edge again. It is deleted (its waiters
+    /// get `EBADF`) and a new one made.
     fn registration(&self, fd: RawFd) -> io::Result<Rc<Registration>> {
         let i = fd as usize;
-        if let Some(Some(r)) = self.regs.borrow().get(i) {
-            return Ok(r.clone());
+        let generation = fd_generation(fd);
+        let stale = match self.regs.borrow().get(i) {
+            Some(Some(r)) if r.generation == generation => return Ok(r.clone()),
+            Some(Some(_)) => true,
+            _ => false,
+        };
+        if stale {
+            self.deregister(fd);
         }
         let reg = Rc::new(Registration {
+            generation,
             ev: RawEvent::new(),
             readers: Waiters::default(),
             writers: Waiters::default(),

@@ -507,3 +507,41 @@ fn std_connect_timeout_in_a_coroutine_lets_the_others_run() {
     });
     assert_eq!(*log.borrow(), ["other ran", "connect_timeout: TimedOut"]);
 }
+
+#[test]
+fn a_socket_replaced_on_another_thread_is_not_left_deaf_by_its_old_registration() {
+    let _w = watchdog(30);
+    use std::os::fd::FromRawFd;
+    use std::os::unix::net::UnixStream;
+    evco::run(|| {
+        let (a, _a_peer) = UnixStream::pair().unwrap();
+        a.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        // A wait in a coroutine registers `a` with this thread's scheduler (under epoll).
+        assert_eq!(
+            (&a).read(&mut [0u8; 1]).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        // Another thread takes the fd number over for a new socket; this scheduler sees none
+        // of it (std's sockets are Send).
+        let (b, mut b_peer) = std::thread::spawn(move || {
+            let fd = a.into_raw_fd();
+            let (x, y) = UnixStream::pair().unwrap();
+            // SAFETY: both fds are open and owned here; `fd` now names x's socket.
+            assert_eq!(unsafe { libc::dup2(x.as_raw_fd(), fd) }, fd);
+            drop(x);
+            // SAFETY: `fd` is open and owned by nothing else.
+            (unsafe { UnixStream::from_raw_fd(fd) }, y)
+        })
+        .join()
+        .unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let reader = evco::spawn(move || {
+            let mut got = [0u8; 2];
+            (&b).read_exact(&mut got).map(|()| got)
+        });
+        evco::yield_now().unwrap();
+        b_peer.write_all(b"ok").unwrap();
+        // With the old registration reused, epoll would never report this socket: TimedOut.
+        assert_eq!(&reader.join().unwrap().unwrap(), b"ok");
+    });
+}

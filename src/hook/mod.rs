@@ -66,8 +66,9 @@
 //!   one load from the fd table below, one thread-local read, one call.
 //! - `close` (and `dup2`/`dup3` over an open fd) wakes coroutines of this thread waiting on the
 //!   fd with `EBADF` and removes its registration, so a reused fd number never inherits a
-//!   stale one; a new fd whose number this thread's scheduler still has a registration for (a
-//!   socket used in coroutines here but closed by another thread) drops it. For a socket
+//!   stale one. A socket used in coroutines on one thread but closed by another leaves its
+//!   registration in the first thread's scheduler: every fd the hooks see created gets a new
+//!   generation number, and a scheduler replaces a registration made under an older one. For a socket
 //!   never waited on in a coroutine that costs two `RefCell` checks and allocates nothing;
 //!   where a signal handler interrupted the scheduler it does nothing rather than panic.
 //!
@@ -95,7 +96,7 @@
 use std::ffi::{CStr, c_int, c_uint, c_void};
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use libc::{iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
@@ -127,6 +128,21 @@ mod table {
     const MS_MASK: u64 = (1 << 28) - 1;
 
     static FDS: [AtomicU64; MAX_FDS] = [const { AtomicU64::new(0) }; MAX_FDS];
+    /// How many times an fd with this number was created (see `super::generation`).
+    static GENERATIONS: [AtomicU32; MAX_FDS] = [const { AtomicU32::new(0) }; MAX_FDS];
+
+    pub(super) fn new_generation(fd: RawFd) {
+        if let Some(g) = usize::try_from(fd).ok().and_then(|i| GENERATIONS.get(i)) {
+            g.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(super) fn generation(fd: RawFd) -> u32 {
+        usize::try_from(fd)
+            .ok()
+            .and_then(|i| GENERATIONS.get(i))
+            .map_or(0, |g| g.load(Relaxed))
+    }
 
     fn slot(fd: RawFd) -> Option<&'static AtomicU64> {
         FDS.get(usize::try_from(fd).ok()?)
@@ -461,7 +477,15 @@ fn socket_bits(domain: c_int, ty: c_int) -> u64 {
 /// thread (std's sockets are `Send`), and epoll would never report the new socket through it.
 fn fresh(fd: c_int, bits: u64) {
     table::set(fd, bits);
+    table::new_generation(fd);
     scheduler::forget_fd(fd);
+}
+
+/// How many times the hooks have seen an fd with this number created (socket, accept, dup):
+/// a scheduler's registration made under an older generation belongs to a socket that is gone
+/// (closed by another thread) and must not be reused.
+pub(crate) fn generation(fd: RawFd) -> u32 {
+    table::generation(fd)
 }
 
 /// `fd` is going away (closed, or replaced by `dup2`): forget it, and wake this thread's
