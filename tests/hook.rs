@@ -125,32 +125,99 @@ fn a_megabyte_each_way_through_blocking_std_streams_between_two_coroutines() {
 }
 
 #[test]
-fn thread_sleep_usleep_and_sleep_in_a_coroutine_let_the_others_run() {
+fn thread_sleep_usleep_and_sleep_in_a_coroutine_suspend_only_that_coroutine() {
     let _w = watchdog(20);
     let log: Log = Rc::default();
     let l = log.clone();
     evco::run(move || {
-        let (la, lb, lc) = (l.clone(), l.clone(), l.clone());
-        let a = evco::spawn(move || {
-            std::thread::sleep(Duration::from_millis(30));
-            note(&la, "a (30 ms)");
+        // Sleeps far longer than the watchdog allows: unhooked, the first one would hold the
+        // thread and the test would abort.
+        let (la, lb) = (l.clone(), l.clone());
+        let long_nanosleep = evco::spawn(move || {
+            std::thread::sleep(Duration::from_secs(60));
+            note(&la, "thread::sleep returned");
         });
-        let b = evco::spawn(move || {
+        let long_usleep = evco::spawn(move || {
             // SAFETY: usleep has no memory preconditions.
-            assert_eq!(unsafe { libc::usleep(1_000) }, 0);
-            note(&lb, "b (1 ms)");
+            unsafe { libc::usleep(60_000_000) };
+            note(&lb, "usleep returned");
         });
-        let c = evco::spawn(move || {
-            // SAFETY: as above; sleep(0) just yields.
+        let lc = l.clone();
+        let yielder = evco::spawn(move || {
+            // SAFETY: as above; sleep(0) yields.
             assert_eq!(unsafe { libc::sleep(0) }, 0);
-            note(&lc, "c (0 s)");
+            note(&lc, "sleep(0) returned");
         });
-        for h in [a, b, c] {
-            h.join().unwrap();
+        // A short sleep ends on its timer while the long ones are still suspended.
+        let ld = l.clone();
+        evco::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1));
+            note(&ld, "short sleep returned");
+        })
+        .join()
+        .unwrap();
+        yielder.join().unwrap();
+        assert!(!long_nanosleep.is_finished() && !long_usleep.is_finished());
+        // Cancelled, a hooked sleep returns at once (std's thread::sleep would abort the
+        // process if a cancellation unwound through its libc call) and the coroutine ends.
+        for h in [long_nanosleep, long_usleep] {
+            h.cancel().unwrap();
+            assert!(h.join().unwrap_err().downcast_ref::<Cancelled>().is_some());
         }
     });
-    // Unhooked, each sleep would hold the thread: a, b, c in spawn order.
-    assert_eq!(*log.borrow(), ["c (0 s)", "b (1 ms)", "a (30 ms)"]);
+    let mut log = log.borrow().clone();
+    log.sort();
+    assert_eq!(
+        log,
+        [
+            "short sleep returned",
+            "sleep(0) returned",
+            "thread::sleep returned",
+            "usleep returned"
+        ]
+    );
+}
+
+#[test]
+fn a_cancelled_hooked_call_fails_with_ecanceled_and_later_ones_fail_fast() {
+    let _w = watchdog(20);
+    let seen: Log = Rc::default();
+    let s = seen.clone();
+    evco::run(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let victim = evco::spawn(move || {
+            // Suspended here when cancelled: the call returns instead of unwinding through
+            // std's libc call.
+            let e = conn.read(&mut [0u8; 1]).unwrap_err();
+            note(
+                &s,
+                format!("read: {:?}", e.raw_os_error() == Some(libc::ECANCELED)),
+            );
+            // Retrying loops end: read_exact retries EINTR, and thread::sleep resumes from the
+            // time left in `rem`; both would spin if the hooks said EINTR.
+            std::thread::sleep(Duration::from_secs(60));
+            let e = conn.read_exact(&mut [0u8; 1]).unwrap_err();
+            note(
+                &s,
+                format!(
+                    "read_exact: {:?}",
+                    e.raw_os_error() == Some(libc::ECANCELED)
+                ),
+            );
+        });
+        evco::yield_now().unwrap();
+        victim.cancel().unwrap();
+        assert!(
+            victim
+                .join()
+                .unwrap_err()
+                .downcast_ref::<Cancelled>()
+                .is_some()
+        );
+    });
+    assert_eq!(*seen.borrow(), ["read: true", "read_exact: true"]);
 }
 
 #[test]
@@ -264,7 +331,7 @@ fn closing_an_fd_wakes_a_coroutine_blocked_on_it_with_ebadf() {
 }
 
 #[test]
-fn a_coroutine_cancelled_in_a_hooked_read_unwinds_and_leaves_no_event() {
+fn a_coroutine_cancelled_in_a_hooked_read_ends_and_leaves_no_event() {
     let _w = watchdog(20);
     evco::run(|| {
         let base = evco::scheduler::base().unwrap();
@@ -283,8 +350,9 @@ fn a_coroutine_cancelled_in_a_hooked_read_unwinds_and_leaves_no_event() {
         reader.cancel().unwrap();
         let p = reader.join().unwrap_err();
         assert!(p.downcast_ref::<Cancelled>().is_some());
-        // The unwinding dropped the coroutine's locals, the stream with them, and the stream's
-        // close removed its registration (the one event a hooked socket keeps).
+        // The read failed (ECANCELED), the body returned and dropped its locals, the stream
+        // with them, and the stream's close removed its registration (the one event a hooked
+        // socket keeps).
         assert!(dropped.get());
         assert_eq!(base.added_events(), before);
     });

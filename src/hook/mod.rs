@@ -66,15 +66,28 @@
 //!   one load from the fd table below, one thread-local read, one call.
 //! - `close` (and `dup2`/`dup3` over an open fd) wakes coroutines of this thread waiting on the
 //!   fd with `EBADF` and removes its registration, so a reused fd number never inherits a
-//!   stale one. A socket used in coroutines on one thread but closed by another leaves its
-//!   registration in the first thread's scheduler: every fd the hooks see created gets a new
-//!   generation number, and a scheduler replaces a registration made under an older one. For a socket
-//!   never waited on in a coroutine that costs two `RefCell` checks and allocates nothing;
-//!   where a signal handler interrupted the scheduler it does nothing rather than panic.
+//!   stale one. For a socket never waited on in a coroutine that costs two `RefCell` checks
+//!   and allocates nothing; where a signal handler interrupted the scheduler it does nothing
+//!   rather than panic. A socket used in coroutines on one thread but closed by another
+//!   leaves its registration in the first thread's scheduler: every fd the hooks see created
+//!   gets a new generation number, and a scheduler replaces a registration made under an
+//!   older one.
 //!
-//! A coroutine that is being cancelled cannot suspend: its hooked calls that would block fail
-//! with `EINTR` instead. `select`, `ppoll`, `epoll_wait` and DNS (`getaddrinfo`) are not
-//! hooked, nor `poll` over other fds: they block the thread as before.
+//! `select`, `ppoll`, `epoll_wait` and DNS (`getaddrinfo`) are not hooked, nor `poll` over
+//! other fds: they block the thread as before.
+//!
+//! # Cancellation
+//!
+//! Cancelling a coroutine unwinds its stack from the point where it is suspended, but a hooked
+//! call's caller is C, or Rust that called libc through an `extern "C"` declaration (std
+//! does), and unwinding through such a call is undefined behaviour: the unwinder may abort
+//! the process. So the unwinding stops in the hook: a cancelled hooked call returns `-1` with
+//! `ECANCELED` (a sleep returns as if complete), and from then on every hooked call that would
+//! block fails the same way at once (not `EINTR`, which callers retry in a loop). The
+//! coroutine ends when its code returns on those errors, and `cancel` returns then; code that
+//! retries failed calls forever keeps it running. Its locals are dropped as it returns.
+//! Hooks are `extern "C"`: nothing unwinds out of them (a panic would be a bug in evco, and
+//! aborts).
 //!
 //! # The fd table
 //!
@@ -86,12 +99,6 @@
 //! `MAX_FDS` are never hooked. `O_NONBLOCK` belongs to the open file description, which `dup`
 //! shares: the table tracks it per fd, so a flag changed through one duplicate is not seen
 //! through the other.
-//!
-//! # Unwinding
-//!
-//! A hooked call can suspend, and a suspended coroutine that is cancelled unwinds through it:
-//! every hook is `extern "C-unwind"`. C code calling a hook in a coroutine that may be
-//! cancelled must be compiled with unwind tables (`-fexceptions`, the default for C++).
 
 use std::ffi::{CStr, c_int, c_uint, c_void};
 use std::io;
@@ -357,8 +364,9 @@ fn errno_of(e: &io::Error) -> c_int {
     match e.kind() {
         // SO_RCVTIMEO / SO_SNDTIMEO expired: what the blocking call says.
         io::ErrorKind::TimedOut => libc::EAGAIN,
-        // Cancelling: the coroutine cannot wait any more.
-        io::ErrorKind::Interrupted => libc::EINTR,
+        // Cancelling: the coroutine cannot wait any more. Not EINTR: callers retry that
+        // (std's `read_exact`/`write_all`, C's `while (errno == EINTR)`), which would spin.
+        io::ErrorKind::Interrupted => libc::ECANCELED,
         io::ErrorKind::InvalidInput => libc::EINVAL,
         _ => libc::EIO,
     }
@@ -393,6 +401,34 @@ fn cooperative(fd: c_int) -> Option<u64> {
     scheduler::in_scheduled_coroutine().then_some(bits)
 }
 
+/// One cooperative transfer: `op` (one non-blocking attempt) retried whenever the socket is
+/// ready for `interest`, within the fd's timeout for that direction.
+fn coop_once(
+    fd: c_int,
+    bits: u64,
+    interest: Interest,
+    op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let timeout = table::timeout(bits, interest.is_writable());
+    stop_cancellation(|| crate::io::retry(fd, interest, timeout, op))
+}
+
+/// Runs a cooperative wait, stopping a cancellation's unwinding here: it becomes the error a
+/// wait gets in a coroutine that is being cancelled (`ECANCELED` for the caller). A hook's
+/// caller is C, or Rust code that called libc through an `extern "C"` declaration, and
+/// unwinding through such a call is undefined behaviour (in practice the unwinder may find no
+/// entry for the call and abort the process). See "Cancellation" in the module docs.
+fn stop_cancellation<T>(wait: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(wait)) {
+        Ok(r) => r,
+        Err(p) if crate::coroutine::is_cancellation(&*p) => {
+            Err(crate::coroutine::cancelling_error())
+        }
+        // Anything else is a bug in evco: the hook is `extern "C"`, so this aborts.
+        Err(p) => std::panic::resume_unwind(p),
+    }
+}
+
 /// A cooperative receive of at most `len` bytes (`op` makes one non-blocking attempt).
 fn coop_recv(
     fd: c_int,
@@ -401,11 +437,11 @@ fn coop_recv(
     peek: bool,
     op: impl FnMut() -> io::Result<usize>,
 ) -> io::Result<usize> {
-    let timeout = table::timeout(bits, false);
     if bits & table::TCP != 0 && !peek {
-        crate::io::read_owned(fd, timeout, len, op)
+        let timeout = table::timeout(bits, false);
+        stop_cancellation(|| crate::io::read_owned(fd, timeout, len, op))
     } else {
-        crate::io::retry(fd, Interest::READABLE, timeout, op)
+        coop_once(fd, bits, Interest::READABLE, op)
     }
 }
 
@@ -417,13 +453,12 @@ fn coop_send(
     len: usize,
     mut op: impl FnMut(usize) -> io::Result<usize>,
 ) -> io::Result<usize> {
-    let timeout = table::timeout(bits, true);
     if bits & table::STREAM == 0 {
-        return crate::io::retry(fd, Interest::WRITABLE, timeout, || op(0));
+        return coop_once(fd, bits, Interest::WRITABLE, || op(0));
     }
     let mut done = 0;
     loop {
-        match crate::io::retry(fd, Interest::WRITABLE, timeout, || op(done)) {
+        match coop_once(fd, bits, Interest::WRITABLE, || op(done)) {
             Ok(n) => {
                 done += n;
                 if done >= len || n == 0 {
@@ -438,7 +473,7 @@ fn coop_send(
 
 /// Runs one attempt of `op` with `O_NONBLOCK` set on `fd`, and clears it again (keeping the
 /// attempt's errno).
-fn nonblocking_attempt(fd: c_int, op: impl FnOnce() -> c_int) -> io::Result<c_int> {
+fn nonblocking_attempt(fd: c_int, op: impl FnOnce() -> c_int) -> io::Result<usize> {
     let on: c_int = 1;
     // SAFETY: FIONBIO reads one int from the pointer, which points at `on`.
     if unsafe { real_ioctl(fd, libc::FIONBIO, &on as *const c_int as libc::c_ulong) } == -1 {
@@ -449,10 +484,10 @@ fn nonblocking_attempt(fd: c_int, op: impl FnOnce() -> c_int) -> io::Result<c_in
     let off: c_int = 0;
     // SAFETY: as above.
     unsafe { real_ioctl(fd, libc::FIONBIO, &off as *const c_int as libc::c_ulong) };
-    if r == -1 {
+    if r < 0 {
         Err(io::Error::from_raw_os_error(saved))
     } else {
-        Ok(r)
+        Ok(r as usize)
     }
 }
 
@@ -502,7 +537,7 @@ fn forget(fd: c_int) {
 
 /// Hook: records the new socket in the fd table.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let fd = unsafe { real::socket(domain, ty, protocol) };
     if fd >= 0 {
@@ -513,7 +548,7 @@ unsafe extern "C-unwind" fn socket(domain: c_int, ty: c_int, protocol: c_int) ->
 
 /// Hook: records both sockets in the fd table.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn socketpair(
+unsafe extern "C" fn socketpair(
     domain: c_int,
     ty: c_int,
     protocol: c_int,
@@ -533,14 +568,14 @@ unsafe extern "C-unwind" fn socketpair(
 
 /// Hook: `accept4` without flags.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     unsafe { accept4(fd, addr, len, 0) }
 }
 
 /// Hook: cooperative on a blocking listener inside a coroutine; the new socket is recorded.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn accept4(
+unsafe extern "C" fn accept4(
     fd: c_int,
     addr: *mut sockaddr,
     len: *mut socklen_t,
@@ -553,17 +588,11 @@ unsafe extern "C-unwind" fn accept4(
             unsafe { real::accept4(fd, addr, len, flags) }
         }
         Some(bits) => {
-            let r = crate::io::retry(fd, Interest::READABLE, table::timeout(bits, false), || {
+            let r = coop_once(fd, bits, Interest::READABLE, || {
                 // SAFETY: as above, one attempt with the listener non-blocking.
                 nonblocking_attempt(fd, || unsafe { real::accept4(fd, addr, len, flags) })
             });
-            match r {
-                Ok(new) => new,
-                Err(e) => {
-                    set_errno(errno_of(&e));
-                    -1
-                }
-            }
+            ret(r) as c_int
         }
     };
     if new >= 0 {
@@ -602,7 +631,7 @@ fn sockopt(fd: c_int, name: c_int) -> c_int {
 /// Hook: a blocking TCP connect inside a coroutine starts non-blocking and waits for the
 /// socket to become writable (bounded by `SO_SNDTIMEO`, then `EINPROGRESS` as the kernel's).
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let Some(bits) = cooperative(fd).filter(|b| b & table::TCP != 0) else {
         // SAFETY: the caller's arguments, passed on.
         return unsafe { real::connect(fd, addr, len) };
@@ -616,7 +645,8 @@ unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: sockl
             return -1;
         }
     }
-    match crate::io::wait_for(fd, Interest::WRITABLE, table::timeout(bits, true)) {
+    let timeout = table::timeout(bits, true);
+    match stop_cancellation(|| crate::io::wait_for(fd, Interest::WRITABLE, timeout)) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
             set_errno(libc::EINPROGRESS);
@@ -639,7 +669,7 @@ unsafe extern "C-unwind" fn connect(fd: c_int, addr: *const sockaddr, len: sockl
 
 /// Hook: on a hooked socket in a coroutine, a cooperative `recv`.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     match cooperative(fd) {
         None => {
             // SAFETY: the caller's arguments, passed on.
@@ -654,7 +684,7 @@ unsafe extern "C-unwind" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> 
 
 /// Hook: on a hooked socket in a coroutine, a cooperative `send` of everything.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     match cooperative(fd) {
         None => {
             // SAFETY: the caller's arguments, passed on.
@@ -670,12 +700,7 @@ unsafe extern "C-unwind" fn write(fd: c_int, buf: *const c_void, count: size_t) 
 
 /// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out).
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn recv(
-    fd: c_int,
-    buf: *mut c_void,
-    len: size_t,
-    flags: c_int,
-) -> ssize_t {
+unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
     let Some(bits) = cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) else {
         // SAFETY: the caller's arguments, passed on.
         return unsafe { real::recv(fd, buf, len, flags) };
@@ -711,12 +736,7 @@ unsafe extern "C-unwind" fn recv(
 
 /// Hook: cooperative on a hooked socket in a coroutine.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn send(
-    fd: c_int,
-    buf: *const c_void,
-    len: size_t,
-    flags: c_int,
-) -> ssize_t {
+unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
     match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
         None => {
             // SAFETY: the caller's arguments, passed on.
@@ -731,7 +751,7 @@ unsafe extern "C-unwind" fn send(
 
 /// Hook: cooperative on a hooked socket in a coroutine.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn recvfrom(
+unsafe extern "C" fn recvfrom(
     fd: c_int,
     buf: *mut c_void,
     len: size_t,
@@ -759,7 +779,7 @@ unsafe extern "C-unwind" fn recvfrom(
 
 /// Hook: cooperative on a hooked socket in a coroutine.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn sendto(
+unsafe extern "C" fn sendto(
     fd: c_int,
     buf: *const c_void,
     len: size_t,
@@ -790,41 +810,31 @@ unsafe extern "C-unwind" fn sendto(
 
 /// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::recvmsg(fd, msg, flags) }
         }
-        Some(bits) => ret(crate::io::retry(
-            fd,
-            Interest::READABLE,
-            table::timeout(bits, false),
-            || {
-                // SAFETY: as above, one non-blocking attempt.
-                cvt(unsafe { real::recvmsg(fd, msg, flags | libc::MSG_DONTWAIT) })
-            },
-        )),
+        Some(bits) => ret(coop_once(fd, bits, Interest::READABLE, || {
+            // SAFETY: as above, one non-blocking attempt.
+            cvt(unsafe { real::recvmsg(fd, msg, flags | libc::MSG_DONTWAIT) })
+        })),
     }
 }
 
 /// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
     match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::sendmsg(fd, msg, flags) }
         }
-        Some(bits) => ret(crate::io::retry(
-            fd,
-            Interest::WRITABLE,
-            table::timeout(bits, true),
-            || {
-                // SAFETY: as above, one non-blocking attempt.
-                cvt(unsafe { real::sendmsg(fd, msg, flags | libc::MSG_DONTWAIT) })
-            },
-        )),
+        Some(bits) => ret(coop_once(fd, bits, Interest::WRITABLE, || {
+            // SAFETY: as above, one non-blocking attempt.
+            cvt(unsafe { real::sendmsg(fd, msg, flags | libc::MSG_DONTWAIT) })
+        })),
     }
 }
 
@@ -839,7 +849,7 @@ fn iov_msg(iov: *const iovec, n: c_int) -> msghdr {
 
 /// Hook: on a hooked socket in a coroutine, a cooperative `recvmsg`.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
     match cooperative(fd) {
         None => {
             // SAFETY: the caller's arguments, passed on.
@@ -847,22 +857,17 @@ unsafe extern "C-unwind" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssi
         }
         Some(bits) => {
             let mut m = iov_msg(iov, n);
-            ret(crate::io::retry(
-                fd,
-                Interest::READABLE,
-                table::timeout(bits, false),
-                || {
-                    // SAFETY: `m` points at the caller's iovecs; recvmsg on a socket is readv.
-                    cvt(unsafe { real::recvmsg(fd, &mut m, libc::MSG_DONTWAIT) })
-                },
-            ))
+            ret(coop_once(fd, bits, Interest::READABLE, || {
+                // SAFETY: `m` points at the caller's iovecs; recvmsg on a socket is readv.
+                cvt(unsafe { real::recvmsg(fd, &mut m, libc::MSG_DONTWAIT) })
+            }))
         }
     }
 }
 
 /// Hook: on a hooked socket in a coroutine, a cooperative `sendmsg`.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
     match cooperative(fd) {
         None => {
             // SAFETY: the caller's arguments, passed on.
@@ -870,22 +875,17 @@ unsafe extern "C-unwind" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ss
         }
         Some(bits) => {
             let m = iov_msg(iov, n);
-            ret(crate::io::retry(
-                fd,
-                Interest::WRITABLE,
-                table::timeout(bits, true),
-                || {
-                    // SAFETY: `m` points at the caller's iovecs; sendmsg on a socket is writev.
-                    cvt(unsafe { real::sendmsg(fd, &m, libc::MSG_DONTWAIT) })
-                },
-            ))
+            ret(coop_once(fd, bits, Interest::WRITABLE, || {
+                // SAFETY: `m` points at the caller's iovecs; sendmsg on a socket is writev.
+                cvt(unsafe { real::sendmsg(fd, &m, libc::MSG_DONTWAIT) })
+            }))
         }
     }
 }
 
 /// Hook: forgets the fd (waking its waiters with `EBADF`), then closes it.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
+unsafe extern "C" fn close(fd: c_int) -> c_int {
     forget(fd);
     // SAFETY: the caller's argument, passed on.
     unsafe { real::close(fd) }
@@ -893,7 +893,7 @@ unsafe extern "C-unwind" fn close(fd: c_int) -> c_int {
 
 /// Hook: the duplicate inherits the fd's table entry.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn dup(fd: c_int) -> c_int {
+unsafe extern "C" fn dup(fd: c_int) -> c_int {
     // SAFETY: the caller's argument, passed on.
     let new = unsafe { real::dup(fd) };
     if new >= 0 {
@@ -905,7 +905,7 @@ unsafe extern "C-unwind" fn dup(fd: c_int) -> c_int {
 /// Hook: `new`, if it was open, is forgotten as by `close` (its waiters get `EBADF`, its
 /// registration goes); it inherits `fd`'s entry.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn dup2(fd: c_int, new: c_int) -> c_int {
+unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real::dup2(fd, new) };
     replaced(fd, r);
@@ -914,25 +914,24 @@ unsafe extern "C-unwind" fn dup2(fd: c_int, new: c_int) -> c_int {
 
 /// Hook: as `dup2`.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real::dup3(fd, new, flags) };
     replaced(fd, r);
     r
 }
 
-/// After a `dup2`/`dup3` that returned `r`: `r` now refers to `fd`'s socket.
+/// After a `dup2`/`dup3` that returned `r`: `r` now refers to `fd`'s socket (`fresh` wakes
+/// whatever waited on the one it replaced and drops its registration).
 fn replaced(fd: c_int, r: c_int) {
     if r >= 0 && r != fd {
-        let bits = table::get(fd);
-        forget(r);
-        fresh(r, bits);
+        fresh(r, table::get(fd));
     }
 }
 
 /// Hook: records `SO_RCVTIMEO` and `SO_SNDTIMEO`.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn setsockopt(
+unsafe extern "C" fn setsockopt(
     fd: c_int,
     level: c_int,
     name: c_int,
@@ -954,7 +953,7 @@ unsafe extern "C-unwind" fn setsockopt(
 
 /// The Rust side of the `fcntl` hook (src/hook/shim.c): records `O_NONBLOCK` and duplicates.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn evco_hook_fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+unsafe extern "C" fn evco_hook_fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real_fcntl(fd, cmd, arg) };
     if r >= 0 {
@@ -969,7 +968,7 @@ unsafe extern "C-unwind" fn evco_hook_fcntl(fd: c_int, cmd: c_int, arg: libc::c_
 
 /// The Rust side of the `ioctl` hook (src/hook/shim.c): records `FIONBIO`.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn evco_hook_ioctl(
+unsafe extern "C" fn evco_hook_ioctl(
     fd: c_int,
     request: libc::c_ulong,
     arg: libc::c_ulong,
@@ -984,21 +983,24 @@ unsafe extern "C-unwind" fn evco_hook_ioctl(
     r
 }
 
-/// Sleeps the running scheduled coroutine for `d`: `Some(0)` when done, `Some(EINTR)` when it
-/// is being cancelled, `None` outside one (the caller makes the real call).
-fn coop_sleep(d: Duration) -> Option<c_int> {
+/// Sleeps the running scheduled coroutine for `d` (`d == 0`: yields); false outside one, and
+/// the caller makes libc's call instead. A coroutine that is (or gets) cancelled ends its
+/// sleep at once and reports it complete: the caller goes on to its next call, which fails,
+/// instead of holding the thread. (Failing with `EINTR` would not do: std's `thread::sleep`
+/// retries from the remaining time it expects in `rem`, forever.)
+fn coop_sleep(d: Duration) -> bool {
     if !scheduler::in_scheduled_coroutine() {
-        return None;
+        return false;
     }
-    let r = if d.is_zero() {
-        scheduler::yield_now()
-    } else {
-        scheduler::wait_event(-1, What::NONE, Some(d)).map(drop)
-    };
-    Some(match r {
-        Ok(()) => 0,
-        Err(e) => errno_of(&e),
-    })
+    let slept = stop_cancellation(|| {
+        if d.is_zero() {
+            scheduler::yield_now()
+        } else {
+            scheduler::wait_event(-1, What::NONE, Some(d)).map(drop)
+        }
+    });
+    let cancelled = crate::coroutine::current_core().is_some_and(|c| c.is_cancelling());
+    slept.is_ok() || cancelled
 }
 
 fn duration_of(ts: &timespec) -> Option<Duration> {
@@ -1010,19 +1012,11 @@ fn duration_of(ts: &timespec) -> Option<Duration> {
 
 /// Hook: a timer wait inside a scheduled coroutine.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
-    if scheduler::in_scheduled_coroutine() && !req.is_null() {
-        // SAFETY: a non-null request is the caller's timespec.
-        if let Some(d) = duration_of(unsafe { &*req }) {
-            match coop_sleep(d) {
-                Some(0) => return 0,
-                Some(e) => {
-                    set_errno(e);
-                    return -1;
-                }
-                None => {}
-            }
-        }
+unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
+    // SAFETY: a non-null request is the caller's timespec.
+    let d = unsafe { req.as_ref() }.and_then(duration_of);
+    if d.is_some_and(coop_sleep) {
+        return 0;
     }
     // SAFETY: the caller's arguments, passed on.
     unsafe { real::nanosleep(req, rem) }
@@ -1030,7 +1024,7 @@ unsafe extern "C-unwind" fn nanosleep(req: *const timespec, rem: *mut timespec) 
 
 /// Hook: a timer wait inside a scheduled coroutine (relative, or absolute on the given clock).
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn clock_nanosleep(
+unsafe extern "C" fn clock_nanosleep(
     clock: libc::clockid_t,
     flags: c_int,
     req: *const timespec,
@@ -1047,10 +1041,8 @@ unsafe extern "C-unwind" fn clock_nanosleep(
                 ok = unsafe { libc::clock_gettime(clock, &mut now) } == 0;
                 d = duration_of(&now).map_or(Duration::ZERO, |n| d.saturating_sub(n));
             }
-            if ok {
-                if let Some(e) = coop_sleep(d) {
-                    return e; // clock_nanosleep reports the error number itself
-                }
+            if ok && coop_sleep(d) {
+                return 0;
             }
         }
     }
@@ -1060,62 +1052,54 @@ unsafe extern "C-unwind" fn clock_nanosleep(
 
 /// Hook: a timer wait inside a scheduled coroutine.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn usleep(us: libc::useconds_t) -> c_int {
-    match coop_sleep(Duration::from_micros(us as u64)) {
-        Some(0) => 0,
-        Some(e) => {
-            set_errno(e);
-            -1
-        }
-        // SAFETY: the caller's argument, passed on.
-        None => unsafe { real::usleep(us) },
+unsafe extern "C" fn usleep(us: libc::useconds_t) -> c_int {
+    if coop_sleep(Duration::from_micros(us as u64)) {
+        return 0;
     }
+    // SAFETY: the caller's argument, passed on.
+    unsafe { real::usleep(us) }
 }
 
-/// Hook: a timer wait inside a scheduled coroutine (whole seconds; returns what is left,
-/// all of it when cancelled).
+/// Hook: a timer wait inside a scheduled coroutine (whole seconds).
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn sleep(secs: c_uint) -> c_uint {
-    let start = Instant::now();
-    match coop_sleep(Duration::from_secs(secs as u64)) {
-        Some(0) => 0,
-        Some(_) => secs.saturating_sub(start.elapsed().as_secs() as c_uint),
-        None => {
-            let ts = timespec {
-                tv_sec: secs as libc::time_t,
-                tv_nsec: 0,
-            };
-            // SAFETY: glibc's sleep is nanosleep; `ts` is valid, `rem` may be null.
-            if unsafe { real::nanosleep(&ts, std::ptr::null_mut()) } == 0 {
-                0
-            } else {
-                secs.saturating_sub(start.elapsed().as_secs() as c_uint)
-            }
-        }
+unsafe extern "C" fn sleep(secs: c_uint) -> c_uint {
+    if coop_sleep(Duration::from_secs(secs as u64)) {
+        return 0;
+    }
+    // glibc's sleep is nanosleep and reports the seconds left, rounded.
+    let ts = timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
+    let mut rem = ts;
+    // SAFETY: two valid timespecs.
+    if unsafe { real::nanosleep(&ts, &mut rem) } == 0 {
+        0
+    } else {
+        rem.tv_sec as c_uint + c_uint::from(rem.tv_nsec >= 500_000_000)
     }
 }
 
 /// Hook: a cooperative wait inside a scheduled coroutine when every listed fd is a socket this
 /// process created (see the module docs); libc's `poll` otherwise.
 #[unsafe(no_mangle)]
-unsafe extern "C-unwind" fn poll(
-    fds: *mut libc::pollfd,
-    nfds: libc::nfds_t,
-    timeout: c_int,
-) -> c_int {
+unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
     if timeout != 0 && scheduler::in_scheduled_coroutine() {
-        if nfds == 0 && timeout > 0 {
-            match coop_sleep(Duration::from_millis(timeout as u64)) {
-                Some(0) => return 0,
-                Some(e) => {
-                    set_errno(e);
-                    return -1;
-                }
-                None => {}
-            }
-        } else if !fds.is_null() && nfds > 0 && nfds <= MAX_FDS as libc::nfds_t {
+        let list: &mut [libc::pollfd] = if nfds == 0 {
+            &mut []
+        } else if !fds.is_null() && nfds <= MAX_FDS as libc::nfds_t {
             // SAFETY: poll's contract: `fds` points at `nfds` pollfds the caller owns.
-            let list = unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) };
+            unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) }
+        } else {
+            // SAFETY: the caller's arguments, passed on (libc reports EFAULT or EINVAL).
+            return unsafe { real::poll(fds, nfds, timeout) };
+        };
+        if list.iter().all(|p| p.fd < 0) {
+            // Nothing to watch (`poll(NULL, 0, ms)` is a common sleep): a sleep.
+            if timeout > 0 && coop_sleep(Duration::from_millis(timeout as u64)) {
+                return 0;
+            }
+        } else {
             // Only waits evco can express exactly: readability for POLLIN, writability for
             // POLLOUT (a lone POLLPRI would wake on ordinary data, and spin).
             let waitable = |p: &libc::pollfd| {
@@ -1148,17 +1132,14 @@ fn coop_poll(list: &mut [libc::pollfd], timeout: c_int) -> c_int {
                 _ => return 0,
             },
         };
-        let waited = match list.iter().filter(|p| p.fd >= 0).count() {
-            0 => coop_sleep(left.unwrap_or(Duration::MAX)).map_or(Ok(()), |e| match e {
-                0 => Ok(()),
-                e => Err(io::Error::from_raw_os_error(e)),
-            }),
+        // The hook passes only lists with at least one fd.
+        let waited = stop_cancellation(|| match list.iter().filter(|p| p.fd >= 0).count() {
             1 => {
                 let p = list.iter().find(|p| p.fd >= 0).expect("one fd");
                 crate::io::wait(p.fd, poll_interest(p.events), left).map(drop)
             }
             _ => wait_any(list, left),
-        };
+        });
         match waited {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
@@ -1189,16 +1170,16 @@ fn wait_any(list: &[libc::pollfd], timeout: Option<Duration>) -> io::Result<()> 
         return Err(io::Error::last_os_error());
     }
     for p in list.iter().filter(|p| p.fd >= 0) {
+        let interest = poll_interest(p.events);
+        let mut events = 0;
+        if interest.is_readable() {
+            events |= (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        }
+        if interest.is_writable() {
+            events |= libc::EPOLLOUT as u32;
+        }
         let mut ev = libc::epoll_event {
-            events: if poll_interest(p.events).is_writable() {
-                libc::EPOLLOUT as u32
-            } else {
-                0
-            } | if poll_interest(p.events).is_readable() {
-                (libc::EPOLLIN | libc::EPOLLRDHUP) as u32
-            } else {
-                0
-            },
+            events,
             u64: p.fd as u64,
         };
         // SAFETY: `ev` is a valid epoll_event; a listed fd twice fails with EEXIST, which
