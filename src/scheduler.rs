@@ -452,10 +452,10 @@ impl Scheduler {
     fn io_ready(&self, task: &Task, woke: c_short) {
         if task.blocked.get() != Blocked::Io {
             if task.blocked.get() == Blocked::ParkedTimed {
-                // A `park_timeout` timer: the only event such a task has pending.
+                // A `park_timeout` timer fired (one-shot: nothing left to delete).
                 task.woke.set(woke);
-                task.blocked.set(Blocked::Parked);
-                self.unpark(&task.rc());
+                task.blocked.set(Blocked::No);
+                self.schedule(task.rc());
             }
             // Otherwise something (a waiter queued before it, a timeout, a close) already
             // ended its wait.

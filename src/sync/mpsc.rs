@@ -42,7 +42,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::{WaitList, Woken};
+use super::WaitList;
 use crate::coroutine;
 use crate::scheduler;
 
@@ -257,9 +257,9 @@ impl<T> Receiver<T> {
                 let woken = chan.receivers.wait(deadline, &|| {
                     chan.receivers.notify_one();
                 });
-                match woken {
-                    Ok(Woken::Notified | Woken::NotNotified) => {}
-                    Err(e) => return Err(RecvTimeoutError::Wait(e)),
+                // Notified or not, the loop looks at the channel again.
+                if let Err(e) = woken {
+                    return Err(RecvTimeoutError::Wait(e));
                 }
             } else {
                 chan.outside_receivers.set(chan.outside_receivers.get() + 1);
