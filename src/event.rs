@@ -15,6 +15,21 @@
 //!   logs it, and keeps the payload for [`EventBase::take_panics`].
 //! - No libevent pointer leaves this module (and `sys`) except through `as_raw`.
 //!
+//! # Timers
+//!
+//! On Linux, bases evco makes keep libevent's default clock, `CLOCK_MONOTONIC_COARSE`, which
+//! advances one kernel tick (4 ms here) at a time: libevent's precise timers
+//! (`EVENT_BASE_FLAG_PRECISE_TIMER`) would make epoll wait on a timerfd and cost a
+//! `timerfd_settime` call, 0.3 us here, on every turn of the loop, timers or not. Coroutines'
+//! timed waits do not use libevent's timers at all: the scheduler keeps their deadlines on
+//! [`Instant`]'s clock and wakes the loop with a timerfd of its own (see `timer`), so they are
+//! as precise as before on any base, evco's or a host's. An [`Event`]'s timeout is libevent's:
+//! a one-shot timeout that the coarse clock fires before its time (up to a tick early, whenever
+//! a tick falls between adding it and the next poll) is added again for what is left, so it
+//! never ends early, and ends up to about a tick late. Periodic timers
+//! ([`Event::timer_persist`]) keep libevent's cadence on its clock. Elsewhere evco's bases use
+//! precise timers, which cost no extra system call there.
+//!
 //! # Send
 //!
 //! `EventBase` and `Event` are `!Send` and `!Sync` (through `Rc` and `PhantomData<*mut ()>`):
@@ -32,7 +47,7 @@ use std::os::raw::{c_int, c_short, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::sys;
 
@@ -166,8 +181,13 @@ pub enum LoopExit {
 
 impl EventBase {
     /// Creates a base of its own, with `EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST` (ignored by other
-    /// backends), precise timers (`EVENT_BASE_FLAG_PRECISE_TIMER`: a timeout never ends early)
-    /// and without libevent's locking: it belongs to the calling thread.
+    /// backends) and without libevent's locking: it belongs to the calling thread.
+    ///
+    /// On Linux its timers run on libevent's default clock, `CLOCK_MONOTONIC_COARSE`, not with
+    /// `EVENT_BASE_FLAG_PRECISE_TIMER`, which would cost a `timerfd_settime` call on every turn
+    /// of the loop (see [`Timers`]); elsewhere with precise timers.
+    ///
+    /// [`Timers`]: crate::event#timers
     ///
     /// libevent's environment switches (`EVENT_NOEPOLL=1` and the like) are honoured.
     pub fn new() -> io::Result<EventBase> {
@@ -187,9 +207,9 @@ impl EventBase {
                 cfg,
                 sys::event_base_config_flag_EVENT_BASE_FLAG_NOLOCK as c_int,
             );
-            // CLOCK_MONOTONIC, not libevent's default CLOCK_MONOTONIC_COARSE: on the coarse
-            // clock (one tick, 1-10 ms) a timer fires up to a tick early whenever a tick falls
-            // between adding it and the next poll, and `time::sleep` must never end early.
+            // Precise timers only where they cost no system call per loop turn (see "Timers"
+            // in the module docs).
+            #[cfg(not(target_os = "linux"))]
             sys::event_config_set_flag(
                 cfg,
                 sys::event_base_config_flag_EVENT_BASE_FLAG_PRECISE_TIMER as c_int,
@@ -401,6 +421,10 @@ struct EventInner {
     /// Only touched by the trampoline, which libevent never re-enters for one event.
     callback: UnsafeCell<Box<Callback>>,
     running: Cell<bool>,
+    /// `What::PERSIST` was asked for: libevent re-arms its timeout itself.
+    persist: bool,
+    /// When the pending one-shot timeout is due on `Instant`'s clock (see "Timers").
+    deadline: Cell<Option<Instant>>,
 }
 
 impl Drop for EventInner {
@@ -486,6 +510,8 @@ impl Event {
             base: base.clone(),
             callback: UnsafeCell::new(callback),
             running: Cell::new(false),
+            persist: what.contains(What::PERSIST),
+            deadline: Cell::new(None),
         });
         let arg = Rc::as_ptr(&inner) as *mut c_void;
         // SAFETY: the event is not pending (never added), so it may be re-assigned. `arg` points
@@ -509,7 +535,15 @@ impl Event {
     }
 
     /// Makes the event pending, with an optional timeout (required for a pure timer).
+    ///
+    /// A one-shot timeout never fires before `timeout` has passed on [`Instant`]'s clock (see
+    /// "Timers" in the module docs).
     pub fn add(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let deadline = match timeout {
+            Some(t) if !self.inner.persist => deadline_after(t),
+            _ => None,
+        };
+        self.inner.deadline.set(deadline);
         if timeout.is_some() {
             // SAFETY: the base is live (the event holds it).
             unsafe { refresh_time_cache(self.inner.base.as_raw()) };
@@ -525,6 +559,7 @@ impl Event {
 
     /// Makes the event non-pending. Its callback does not run until it is added again.
     pub fn del(&self) -> io::Result<()> {
+        self.inner.deadline.set(None);
         // SAFETY: the event is live.
         cvt(
             unsafe { sys::event_del(self.inner.raw.as_ptr()) },
@@ -591,6 +626,32 @@ extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_v
         // libevent never re-enters one event's callback; refuse rather than alias the closure.
         return;
     }
+    // A one-shot timeout that libevent fired is no longer pending; one that is still pending
+    // was activated by hand (`activate`) and is passed on as it is.
+    // SAFETY: the event is live (we hold its `EventInner`).
+    let fired = What(what).contains(What::TIMEOUT)
+        && unsafe {
+            sys::event_pending(
+                inner.raw.as_ptr(),
+                What::TIMEOUT.bits(),
+                std::ptr::null_mut(),
+            )
+        } == 0;
+    if fired {
+        // SAFETY: the event is live, assigned to its live base, and not pending (libevent
+        // deleted it before this callback).
+        if unsafe {
+            rearm_if_early(
+                inner.raw.as_ptr(),
+                inner.base.as_raw(),
+                inner.deadline.get(),
+            )
+        } {
+            inner.running.set(false);
+            return;
+        }
+        inner.deadline.set(None);
+    }
     // SAFETY: the closure is only reached from here, and `running` rules out a second
     // simultaneous call, so this is the only live reference to it.
     let callback = unsafe { &mut *inner.callback.get() };
@@ -598,6 +659,40 @@ extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_v
     inner.running.set(false);
     if let Err(payload) = result {
         inner.base.record_panic(payload);
+    }
+}
+
+/// `Instant::now() + timeout`, or `None` when that is beyond what `Instant` can hold (such a
+/// timer never fires in practice, early or not).
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// When a one-shot timeout due at `deadline` (on `Instant`'s clock) fired before it, the
+/// coarse clock's early fire (see "Timers"): adds `raw` again for what is left and says true.
+/// False when it is due, has no deadline, or cannot be added (the caller lets it fire).
+///
+/// # Safety
+///
+/// `raw` must be a live event assigned to the live `base`, and not pending.
+unsafe fn rearm_if_early(
+    raw: *mut sys::event,
+    base: *mut sys::event_base,
+    deadline: Option<Instant>,
+) -> bool {
+    let Some(left) = deadline.and_then(|d| d.checked_duration_since(Instant::now())) else {
+        return false;
+    };
+    if left.is_zero() {
+        return false;
+    }
+    // `timeval` drops the nanoseconds: never ask for less than a microsecond (a zero timeout
+    // would only come back here at once).
+    let tv = timeval(left.max(Duration::from_micros(1)));
+    // SAFETY: the caller vouches for `base`; libevent copies the timeval.
+    unsafe {
+        refresh_time_cache(base);
+        sys::event_add(raw, &tv) == 0
     }
 }
 

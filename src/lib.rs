@@ -45,6 +45,7 @@ pub mod sync;
 #[allow(missing_debug_implementations)]
 pub mod sys;
 pub mod time;
+mod timer;
 
 pub use coroutine::Builder;
 pub use scheduler::{JoinHandle, run, spawn, yield_now};

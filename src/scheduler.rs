@@ -20,10 +20,19 @@
 //!   scheduler deletes the event *before* it unwinds the coroutine's stack;
 //! - when the fd is closed through [`io::close`](crate::io::close), the event is deleted and the
 //!   waiter is resumed through the ready queue with `EBADF`;
-//! - a finished coroutine's event is reset before its stack returns to the pool;
-//! - a timed park (`park_timeout`, what `sync`'s timeouts use) arms it as a timer: an unpark
-//!   deletes it before it queues the coroutine, and so does the park's guard on every other way
-//!   out.
+//! - a finished coroutine's event is reset before its stack returns to the pool.
+//!
+//! # Timers
+//!
+//! A wait's timeout is not a libevent timer: it is an entry in the scheduler's timer heap
+//! (`timer`), whose alarm wakes the loop at the earliest deadline on `Instant`'s clock without
+//! a system call per loop turn (see "Timers" in [`crate::event`]). A task is in the heap only
+//! during a timed wait (`wait_event`, `wait_registered` with a timeout, `park_timeout`), and the
+//! entry points at the task, so it must go before the task can: whatever ends the wait first
+//! takes it out (`disarm`: the I/O callback, an unpark, a close, a cancellation), and so does
+//! the wait's guard on every way out, unwinding included. When the deadline comes first,
+//! `timed_out` ends the wait (deleting a one-shot wait's fd event) and queues the task with
+//! `What::TIMEOUT`.
 //!
 //! `event_base_once` is never used: it cannot be cancelled, so a dropped coroutine would leave a
 //! callback pointing at freed memory.
@@ -75,11 +84,12 @@ use std::marker::PhantomData;
 use std::os::fd::RawFd;
 use std::os::raw::{c_short, c_void};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::coroutine::{self, Cancelled, Core, CoroutineId, Resumed, State};
-use crate::event::{EventBase, LoopExit, RawEvent, What};
+use crate::event::{EventBase, LoopExit, RawEvent, What, deadline_after};
 use crate::sys;
+use crate::timer::{Alarm, NOT_QUEUED, Timed, TimerHeap};
 
 /// After this many drain passes in a row that left coroutines ready, let libevent poll first.
 const FAIR_EVERY: u32 = 16;
@@ -112,20 +122,28 @@ enum Outcome {
 #[repr(C)]
 pub(crate) struct Task {
     blocked: Cell<Blocked>,
+    queued: Cell<bool>,
     /// What the wait event reported when it fired.
     woke: Cell<c_short>,
-    queued: Cell<bool>,
-    /// Its wait event is pending as the timeout of a registered wait.
-    timer_armed: Cell<bool>,
+    /// Its index in the scheduler's timer heap during a timed wait (`timer::NOT_QUEUED`
+    /// otherwise). Read on every wake-up (`disarm`), hence here.
+    timer_slot: Cell<u32>,
     /// Set when the fd it waited on was closed through `io::close`.
     closed: Cell<bool>,
     /// The first coroutine of a running `evco::run`: [`shutdown`] leaves it alone.
     root: Cell<bool>,
-    slot: Cell<usize>,
     core: Core,
+    /// Its index in the task table.
+    slot: Cell<usize>,
     sched: *const Scheduler,
     joiner: RefCell<Option<Rc<Task>>>,
     outcome: RefCell<Outcome>,
+}
+
+impl Timed for Task {
+    fn timer_slot(&self) -> &Cell<u32> {
+        &self.timer_slot
+    }
 }
 
 impl Task {
@@ -144,6 +162,11 @@ impl Task {
 
     fn is_finished(&self) -> bool {
         self.core.state() == State::Finished
+    }
+
+    fn sched(&self) -> &Scheduler {
+        // SAFETY: a task's scheduler outlives it (shutdown cancels every task first).
+        unsafe { &*self.sched }
     }
 }
 
@@ -168,6 +191,10 @@ pub(crate) struct Scheduler {
     edge: bool,
     /// An empty waiter list with capacity, swapped with a registration's list by `edge`.
     spare_waiters: RefCell<Vec<*const Task>>,
+    /// The deadlines of timed waits (see "Timers").
+    timers: TimerHeap<Task>,
+    /// What wakes the loop at the earliest of them, made on first use. Declared before `base`.
+    alarm: RefCell<Option<Alarm>>,
     base: EventBase,
 }
 
@@ -195,6 +222,8 @@ impl Scheduler {
             regs: RefCell::new(Vec::new()),
             edge: base.supports_edge_triggered(),
             spare_waiters: RefCell::new(Vec::new()),
+            timers: TimerHeap::new(),
+            alarm: RefCell::new(None),
             base,
         });
         let arg = Rc::as_ptr(&sched) as *mut c_void;
@@ -319,11 +348,7 @@ impl Scheduler {
     fn unpark(&self, task: &Rc<Task>) {
         match task.blocked.get() {
             Blocked::Parked => {}
-            Blocked::ParkedTimed => {
-                if let Some(ev) = task.core.wait_event() {
-                    ev.del();
-                }
-            }
+            Blocked::ParkedTimed => self.disarm(task),
             Blocked::No | Blocked::Io => return,
         }
         task.blocked.set(Blocked::No);
@@ -345,6 +370,7 @@ impl Scheduler {
         if let Some(ev) = task.core.wait_event() {
             ev.del();
         }
+        self.disarm(task);
         task.blocked.set(Blocked::No);
         task.core.cancel()?;
         let id = task.core.id();
@@ -436,6 +462,7 @@ impl Scheduler {
             if let Some(ev) = task.core.wait_event() {
                 ev.del();
             }
+            self.disarm(task);
             task.closed.set(true);
             task.blocked.set(Blocked::No);
             self.schedule(task.rc());
@@ -451,26 +478,115 @@ impl Scheduler {
     #[inline]
     fn io_ready(&self, task: &Task, woke: c_short) {
         if task.blocked.get() != Blocked::Io {
-            if task.blocked.get() == Blocked::ParkedTimed {
-                // A `park_timeout` timer fired (one-shot: nothing left to delete).
-                task.woke.set(woke);
-                task.blocked.set(Blocked::No);
-                self.schedule(task.rc());
-            }
-            // Otherwise something (a waiter queued before it, a timeout, a close) already
-            // ended its wait.
+            // Something (a waiter queued before it, its timeout, a close) already ended its
+            // wait.
             return;
         }
-        if task.timer_armed.replace(false) {
-            if let Some(ev) = task.core.wait_event() {
-                ev.del();
-            }
-        }
+        self.disarm(task);
         task.blocked.set(Blocked::No);
         task.woke.set(woke);
         task.core.prefetch();
         self.schedule(task.rc());
     }
+
+    /// Starts the running task's timeout: its wait ends with `What::TIMEOUT` once `timeout`
+    /// passed, unless the wait ends first (whatever ends it calls `disarm`).
+    fn arm_timeout(&self, task: &Task, timeout: Duration) -> io::Result<()> {
+        let Some(deadline) = deadline_after(timeout) else {
+            // Beyond what `Instant` can express: it never comes.
+            return Ok(());
+        };
+        {
+            let mut alarm = self.alarm.borrow_mut();
+            if alarm.is_none() {
+                let arg = self as *const Scheduler as *mut c_void;
+                // SAFETY: the base outlives the alarm (field order) and `arg`, the scheduler,
+                // owns it.
+                *alarm = Some(unsafe { Alarm::new(self.base.as_raw(), expire, arg)? });
+            }
+            let alarm = alarm.as_ref().expect("made above");
+            if let Err(e) = alarm.set(deadline) {
+                if self.timers.is_empty() {
+                    // `set` may have added its event: an empty heap must leave none.
+                    alarm.disable();
+                }
+                return Err(e);
+            }
+        }
+        // SAFETY: the task stays alive and in place (in its `Rc`) until the entry goes: every
+        // timed wait's guard calls `disarm` on its way out, and a suspended task is alive.
+        unsafe { self.timers.insert(deadline, task) };
+        Ok(())
+    }
+
+    /// Ends the task's timeout, if it has one. Costs a field read when it has none.
+    #[inline]
+    fn disarm(&self, task: &Task) {
+        if self.timers.remove(task) && self.timers.is_empty() {
+            self.disable_alarm();
+        }
+    }
+
+    /// The alarm went off: ends the waits whose deadlines passed and sets it for the next.
+    fn expire_timers(&self) {
+        let alarm = self.alarm.borrow();
+        let Some(alarm) = alarm.as_ref() else { return };
+        alarm.fired();
+        let now = Instant::now();
+        while let Some(task) = self.timers.pop_due(now) {
+            // SAFETY: entries point at live tasks (see `arm_timeout`).
+            let task = unsafe { task.as_ref() };
+            self.timed_out(task);
+        }
+        match self.timers.earliest() {
+            None => alarm.disable(),
+            Some(next) => {
+                if let Err(e) = alarm.set(next) {
+                    // Only a bad timerfd could fail here, and then nothing could wake those
+                    // waits: end them now rather than leave them hanging.
+                    log::error!("evco: cannot set the timer alarm ({e}): ending timed waits early");
+                    while let Some(task) = self.timers.pop_first() {
+                        // SAFETY: as above.
+                        self.timed_out(unsafe { task.as_ref() });
+                    }
+                    alarm.disable();
+                }
+            }
+        }
+    }
+
+    /// `task`'s deadline passed (its entry is already out of the heap): ends its wait and
+    /// queues it.
+    fn timed_out(&self, task: &Task) {
+        match task.blocked.get() {
+            Blocked::Io => {
+                // A one-shot wait's fd event must not fire after the timeout ended the wait.
+                if let Some(ev) = task.core.wait_event() {
+                    ev.del();
+                }
+            }
+            Blocked::ParkedTimed => {}
+            // Whatever ended the wait took its entry out; nothing else has one.
+            Blocked::No | Blocked::Parked => return,
+        }
+        task.blocked.set(Blocked::No);
+        task.woke.set(What::TIMEOUT.bits());
+        task.core.prefetch();
+        self.schedule(task.rc());
+    }
+
+    fn disable_alarm(&self) {
+        if let Some(alarm) = self.alarm.borrow().as_ref() {
+            alarm.disable();
+        }
+    }
+}
+
+/// The alarm's callback (see `Scheduler::expire_timers`).
+unsafe extern "C" fn expire(_fd: sys::evutil_socket_t, _what: c_short, arg: *mut c_void) {
+    // SAFETY: `arg` is the scheduler that owns the alarm, alive while its event can fire.
+    let sched = unsafe { &*(arg as *const Scheduler) };
+    sched.expire_timers();
 }
 
 /// A socket's persistent edge-triggered event and the coroutines waiting for its next edge.
@@ -683,34 +799,17 @@ unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
     }
 }
 
-/// Arms the running task's wait event as a timer that makes it ready (through `wake`) after
-/// `timeout`. The caller deletes it on every path that ends the wait some other way.
-fn arm_timer(task: &Task, sched: &Scheduler, timeout: Duration) -> io::Result<()> {
-    let ev = task
-        .core
-        .wait_event()
-        .ok_or_else(|| misuse("coroutine has no stack"))?;
-    let arg = task as *const Task as *mut c_void;
-    // SAFETY: as in `wait_event`: the task outlives its pending timer, which the caller deletes
-    // before the wait ends (or `wake` finds it non-pending, one-shot, when it fired).
-    unsafe { ev.assign(sched.base.as_raw(), -1, What::NONE, wake, arg) };
-    ev.add(Some(timeout))
-}
-
 /// Removes a registered wait from its list when the wait ends, including by cancellation.
 struct RegGuard<'a> {
     reg: Rc<Registration>,
+    sched: &'a Scheduler,
     task: &'a Task,
     what: What,
 }
 
 impl Drop for RegGuard<'_> {
     fn drop(&mut self) {
-        if self.task.timer_armed.replace(false) {
-            if let Some(ev) = self.task.core.wait_event() {
-                ev.del();
-            }
-        }
+        self.sched.disarm(self.task);
         self.task.blocked.set(Blocked::No);
         self.reg.waiters(self.what).remove(self.task);
     }
@@ -730,9 +829,8 @@ pub(crate) fn wait_registered(
     }
     let reg = sched.registration(fd)?;
     if let Some(t) = timeout {
-        // The guard deletes it.
-        arm_timer(task, sched, t)?;
-        task.timer_armed.set(true);
+        // The guard disarms it.
+        sched.arm_timeout(task, t)?;
     }
     task.woke.set(0);
     task.closed.set(false);
@@ -741,7 +839,12 @@ pub(crate) fn wait_registered(
         reg.ready.set(reg.ready.get() & !what.bits());
     }
     reg.waiters(what).push(task);
-    let guard = RegGuard { reg, task, what };
+    let guard = RegGuard {
+        reg,
+        sched,
+        task,
+        what,
+    };
     coroutine::switch_out_waiting(&task.core);
     drop(guard);
     if task.closed.get() {
@@ -893,9 +996,7 @@ unsafe extern "C" fn wake(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
     // SAFETY: `arg` is the task that assigned this event in `wait`; a task deletes its event
     // before it can be freed (module docs), so it is alive whenever the callback runs.
     let task = unsafe { &*(arg as *const Task) };
-    // SAFETY: a task's scheduler outlives it (shutdown cancels every task first).
-    let sched = unsafe { &*task.sched };
-    sched.io_ready(task, what);
+    task.sched().io_ready(task, what);
 }
 
 /// Whether the caller runs in a coroutine of a scheduler (not a bare `Coroutine`, not plain
@@ -933,6 +1034,7 @@ struct WaitGuard<'a> {
 
 impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
+        self.sched.disarm(self.task);
         if self.task.blocked.get() == Blocked::Io {
             // Unwinding out of the wait (cancellation): make sure the event is gone.
             if let Some(ev) = self.task.core.wait_event() {
@@ -954,16 +1056,25 @@ pub(crate) fn wait_event(fd: RawFd, what: What, timeout: Option<Duration>) -> io
         .core
         .wait_event()
         .ok_or_else(|| misuse("coroutine has no stack"))?;
-    let arg = task as *const Task as *mut c_void;
-    // SAFETY: the base outlives the task, and the task outlives its pending event (module docs).
-    unsafe { ev.assign(sched.base.as_raw(), fd, what, wake, arg) };
-    if let Err(e) = ev.add(timeout) {
-        // epoll rejects bad fds at event_add; say which.
-        // SAFETY: F_GETFD only inspects the descriptor table.
-        if fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            return Err(io::Error::last_os_error());
+    if fd >= 0 {
+        let arg = task as *const Task as *mut c_void;
+        // SAFETY: the base outlives the task, and the task outlives its pending event (module
+        // docs).
+        unsafe { ev.assign(sched.base.as_raw(), fd, what, wake, arg) };
+        if let Err(e) = ev.add(None) {
+            // epoll rejects bad fds at event_add; say which.
+            // SAFETY: F_GETFD only inspects the descriptor table.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            return Err(e);
         }
-        return Err(e);
+    }
+    if let Some(t) = timeout {
+        if let Err(e) = sched.arm_timeout(task, t) {
+            ev.del();
+            return Err(e);
+        }
     }
     task.woke.set(0);
     task.closed.set(false);
@@ -996,11 +1107,8 @@ struct ParkGuard<'a>(&'a Task);
 
 impl Drop for ParkGuard<'_> {
     fn drop(&mut self) {
-        if self.0.blocked.replace(Blocked::No) == Blocked::ParkedTimed {
-            if let Some(ev) = self.0.core.wait_event() {
-                ev.del();
-            }
-        }
+        self.0.blocked.set(Blocked::No);
+        self.0.sched().disarm(self.0);
     }
 }
 
@@ -1008,8 +1116,8 @@ impl Drop for ParkGuard<'_> {
 /// return early, so callers loop on their condition and their deadline.
 pub(crate) fn park_timeout(timeout: Duration) -> io::Result<bool> {
     let (task, sched) = current_task()?;
-    // Unpark, the guard and cancellation delete it.
-    arm_timer(task, sched, timeout)?;
+    // Unpark, the guard and cancellation disarm it.
+    sched.arm_timeout(task, timeout)?;
     task.woke.set(0);
     task.blocked.set(Blocked::ParkedTimed);
     let guard = ParkGuard(task);
@@ -1103,7 +1211,7 @@ where
         blocked: Cell::new(Blocked::No),
         woke: Cell::new(0),
         closed: Cell::new(false),
-        timer_armed: Cell::new(false),
+        timer_slot: Cell::new(NOT_QUEUED),
         joiner: RefCell::new(None),
         outcome: RefCell::new(Outcome::Pending),
         root: Cell::new(false),

@@ -518,33 +518,180 @@ fn a_timed_wait_started_late_in_a_long_pass_waits_its_full_duration() {
     });
 }
 
-/// Regression: libevent's default clock is CLOCK_MONOTONIC_COARSE (one tick, 4 ms here), so a
-/// timer could fire up to a tick early by `Instant`'s clock whenever a tick fell between adding
-/// it and the loop's next poll (about one sleep in seven below). Sixty tries make a miss
-/// unlikely (under 1 in 10,000) if the bug is back; none can fail when it is not.
+/// libevent's clock is CLOCK_MONOTONIC_COARSE (one tick, 4 ms here; evco does not pay for its
+/// precise timers, a `timerfd_settime` per loop turn), so a timer fires up to a tick early by
+/// `Instant`'s clock whenever a tick falls between adding it and the loop's next poll (about one
+/// try in seven below). Every kind of timed wait must wait again for what is left: a sleep, a
+/// one-shot fd wait, a registered socket's read timeout, a timed park (`recv_timeout`) and an
+/// `Event` timer, all started together in each try. Sixty tries make a miss unlikely (under 1 in
+/// 10,000) if the bug is back for any of them; none can fail when it is not.
 #[test]
-fn sleeps_never_end_early_by_a_clock_tick() {
-    let _w = watchdog(30);
+fn no_timed_wait_ends_early_by_a_clock_tick() {
+    let _w = watchdog(60);
     const D: Duration = Duration::from_millis(20);
     let early = evco::run(|| {
-        let mut early = Vec::new();
+        let early: Rc<RefCell<Vec<(&str, Duration)>>> = Rc::default();
+        let (a, _b) = socketpair();
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        stream.set_read_timeout(Some(D)).unwrap();
+        let stream = Rc::new(stream);
+        let (_tx, rx) = evco::sync::mpsc::channel::<()>();
+        let rx = Rc::new(rx);
+        let base = evco::scheduler::base().unwrap();
         for _ in 0..60 {
-            let sleeper = evco::spawn(|| {
-                let t = Instant::now();
-                evco::time::sleep(D);
-                t.elapsed()
-            });
+            let mut waits: Vec<JoinHandle<()>> = Vec::new();
+            let timed = |what: &'static str, f: Box<dyn FnOnce()>| {
+                let early = early.clone();
+                evco::spawn(move || {
+                    let t = Instant::now();
+                    f();
+                    let took = t.elapsed();
+                    if took < D {
+                        early.borrow_mut().push((what, took));
+                    }
+                })
+            };
+            waits.push(timed("sleep", Box::new(|| evco::time::sleep(D))));
+            let fd = a.as_raw_fd();
+            waits.push(timed(
+                "fd wait",
+                Box::new(move || {
+                    let e = wait(fd, Interest::READABLE, Some(D)).unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::TimedOut);
+                }),
+            ));
+            let s = stream.clone();
+            waits.push(timed(
+                "read timeout",
+                Box::new(move || {
+                    let e = (&*s).read(&mut [0u8; 8]).unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::TimedOut);
+                }),
+            ));
+            let r = rx.clone();
+            waits.push(timed(
+                "recv_timeout",
+                Box::new(move || assert!(r.recv_timeout(D).is_err())),
+            ));
+            let base = base.clone();
+            waits.push(timed(
+                "Event timer",
+                Box::new(move || {
+                    let (tx, fired) = evco::sync::mpsc::channel::<()>();
+                    let ev =
+                        evco::event::Event::timer(&base, move |_| tx.send(()).unwrap()).unwrap();
+                    ev.add(Some(D)).unwrap();
+                    fired.recv().unwrap();
+                }),
+            ));
             // 5 ms of work in the same pass, so that a tick passes before the loop polls.
-            let busy = evco::spawn(|| common::busy_for(Duration::from_millis(5)));
-            busy.join().unwrap();
-            let slept = sleeper.join().unwrap();
-            if slept < D {
-                early.push(slept);
+            evco::spawn(|| common::busy_for(Duration::from_millis(5)))
+                .join()
+                .unwrap();
+            for w in waits {
+                w.join().unwrap();
             }
         }
-        early
+        early.take()
     });
-    assert!(early.is_empty(), "sleep({D:?}) ended early: {early:?}");
+    assert!(
+        early.is_empty(),
+        "{} timed waits of {D:?} ended early, first: {:?}",
+        early.len(),
+        &early[..early.len().min(8)]
+    );
+}
+
+/// The scheduler's timer heap: timed waits of many lengths, started in a scrambled order and of
+/// every kind (sleep, fd wait, registered read, timed park), end in the order of their deadlines
+/// and none before its own; those whose wait ends first (data arrives, a value is sent) leave the
+/// heap without disturbing the others, and a deadlock is still reported once nothing is left.
+#[test]
+fn timed_waits_end_in_deadline_order_and_never_early() {
+    let _w = watchdog(60);
+    let order = evco::run(|| {
+        let order: Rc<RefCell<Vec<u64>>> = Rc::default();
+        let (a, _b) = socketpair();
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        let stream = Rc::new(stream);
+        let (_tx, rx) = evco::sync::mpsc::channel::<u64>();
+        let rx = Rc::new(rx);
+        let mut waits = Vec::new();
+        for i in 0..24u64 {
+            let ms = 2 + (i * 7) % 24;
+            let d = Duration::from_millis(ms);
+            let order = order.clone();
+            let fd = a.as_raw_fd();
+            let (s, r) = (stream.clone(), rx.clone());
+            waits.push(evco::spawn(move || {
+                let t = Instant::now();
+                match i % 4 {
+                    0 => evco::time::sleep(d),
+                    1 => {
+                        let e = wait(fd, Interest::READABLE, Some(d)).unwrap_err();
+                        assert_eq!(e.kind(), ErrorKind::TimedOut);
+                    }
+                    2 => {
+                        s.set_read_timeout(Some(d)).unwrap();
+                        let e = (&*s).read(&mut [0u8; 8]).unwrap_err();
+                        assert_eq!(e.kind(), ErrorKind::TimedOut);
+                    }
+                    _ => assert!(r.recv_timeout(d).is_err()),
+                }
+                let took = t.elapsed();
+                assert!(took >= d, "a {d:?} wait ended after {took:?}");
+                order.borrow_mut().push(ms);
+            }));
+        }
+        // Waits on other sockets and another channel that end before their timeouts, in
+        // between: their entries must leave quietly.
+        let (c, d) = socketpair();
+        let (stream2, peer2) = UnixStream::pair().unwrap();
+        let (tx2, rx2) = evco::sync::mpsc::channel::<u64>();
+        let fd = c.as_raw_fd();
+        let early = evco::spawn(move || {
+            assert!(wait(fd, Interest::READABLE, Some(Duration::from_secs(60))).is_ok());
+            stream2
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            assert_eq!((&stream2).read(&mut [0u8; 8]).unwrap(), 1);
+            assert_eq!(rx2.recv_timeout(Duration::from_secs(60)).unwrap(), 7);
+        });
+        write_byte(&d);
+        (&peer2).write_all(b"x").unwrap();
+        tx2.send(7).unwrap();
+        early.join().unwrap();
+        for w in waits {
+            w.join().unwrap();
+        }
+        order.take()
+    });
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "timed waits ended out of deadline order");
+    assert_eq!(order.len(), 24);
+}
+
+/// With every timer gone, a blocking call outside coroutines that nothing can complete reports a
+/// deadlock at once instead of hanging: the alarm's event is not left pending.
+#[test]
+fn a_finished_timed_wait_leaves_no_event_that_hides_a_deadlock() {
+    let _w = watchdog(30);
+    // A timer that expires...
+    evco::spawn(|| evco::time::sleep(Duration::from_millis(3)))
+        .join()
+        .unwrap();
+    // ...and one that is taken out when its coroutine is cancelled mid-wait.
+    let (_tx, rx) = evco::sync::mpsc::channel::<u8>();
+    let long = evco::spawn(move || {
+        let _ = rx.recv_timeout(Duration::from_secs(3600));
+    });
+    evco::spawn(|| ()).join().unwrap();
+    long.cancel().unwrap();
+    // A pending alarm would keep this call in epoll_wait for an hour (the watchdog's failure).
+    let (_tx2, rx2) = evco::sync::mpsc::channel::<u8>();
+    let e = rx2.recv().unwrap_err();
+    assert!(matches!(e, evco::sync::mpsc::RecvError::Wait(_)), "{e:?}");
 }
 
 /// Regression: under epoll an evco socket has one persistent edge-triggered registration, and
