@@ -63,11 +63,13 @@
 //! callbacks and the coroutines before it. With 1,000 echo connections (each stack's two hot
 //! pages long out of the caches between two of its messages) that saves 3-6% of server CPU per
 //! message (interleaved A/B runs); it costs ~50 instructions per wake-up (queue push and pop,
-//! the prefetches) and one drain callback per pass. The drain also prefetches the next ready
-//! coroutine's lines again while it resumes one (with few events per pass the wake-up's
-//! prefetch has too little time, and with many the lines leave L1 before their turn: at 1,000
-//! connections this took generator's register switch from 1.1% to 0.2% of the server's CPU
-//! samples). Since no coroutine runs inside a callback,
+//! the prefetches) and one drain callback per pass. While the drain resumes one coroutine it
+//! prefetches the next one's lines again if an event woke it (`cold`): with few events per pass
+//! the wake-up's prefetch has too little time, and with many the lines leave L1 before their
+//! turn (at 1,000 connections this took generator's register switch from 1.1% to 0.2% of the
+//! server's CPU samples); coroutines made ready by a yield, a spawn or an unpark are warm and
+//! skip it (spawn+run+join paid 8% for it otherwise). Since no coroutine runs inside a
+//! callback,
 //! a callback cannot see its registration or the tasks it walks freed under it.
 //!
 //! # Fairness
@@ -136,6 +138,9 @@ pub(crate) struct Task {
     closed: Cell<bool>,
     /// The first coroutine of a running `evco::run`: [`shutdown`] leaves it alone.
     root: Cell<bool>,
+    /// An event ended its wait: its lines may have left the caches, and the drain prefetches
+    /// them again just before its turn (see "Wake-ups").
+    cold: Cell<bool>,
     core: Core,
     /// Its index in the task table.
     slot: Cell<usize>,
@@ -490,6 +495,7 @@ impl Scheduler {
         task.blocked.set(Blocked::No);
         task.woke.set(woke);
         task.core.prefetch();
+        task.cold.set(true);
         self.schedule(task.rc());
     }
 
@@ -576,6 +582,7 @@ impl Scheduler {
         task.blocked.set(Blocked::No);
         task.woke.set(What::TIMEOUT.bits());
         task.core.prefetch();
+        task.cold.set(true);
         self.schedule(task.rc());
     }
 
@@ -990,9 +997,13 @@ unsafe extern "C" fn drain(_fd: sys::evutil_socket_t, _what: c_short, arg: *mut 
         let Some(task) = next else { break };
         if let Some(after) = after {
             // SAFETY: the queue holds a reference to it.
-            unsafe { &*after }.core.prefetch();
+            let after = unsafe { &*after };
+            if after.cold.get() {
+                after.core.prefetch();
+            }
         }
         task.queued.set(false);
+        task.cold.set(false);
         sched.run_task(&task);
     }
     sched.drain_armed.set(false);
@@ -1227,6 +1238,7 @@ where
         joiner: RefCell::new(None),
         outcome: RefCell::new(Outcome::Pending),
         root: Cell::new(false),
+        cold: Cell::new(false),
     });
     task.core.owner.set(Rc::as_ptr(&task) as *const ());
     sched.insert(&task);
