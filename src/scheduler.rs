@@ -69,8 +69,7 @@
 //! turn (at 1,000 connections this took generator's register switch from 1.1% to 0.2% of the
 //! server's CPU samples); coroutines made ready by a yield, a spawn or an unpark are warm and
 //! skip it (spawn+run+join paid 8% for it otherwise). Since no coroutine runs inside a
-//! callback,
-//! a callback cannot see its registration or the tasks it walks freed under it.
+//! callback, a callback cannot see its registration or the tasks it walks freed under it.
 //!
 //! # Fairness
 //!
