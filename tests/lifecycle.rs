@@ -603,11 +603,13 @@ fn no_timed_wait_ends_early_by_a_clock_tick() {
 }
 
 /// The scheduler's timer heap: timed waits of many lengths, started in a scrambled order and of
-/// every kind (sleep, fd wait, registered read, timed park), end in the order of their deadlines
-/// and none before its own; those whose wait ends first (data arrives, a value is sent) leave the
-/// heap without disturbing the others, and a deadlock is still reported once nothing is left.
+/// every kind (sleep, fd wait, registered read, timed park), all end by their timeouts and none
+/// before its own, while waits that end first (data arrives, a value is sent) leave the heap
+/// without disturbing the others. (The order in which they end is the unit tests' business, in
+/// `src/timer.rs`: here it would depend on how fast the coroutines start, and under valgrind a
+/// later start can outweigh a shorter timeout.)
 #[test]
-fn timed_waits_end_in_deadline_order_and_never_early() {
+fn timed_waits_of_every_kind_end_by_their_timeouts_and_never_early() {
     let _w = watchdog(60);
     let order = evco::run(|| {
         let order: Rc<RefCell<Vec<u64>>> = Rc::default();
@@ -666,10 +668,14 @@ fn timed_waits_end_in_deadline_order_and_never_early() {
         }
         order.take()
     });
-    let mut sorted = order.clone();
-    sorted.sort();
-    assert_eq!(order, sorted, "timed waits ended out of deadline order");
-    assert_eq!(order.len(), 24);
+    let mut ended = order;
+    ended.sort();
+    let want: Vec<u64> = {
+        let mut w: Vec<u64> = (0..24u64).map(|i| 2 + (i * 7) % 24).collect();
+        w.sort();
+        w
+    };
+    assert_eq!(ended, want, "every timed wait ended once, by its timeout");
 }
 
 /// With every timer gone, a blocking call outside coroutines that nothing can complete reports a
