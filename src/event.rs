@@ -630,6 +630,7 @@ extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_v
     // was activated by hand (`activate`) and is passed on as it is.
     // SAFETY: the event is live (we hold its `EventInner`).
     let fired = What(what).contains(What::TIMEOUT)
+        && inner.deadline.get().is_some()
         && unsafe {
             sys::event_pending(
                 inner.raw.as_ptr(),

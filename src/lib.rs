@@ -1,8 +1,9 @@
 //! Stackful coroutines on libevent.
 //!
 //! evco runs coroutines on a libevent `event_base`. Inside a coroutine, a blocking-looking call
-//! ([`io::wait`], [`time::sleep`], [`JoinHandle::join`]) registers a one-shot libevent event and
-//! suspends; the event's callback resumes the coroutine. One scheduler per thread owns or borrows
+//! ([`io::wait`], [`time::sleep`], [`JoinHandle::join`]) registers a libevent event (or a
+//! deadline that the scheduler's one timer event serves) and suspends; the event's callback
+//! resumes the coroutine. One scheduler per thread owns or borrows
 //! one base; coroutines never move between threads. [`net`] has std's socket types made
 //! cooperative, [`sync`] channels and locks that park the coroutine instead of the thread, and
 //! with the `hook` feature (default) `hook` interposes libc's socket calls and sleeps so that

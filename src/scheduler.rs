@@ -109,7 +109,7 @@ enum Blocked {
     Io,
     /// Parked until [`unpark`].
     Parked,
-    /// Parked until [`unpark`] or until its wait event, armed as a timer, fires.
+    /// Parked until [`unpark`] or until its deadline in the timer heap passes.
     ParkedTimed,
 }
 
@@ -491,6 +491,13 @@ impl Scheduler {
             return;
         }
         self.disarm(task);
+        self.ready_after_wait(task, woke);
+    }
+
+    /// Ends a suspended task's wait with `woke` and queues it, prefetching what its resume will
+    /// read (see "Wake-ups").
+    #[inline]
+    fn ready_after_wait(&self, task: &Task, woke: c_short) {
         task.blocked.set(Blocked::No);
         task.woke.set(woke);
         task.core.prefetch();
@@ -578,11 +585,7 @@ impl Scheduler {
             // Whatever ended the wait took its entry out; nothing else has one.
             Blocked::No | Blocked::Parked => return,
         }
-        task.blocked.set(Blocked::No);
-        task.woke.set(What::TIMEOUT.bits());
-        task.core.prefetch();
-        task.cold.set(true);
-        self.schedule(task.rc());
+        self.ready_after_wait(task, What::TIMEOUT.bits());
     }
 
     fn disable_alarm(&self) {
@@ -1164,9 +1167,7 @@ impl Waker {
 
     /// Unparks the coroutine if it is parked ([`park`], [`park_timeout`]); otherwise nothing.
     pub(crate) fn wake(&self) {
-        // SAFETY: the task's scheduler outlives it.
-        let sched = unsafe { &*self.0.sched };
-        sched.unpark(&self.0);
+        self.0.sched().unpark(&self.0);
     }
 
     /// Whether both wake the same coroutine.
