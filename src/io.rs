@@ -141,7 +141,8 @@ pub(crate) fn retry<T>(
     timeout: Option<Duration>,
     mut op: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    // A timeout too long for `Instant` is no timeout at all.
+    let deadline = timeout.and_then(crate::event::deadline_after);
     loop {
         match op() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

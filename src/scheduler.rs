@@ -505,6 +505,18 @@ impl Scheduler {
         self.schedule(task.rc());
     }
 
+    /// Makes the timer alarm if there is none yet (its timerfd can fail with `EMFILE`).
+    fn make_alarm(&self) -> io::Result<()> {
+        let mut alarm = self.alarm.borrow_mut();
+        if alarm.is_none() {
+            let arg = self as *const Scheduler as *mut c_void;
+            // SAFETY: the base outlives the alarm (field order) and `arg`, the scheduler, owns
+            // it.
+            *alarm = Some(unsafe { Alarm::new(self.base.as_raw(), expire, arg)? });
+        }
+        Ok(())
+    }
+
     /// Starts the running task's timeout: its wait ends with `What::TIMEOUT` once `timeout`
     /// passed, unless the wait ends first (whatever ends it calls `disarm`).
     fn arm_timeout(&self, task: &Task, timeout: Duration) -> io::Result<()> {
@@ -512,14 +524,9 @@ impl Scheduler {
             // Beyond what `Instant` can express: it never comes.
             return Ok(());
         };
+        self.make_alarm()?;
         {
-            let mut alarm = self.alarm.borrow_mut();
-            if alarm.is_none() {
-                let arg = self as *const Scheduler as *mut c_void;
-                // SAFETY: the base outlives the alarm (field order) and `arg`, the scheduler,
-                // owns it.
-                *alarm = Some(unsafe { Alarm::new(self.base.as_raw(), expire, arg)? });
-            }
+            let alarm = self.alarm.borrow();
             let alarm = alarm.as_ref().expect("made above");
             if let Err(e) = alarm.set(deadline) {
                 if self.timers.is_empty() {
@@ -1149,6 +1156,15 @@ pub(crate) fn park_timeout(timeout: Duration) -> io::Result<bool> {
     coroutine::switch_out(&task.core);
     drop(guard);
     Ok(What::from_bits(task.woke.get()).contains(What::TIMEOUT))
+}
+
+/// Makes sure a timed wait of the running coroutine can be armed without a new resource (the
+/// timer alarm is made on first use): for callers that must fail before they give something
+/// up, as `Condvar::wait_timeout` before it unlocks. Setting an existing alarm cannot fail with
+/// valid arguments.
+pub(crate) fn prepare_timeouts() -> io::Result<()> {
+    let (_, sched) = current_task()?;
+    sched.make_alarm()
 }
 
 /// A handle that makes one parked coroutine runnable again: what `sync`'s wait lists hold.

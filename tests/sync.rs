@@ -506,3 +506,36 @@ fn condvar_wait_outside_a_coroutine_is_an_error_and_releases_the_lock() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(!m.is_locked());
 }
+
+/// A timeout too long for `Instant` (`Duration::MAX`, what "no limit" often becomes) means no
+/// timeout: the calls wait or succeed instead of panicking on the deadline's overflow.
+#[test]
+fn timeouts_too_long_for_instant_mean_no_timeout() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (tx, rx) = mpsc::channel();
+        tx.send(5).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::MAX).unwrap(), 5);
+
+        let state = Rc::new((Mutex::new(false), Condvar::new()));
+        let s = state.clone();
+        let notifier = evco::spawn(move || {
+            *s.0.lock().unwrap() = true;
+            s.1.notify_one();
+        });
+        let mut g = state.0.lock().unwrap();
+        while !*g {
+            let (g2, timed_out) = state.1.wait_timeout(g, Duration::MAX).unwrap();
+            assert!(!timed_out);
+            g = g2;
+        }
+        drop(g);
+        notifier.join().unwrap();
+
+        let (a, b) = evco::net::UnixStream::pair().unwrap();
+        a.set_read_timeout(Some(Duration::MAX)).unwrap();
+        std::io::Write::write_all(&mut &b, b"x").unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &a, &mut byte).unwrap(), 1);
+    });
+}

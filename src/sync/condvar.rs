@@ -67,7 +67,8 @@ impl Condvar {
         guard: MutexGuard<'a, T>,
         timeout: Duration,
     ) -> io::Result<(MutexGuard<'a, T>, bool)> {
-        self.wait_until(guard, Some(Instant::now() + timeout))
+        // A timeout too long for `Instant` never passes: `None`.
+        self.wait_until(guard, crate::event::deadline_after(timeout))
     }
 
     /// Waits while `condition` holds for the data, checking it before every wait and after
@@ -88,8 +89,12 @@ impl Condvar {
         guard: MutexGuard<'a, T>,
         deadline: Option<Instant>,
     ) -> io::Result<(MutexGuard<'a, T>, bool)> {
-        // Fails (and unlocks, dropping the guard) now if this caller could not park below.
+        // Fails (and unlocks, dropping the guard) now if this caller could not park below: not
+        // in a scheduled coroutine, cancelling, or (timed) no timer alarm to be had.
         Waker::current()?;
+        if deadline.is_some() {
+            crate::scheduler::prepare_timeouts()?;
+        }
         let mutex = guard.mutex();
         // The lock passes to the next locker while this coroutine waits; the guard must not
         // unlock it a second time.
@@ -98,9 +103,12 @@ impl Condvar {
         let woken = self.waiters.wait(deadline, &|| {
             self.waiters.notify_one();
         });
-        // Parking can only fail for reasons `Waker::current` checked above; relock either way.
+        // Parking can only fail for reasons checked above; relock either way.
         let guard = mutex.lock()?;
-        Ok((guard, woken? == Woken::NotNotified))
+        // Not notified is not timed out: a park may end early (see `WaitList::wait`).
+        let timed_out =
+            woken? == Woken::NotNotified && deadline.is_some_and(|d| Instant::now() >= d);
+        Ok((guard, timed_out))
     }
 
     /// Wakes the coroutine that has waited longest, if any.

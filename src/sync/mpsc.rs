@@ -221,7 +221,8 @@ impl<T> Receiver<T> {
 
     /// [`recv`](Self::recv) that gives up after `timeout` with [`RecvTimeoutError::Timeout`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.recv_until(Some(Instant::now() + timeout))
+        // A timeout too long for `Instant` never passes: `None`.
+        self.recv_until(crate::event::deadline_after(timeout))
     }
 
     /// Receives a value if one is queued.
