@@ -763,7 +763,13 @@ impl Scheduler {
             Some(slot) => slot.take(),
             None => None,
         };
-        let Some(reg) = reg else { return };
+        if let Some(reg) = reg {
+            self.retire(reg);
+        }
+    }
+
+    /// Deletes a registration taken out of the table and wakes its waiters with `EBADF`.
+    fn retire(&self, reg: Rc<Registration>) {
         reg.ev.del();
         let mut waiters = Vec::new();
         reg.readers.drain_into(&mut waiters);
@@ -936,8 +942,8 @@ pub(crate) fn is_registered(fd: RawFd) -> bool {
 /// coroutines waiting on it with `EBADF` and delete its registration, as [`io::close`] does.
 ///
 /// Costs two borrow checks when there is nothing to do (a socket never waited on in a
-/// coroutine), and does nothing at all when the tables are borrowed, which only happens when
-/// a signal handler interrupted the scheduler: it never panics.
+/// coroutine), and skips a table that is borrowed (a signal handler that interrupted the
+/// scheduler itself; libevent is no safer to call from one).
 ///
 /// [`io::close`]: crate::io::close
 #[cfg(all(feature = "hook", target_os = "linux"))]
@@ -955,12 +961,12 @@ pub(crate) fn forget_fd(fd: RawFd) {
     if !waiters.is_empty() {
         s.wake_closed(waiters);
     }
-    let registered = match s.regs.try_borrow() {
-        Ok(regs) => matches!(regs.get(fd as usize), Some(Some(_))),
+    let reg = match s.regs.try_borrow_mut() {
+        Ok(mut regs) => regs.get_mut(fd as usize).and_then(Option::take),
         Err(_) => return,
     };
-    if registered {
-        s.deregister(fd);
+    if let Some(reg) = reg {
+        s.retire(reg);
     }
 }
 

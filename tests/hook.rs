@@ -613,3 +613,92 @@ fn a_socket_replaced_on_another_thread_is_not_left_deaf_by_its_old_registration(
         assert_eq!(&reader.join().unwrap().unwrap(), b"ok");
     });
 }
+
+/// A connection accepted in a coroutine keeps the listener's `SO_RCVTIMEO`, as the kernel
+/// copies it: a silent peer ends the read with `WouldBlock` instead of parking the coroutine
+/// for good (the watchdog's failure).
+#[test]
+fn an_accepted_connection_keeps_the_listeners_receive_timeout() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 20_000,
+        };
+        // SAFETY: a valid timeval of the size given, on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        let client = evco::spawn(move || TcpStream::connect(addr).unwrap());
+        let (mut conn, _) = listener.accept().unwrap();
+        let _silent = client.join().unwrap();
+        let e = conn.read(&mut [0u8; 8]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    });
+}
+
+/// `O_NONBLOCK` belongs to the file description a `try_clone` shares: a cooperative accept on
+/// the blocking original must not clear it under the clone the program made non-blocking.
+#[test]
+fn a_cooperative_accept_leaves_a_clones_nonblocking_mode_alone() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clone = listener.try_clone().unwrap();
+        clone.set_nonblocking(true).unwrap();
+        let client = evco::spawn(move || TcpStream::connect(addr).unwrap());
+        let _ = client.join().unwrap();
+        // The original's table entry still says blocking, so this accept is the hooks' own.
+        let _conn = listener.accept().unwrap();
+        assert!(
+            nonblocking_flag(clone.as_raw_fd()),
+            "the clone's mode was changed"
+        );
+        assert_eq!(
+            clone.accept().unwrap_err().kind(),
+            ErrorKind::WouldBlock,
+            "the clone still says WouldBlock"
+        );
+    });
+}
+
+/// Calls that never block in the kernel stay libc's inside coroutines: an error-queue read
+/// with nothing queued says `EAGAIN` at once (no readiness edge would ever end a wait for it),
+/// and `readv` with a negative count says `EINVAL`.
+#[test]
+fn error_queue_reads_and_bad_iovec_counts_are_libcs_answers_in_coroutines() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = sock.as_raw_fd();
+        let mut buf = [0u8; 16];
+        // SAFETY: a valid buffer of the length given.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_ERRQUEUE) };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EAGAIN)
+        );
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one valid iovec; the count is the invalid input under test.
+        let n = unsafe { libc::readv(fd, &iov, -1) };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().raw_os_error(),
+            Some(libc::EINVAL)
+        );
+    });
+}

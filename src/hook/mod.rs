@@ -67,8 +67,7 @@
 //! - `close` (and `dup2`/`dup3` over an open fd) wakes coroutines of this thread waiting on the
 //!   fd with `EBADF` and removes its registration, so a reused fd number never inherits a
 //!   stale one. For a socket never waited on in a coroutine that costs two `RefCell` checks
-//!   and allocates nothing; where a signal handler interrupted the scheduler it does nothing
-//!   rather than panic. A socket used in coroutines on one thread but closed by another
+//!   and allocates nothing. A socket used in coroutines on one thread but closed by another
 //!   leaves its registration in the first thread's scheduler: every fd the hooks see created
 //!   gets a new generation number, and a scheduler replaces a registration made under an
 //!   older one.
@@ -401,6 +400,17 @@ fn cooperative(fd: c_int) -> Option<u64> {
     scheduler::in_scheduled_coroutine().then_some(bits)
 }
 
+/// [`cooperative`] for a call with `MSG_*` flags: not when the caller asked not to wait
+/// (`MSG_DONTWAIT`), nor for out-of-band or error-queue reads, which never block in the kernel
+/// and which no readiness edge announces (waiting for one could hang).
+#[inline]
+fn cooperative_with(fd: c_int, flags: c_int) -> Option<u64> {
+    if flags & (libc::MSG_DONTWAIT | libc::MSG_OOB | libc::MSG_ERRQUEUE) != 0 {
+        return None;
+    }
+    cooperative(fd)
+}
+
 /// One cooperative transfer: `op` (one non-blocking attempt) retried whenever the socket is
 /// ready for `interest`, within the fd's timeout for that direction.
 fn coop_once(
@@ -472,18 +482,26 @@ fn coop_send(
 }
 
 /// Runs one attempt of `op` with `O_NONBLOCK` set on `fd`, and clears it again (keeping the
-/// attempt's errno).
+/// attempt's errno), unless it was set already: `O_NONBLOCK` belongs to the open file
+/// description, which a `dup` (`try_clone`) shares, and the program may have made it
+/// non-blocking through the other fd.
 fn nonblocking_attempt(fd: c_int, op: impl FnOnce() -> c_int) -> io::Result<usize> {
-    let on: c_int = 1;
-    // SAFETY: FIONBIO reads one int from the pointer, which points at `on`.
-    if unsafe { real_ioctl(fd, libc::FIONBIO, &on as *const c_int as libc::c_ulong) } == -1 {
+    // SAFETY: F_GETFL only reads the description's status flags.
+    let fl = unsafe { real_fcntl(fd, libc::F_GETFL, 0) };
+    if fl == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let toggle = fl & libc::O_NONBLOCK == 0;
+    // SAFETY: F_SETFL with the flags just read, plus O_NONBLOCK.
+    if toggle && unsafe { real_fcntl(fd, libc::F_SETFL, (fl | libc::O_NONBLOCK) as _) } == -1 {
         return Err(io::Error::last_os_error());
     }
     let r = op();
     let saved = errno();
-    let off: c_int = 0;
-    // SAFETY: as above.
-    unsafe { real_ioctl(fd, libc::FIONBIO, &off as *const c_int as libc::c_ulong) };
+    if toggle {
+        // SAFETY: as above, the flags as they were.
+        unsafe { real_fcntl(fd, libc::F_SETFL, fl as _) };
+    }
     if r < 0 {
         Err(io::Error::from_raw_os_error(saved))
     } else {
@@ -597,7 +615,9 @@ unsafe extern "C" fn accept4(
     };
     if new >= 0 {
         let mut bits = if listener & table::SOCKET != 0 {
-            listener & (table::SOCKET | table::STREAM | table::TCP)
+            // The kind, and the timeouts: the kernel copies SO_RCVTIMEO/SO_SNDTIMEO to the
+            // accepted socket.
+            listener & !table::NONBLOCK
         } else {
             // A listener the process did not create (inherited, e.g. socket activation): the
             // connection is still a socket this process made; ask what kind.
@@ -701,7 +721,7 @@ unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssiz
 /// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
-    let Some(bits) = cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) else {
+    let Some(bits) = cooperative_with(fd, flags) else {
         // SAFETY: the caller's arguments, passed on.
         return unsafe { real::recv(fd, buf, len, flags) };
     };
@@ -737,7 +757,7 @@ unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int
 /// Hook: cooperative on a hooked socket in a coroutine.
 #[unsafe(no_mangle)]
 unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
-    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+    match cooperative_with(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::send(fd, buf, len, flags) }
@@ -759,7 +779,7 @@ unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     alen: *mut socklen_t,
 ) -> ssize_t {
-    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+    match cooperative_with(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) }
@@ -787,7 +807,7 @@ unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     alen: socklen_t,
 ) -> ssize_t {
-    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+    match cooperative_with(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::sendto(fd, buf, len, flags, addr, alen) }
@@ -811,7 +831,7 @@ unsafe extern "C" fn sendto(
 /// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+    match cooperative_with(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::recvmsg(fd, msg, flags) }
@@ -826,7 +846,7 @@ unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize
 /// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    match cooperative(fd).filter(|_| flags & libc::MSG_DONTWAIT == 0) {
+    match cooperative_with(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::sendmsg(fd, msg, flags) }
@@ -838,19 +858,25 @@ unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssi
     }
 }
 
-/// A `msghdr` over the caller's iovecs, for `readv`/`writev` on sockets.
+/// Whether `readv`/`writev` accept `n` iovecs; libc's own call reports `EINVAL` otherwise.
+fn iov_count_ok(n: c_int) -> bool {
+    (0..=libc::UIO_MAXIOV).contains(&n)
+}
+
+/// A `msghdr` over the caller's iovecs (a count `iov_count_ok` accepted), for
+/// `readv`/`writev` on sockets.
 fn iov_msg(iov: *const iovec, n: c_int) -> msghdr {
     // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut m: msghdr = unsafe { std::mem::zeroed() };
     m.msg_iov = iov as *mut iovec;
-    m.msg_iovlen = n.max(0) as _;
+    m.msg_iovlen = n as _;
     m
 }
 
 /// Hook: on a hooked socket in a coroutine, a cooperative `recvmsg`.
 #[unsafe(no_mangle)]
 unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
-    match cooperative(fd) {
+    match cooperative(fd).filter(|_| iov_count_ok(n)) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::readv(fd, iov, n) }
@@ -868,7 +894,7 @@ unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
 /// Hook: on a hooked socket in a coroutine, a cooperative `sendmsg`.
 #[unsafe(no_mangle)]
 unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
-    match cooperative(fd) {
+    match cooperative(fd).filter(|_| iov_count_ok(n)) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::writev(fd, iov, n) }
