@@ -47,12 +47,14 @@
 //!   rounded up.
 //! - A blocking stream `send`/`write`/`sendto` returns when everything is queued, as the
 //!   kernel's does (or with the bytes sent so far when a later wait fails); `MSG_WAITALL`
-//!   receives are waited out the same way. `readv`/`writev`/`recvmsg`/`sendmsg` make one
-//!   transfer once the socket is ready. A Unix-domain `connect` is libc's (it blocks only
+//!   `recv`s are waited out the same way (a `recvfrom` with it makes one transfer). The
+//!   timeout bounds the whole call, not each transfer. `readv`/`writev`/`recvmsg`/`sendmsg`
+//!   make one transfer once the socket is ready. A Unix-domain `connect` is libc's (it blocks only
 //!   while the listener's queue is full).
 //! - `poll` inside a scheduled coroutine, when every fd it lists is a socket this process
-//!   created polled for `POLLIN` and/or `POLLOUT`, waits for the first one to become ready (one fd: evco's wait on it; several: a
-//!   temporary epoll instance over them, waited on as one fd), then reports `revents` from a
+//!   created polled for `POLLIN` and/or `POLLOUT`, waits for the first one to become ready
+//!   (one fd: evco's wait on it; several: a temporary epoll instance over them, waited on as
+//!   one fd), then reports `revents` from a
 //!   zero-timeout `poll`. `poll(NULL, 0, ms)` sleeps as below. This is what makes std's
 //!   `connect_timeout` and C clients that wait with `poll` cooperative.
 //! - `sleep`, `usleep`, `nanosleep` and `clock_nanosleep` inside a scheduled coroutine suspend
@@ -423,6 +425,34 @@ fn coop_once(
     stop_cancellation(|| crate::io::retry(fd, interest, timeout, op))
 }
 
+/// An fd's timeout for one direction, counted once for a whole call that makes several
+/// transfers (a stream send, a `MSG_WAITALL` receive): the kernel bounds the blocking call,
+/// not each transfer, so a peer that trickles bytes cannot stretch it. Without a timeout
+/// (the common case) it reads no clock.
+struct Budget {
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+}
+
+impl Budget {
+    fn new(bits: u64, write: bool) -> Budget {
+        let timeout = table::timeout(bits, write);
+        Budget {
+            timeout,
+            deadline: timeout.and_then(crate::event::deadline_after),
+        }
+    }
+
+    /// What is left of it (`None`: no limit). Once spent, a transfer still makes its one
+    /// attempt and only fails if that would wait.
+    fn left(&self) -> Option<Duration> {
+        match self.deadline {
+            Some(d) => Some(d.saturating_duration_since(Instant::now())),
+            None => self.timeout,
+        }
+    }
+}
+
 /// Runs a cooperative wait, stopping a cancellation's unwinding here: it becomes the error a
 /// wait gets in a coroutine that is being cancelled (`ECANCELED` for the caller). A hook's
 /// caller is C, or Rust code that called libc through an `extern "C"` declaration, and
@@ -439,20 +469,23 @@ fn stop_cancellation<T>(wait: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     }
 }
 
-/// A cooperative receive of at most `len` bytes (`op` makes one non-blocking attempt).
+/// A cooperative receive of at most `len` bytes within `timeout` (`op` makes one non-blocking
+/// attempt).
 fn coop_recv(
     fd: c_int,
     bits: u64,
     len: usize,
     peek: bool,
+    timeout: Option<Duration>,
     op: impl FnMut() -> io::Result<usize>,
 ) -> io::Result<usize> {
-    if bits & table::TCP != 0 && !peek {
-        let timeout = table::timeout(bits, false);
-        stop_cancellation(|| crate::io::read_owned(fd, timeout, len, op))
-    } else {
-        coop_once(fd, bits, Interest::READABLE, op)
-    }
+    stop_cancellation(|| {
+        if bits & table::TCP != 0 && !peek {
+            crate::io::read_owned(fd, timeout, len, op)
+        } else {
+            crate::io::retry(fd, Interest::READABLE, timeout, op)
+        }
+    })
 }
 
 /// A cooperative send of `len` bytes; `op(offset)` makes one non-blocking attempt from
@@ -466,9 +499,11 @@ fn coop_send(
     if bits & table::STREAM == 0 {
         return coop_once(fd, bits, Interest::WRITABLE, || op(0));
     }
+    let budget = Budget::new(bits, true);
     let mut done = 0;
     loop {
-        match coop_once(fd, bits, Interest::WRITABLE, || op(done)) {
+        let left = budget.left();
+        match stop_cancellation(|| crate::io::retry(fd, Interest::WRITABLE, left, || op(done))) {
             Ok(n) => {
                 done += n;
                 if done >= len || n == 0 {
@@ -695,10 +730,17 @@ unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::read(fd, buf, count) }
         }
-        Some(bits) => ret(coop_recv(fd, bits, count, false, || {
-            // SAFETY: as above; on a socket, read is recv without flags.
-            cvt(unsafe { real::recv(fd, buf, count, libc::MSG_DONTWAIT) })
-        })),
+        Some(bits) => ret(coop_recv(
+            fd,
+            bits,
+            count,
+            false,
+            table::timeout(bits, false),
+            || {
+                // SAFETY: as above; on a socket, read is recv without flags.
+                cvt(unsafe { real::recv(fd, buf, count, libc::MSG_DONTWAIT) })
+            },
+        )),
     }
 }
 
@@ -726,8 +768,9 @@ unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int
         return unsafe { real::recv(fd, buf, len, flags) };
     };
     let peek = flags & libc::MSG_PEEK != 0;
+    let budget = Budget::new(bits, false);
     let once = |off: usize| {
-        coop_recv(fd, bits, len - off, peek, || {
+        coop_recv(fd, bits, len - off, peek, budget.left(), || {
             // SAFETY: `off <= len`: the rest of the caller's buffer.
             cvt(unsafe {
                 real::recv(
@@ -789,6 +832,7 @@ unsafe extern "C" fn recvfrom(
             bits,
             len,
             flags & libc::MSG_PEEK != 0,
+            table::timeout(bits, false),
             || {
                 // SAFETY: as above, one non-blocking attempt.
                 cvt(unsafe { real::recvfrom(fd, buf, len, flags | libc::MSG_DONTWAIT, addr, alen) })

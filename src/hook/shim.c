@@ -15,8 +15,13 @@ int fcntl(int fd, int cmd, ...) {
     return evco_hook_fcntl(fd, cmd, arg);
 }
 
-/* glibc 2.28+ also exports fcntl64, which 32-bit builds with 64-bit offsets call instead. */
+/* glibc 2.28+ also exports fcntl64. On 64-bit targets it is the same call (one struct flock),
+ * so it may share the hook; on 32-bit ones it takes struct flock64 where fcntl takes struct
+ * flock, and forwarding it to the real fcntl would misread record locks: there it stays libc's
+ * (and an O_NONBLOCK set through it is not seen by the hooks). */
+#if defined(__LP64__)
 int fcntl64(int fd, int cmd, ...) __attribute__((alias("fcntl")));
+#endif
 
 int ioctl(int fd, unsigned long request, ...) {
     va_list ap;
