@@ -768,9 +768,8 @@ unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int
         return unsafe { real::recv(fd, buf, len, flags) };
     };
     let peek = flags & libc::MSG_PEEK != 0;
-    let budget = Budget::new(bits, false);
-    let once = |off: usize| {
-        coop_recv(fd, bits, len - off, peek, budget.left(), || {
+    let once = |off: usize, timeout: Option<Duration>| {
+        coop_recv(fd, bits, len - off, peek, timeout, || {
             // SAFETY: `off <= len`: the rest of the caller's buffer.
             cvt(unsafe {
                 real::recv(
@@ -783,11 +782,12 @@ unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int
         })
     };
     if flags & libc::MSG_WAITALL == 0 || peek || bits & table::STREAM == 0 {
-        return ret(once(0));
+        return ret(once(0, table::timeout(bits, false)));
     }
+    let budget = Budget::new(bits, false);
     let mut got = 0;
     while got < len {
-        match once(got) {
+        match once(got, budget.left()) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(_) if got > 0 => break,
