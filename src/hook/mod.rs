@@ -338,6 +338,9 @@ unsafe fn real_ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c
 /// Resolves every real function before `main` (and before other threads exist), so that the
 /// hooks never call `dlsym` later, e.g. from a signal handler. Best effort: a hook called
 /// earlier, or a linker that drops this constructor, resolves lazily.
+// SAFETY: `.init_array` entries are called once by the dynamic loader (or the static startup
+// code) before `main`, with `(argc, argv, envp)`, which an `extern "C" fn()` ignores under the
+// C calling convention; `resolve_at_start` only calls `dlsym`, which is fine at that point.
 #[used]
 #[unsafe(link_section = ".init_array")]
 static RESOLVE_AT_START: extern "C" fn() = resolve_at_start;
@@ -587,6 +590,13 @@ fn forget(fd: c_int) {
 }
 
 // ---- the hooks ----
+//
+// SAFETY (for every `#[unsafe(no_mangle)]` below): each one replaces libc's symbol of the same
+// name for the whole process, libevent and std included, so each has libc's exact signature
+// and contract: it either calls the real function with the caller's arguments, or does the
+// same work cooperatively and reports the result the way libc does (-1 with errno). None lets
+// a panic or a coroutine's cancellation unwind out of it (`extern "C"` aborts instead, and
+// `stop_cancellation` turns a cancellation into an error first).
 
 /// Hook: records the new socket in the fd table.
 #[unsafe(no_mangle)]
