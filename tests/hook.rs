@@ -57,6 +57,7 @@ fn std_accept_connect_read_and_write_suspend_only_their_coroutine() {
             note(&ls, "read");
             conn.write_all(&buf).unwrap();
             // Neither the listener nor the accepted socket was left non-blocking.
+            assert!(!nonblocking_flag(listener.as_raw_fd()));
             assert!(!nonblocking_flag(conn.as_raw_fd()));
         });
         evco::yield_now().unwrap(); // the server parks in accept
@@ -404,6 +405,15 @@ fn fcntl_and_ioctl_pass_their_argument_through_and_track_nonblocking() {
         assert!(fl >= 0);
         assert_eq!(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK), 0);
         assert!(nonblocking_flag(fd));
+    }
+    // The table saw F_SETFL: in a coroutine, an accept on the now non-blocking listener says
+    // WouldBlock at once, as the program asked, instead of waiting.
+    let s = evco::run(move || {
+        assert_eq!(s.accept().unwrap_err().kind(), ErrorKind::WouldBlock);
+        s
+    });
+    // SAFETY: as above.
+    unsafe {
         let dup = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
         assert!(dup >= 100, "F_DUPFD_CLOEXEC honours its minimum: {dup}");
         assert!(evco::hook::is_tracked(dup));
