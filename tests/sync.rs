@@ -539,3 +539,41 @@ fn timeouts_too_long_for_instant_mean_no_timeout() {
         assert_eq!(std::io::Read::read(&mut &a, &mut byte).unwrap(), 1);
     });
 }
+
+/// The hand-on for senders and condition variables: a notified sender of a full channel, or a
+/// notified `Condvar` waiter, that is cancelled before it runs passes the room or the
+/// notification to the next waiter (without it the next stays parked: a deadlock error).
+#[test]
+fn a_notified_sender_or_condvar_waiter_cancelled_before_it_runs_passes_it_on() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (tx, rx) = mpsc::bounded::<u32>(1);
+        tx.send(0).unwrap(); // full
+        let (t1, t2) = (tx.clone(), tx.clone());
+        let first = evco::spawn(move || t1.send(1).is_ok());
+        let second = evco::spawn(move || t2.send(2).is_ok());
+        evco::yield_now().unwrap(); // both park, `first` ahead of `second`
+        assert_eq!(rx.try_recv().unwrap(), 0); // room: notifies `first` ...
+        first.cancel().unwrap(); // ... which is cancelled before it runs
+        assert!(second.join().unwrap());
+        assert_eq!(rx.try_recv().unwrap(), 2);
+
+        let state = Rc::new((Mutex::new(0u32), Condvar::new()));
+        let waiter = |s: Rc<(Mutex<u32>, Condvar)>| {
+            move || {
+                let mut g = s.0.lock().unwrap();
+                while *g == 0 {
+                    g = s.1.wait(g).unwrap();
+                }
+                *g
+            }
+        };
+        let first = evco::spawn(waiter(state.clone()));
+        let second = evco::spawn(waiter(state.clone()));
+        evco::yield_now().unwrap(); // both wait, `first` ahead
+        *state.0.lock().unwrap() = 7;
+        state.1.notify_one(); // notifies `first` ...
+        first.cancel().unwrap(); // ... which is cancelled before it runs
+        assert_eq!(second.join().unwrap(), 7);
+    });
+}
