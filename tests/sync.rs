@@ -490,8 +490,12 @@ fn a_coroutine_cancelled_in_condvar_wait_leaves_the_mutex_usable() {
         });
         evco::yield_now().unwrap();
         assert!(!state.0.is_locked(), "a waiter releases the lock");
+        // Held here while the waiter is cancelled: an unlock on its way out would free it.
+        let held = state.0.lock().unwrap();
         doomed.cancel().unwrap();
-        assert!(!state.0.is_locked(), "cancellation unlocks nothing twice");
+        assert!(state.0.is_locked(), "cancellation unlocks nothing it does not hold");
+        drop(held);
+        assert!(!state.0.is_locked());
         *state.0.lock().unwrap() += 1;
         state.1.notify_all(); // nobody is left to wake
         assert_eq!(*state.0.lock().unwrap(), 1);
