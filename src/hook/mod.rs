@@ -405,12 +405,21 @@ fn cooperative(fd: c_int) -> Option<u64> {
     scheduler::in_scheduled_coroutine().then_some(bits)
 }
 
-/// [`cooperative`] for a call with `MSG_*` flags: not when the caller asked not to wait
+/// [`cooperative`] for a receive with `MSG_*` flags: not when the caller asked not to wait
 /// (`MSG_DONTWAIT`), nor for out-of-band or error-queue reads, which never block in the kernel
 /// and which no readiness edge announces (waiting for one could hang).
 #[inline]
-fn cooperative_with(fd: c_int, flags: c_int) -> Option<u64> {
+fn cooperative_recv(fd: c_int, flags: c_int) -> Option<u64> {
     if flags & (libc::MSG_DONTWAIT | libc::MSG_OOB | libc::MSG_ERRQUEUE) != 0 {
+        return None;
+    }
+    cooperative(fd)
+}
+
+/// [`cooperative`] for a send with `MSG_*` flags: not when the caller asked not to wait.
+#[inline]
+fn cooperative_send(fd: c_int, flags: c_int) -> Option<u64> {
+    if flags & libc::MSG_DONTWAIT != 0 {
         return None;
     }
     cooperative(fd)
@@ -773,7 +782,7 @@ unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssiz
 /// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
-    let Some(bits) = cooperative_with(fd, flags) else {
+    let Some(bits) = cooperative_recv(fd, flags) else {
         // SAFETY: the caller's arguments, passed on.
         return unsafe { real::recv(fd, buf, len, flags) };
     };
@@ -810,7 +819,7 @@ unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int
 /// Hook: cooperative on a hooked socket in a coroutine.
 #[unsafe(no_mangle)]
 unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
-    match cooperative_with(fd, flags) {
+    match cooperative_send(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::send(fd, buf, len, flags) }
@@ -832,7 +841,7 @@ unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     alen: *mut socklen_t,
 ) -> ssize_t {
-    match cooperative_with(fd, flags) {
+    match cooperative_recv(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) }
@@ -861,7 +870,7 @@ unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     alen: socklen_t,
 ) -> ssize_t {
-    match cooperative_with(fd, flags) {
+    match cooperative_send(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::sendto(fd, buf, len, flags, addr, alen) }
@@ -885,7 +894,7 @@ unsafe extern "C" fn sendto(
 /// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-    match cooperative_with(fd, flags) {
+    match cooperative_recv(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::recvmsg(fd, msg, flags) }
@@ -900,7 +909,7 @@ unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize
 /// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    match cooperative_with(fd, flags) {
+    match cooperative_send(fd, flags) {
         None => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::sendmsg(fd, msg, flags) }
