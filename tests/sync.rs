@@ -493,7 +493,10 @@ fn a_coroutine_cancelled_in_condvar_wait_leaves_the_mutex_usable() {
         // Held here while the waiter is cancelled: an unlock on its way out would free it.
         let held = state.0.lock().unwrap();
         doomed.cancel().unwrap();
-        assert!(state.0.is_locked(), "cancellation unlocks nothing it does not hold");
+        assert!(
+            state.0.is_locked(),
+            "cancellation unlocks nothing it does not hold"
+        );
         drop(held);
         assert!(!state.0.is_locked());
         *state.0.lock().unwrap() += 1;
