@@ -315,6 +315,22 @@ fn blocking_outside_a_coroutine_with_nothing_that_could_wake_it_is_an_error_not_
     }
     // Nothing was lost: the first value is still there.
     assert_eq!(rx.try_recv(), Ok(1));
+    // The same with a scheduler on the thread: the loop runs, finds nothing that could ever
+    // make progress, and says so (a second path to the same error).
+    evco::spawn(|| ()).join().unwrap();
+    match rx.recv() {
+        Err(RecvError::Wait(e)) => {
+            assert_eq!(e.kind(), ErrorKind::Deadlock, "{e}");
+            assert!(e.to_string().contains("no event can wake"), "{e}");
+        }
+        other => panic!("expected a Wait error, got {other:?}"),
+    }
+    tx.send(3).unwrap();
+    match tx.send(4) {
+        Err(SendError::Wait(4, e)) => assert_eq!(e.kind(), ErrorKind::Deadlock, "{e}"),
+        other => panic!("expected a Wait error, got {other:?}"),
+    }
+    assert_eq!(rx.try_recv(), Ok(3));
 }
 
 #[test]
