@@ -8,8 +8,16 @@
  * (connect, one echo, close: what a server pays per accepted connection). Same command line and
  * last line as examples/echo_client (msgs_per_sec is connections per second in churn mode):
  *
- *   echo_load --addr 127.0.0.1:7878 --conns 100 --size 64 --secs 5 [--mode echo|churn]
+ *   echo_load --addr 127.0.0.1:7878 --conns 100 --size 64 --secs 5 [--mode echo|churn] [--rate R]
  *   RESULT msgs_per_sec=<f> p50_us=<f> p99_us=<f> errors=<n>
+ *
+ * --rate R paces the echo mode at R messages per second in all: a connection whose echo is back
+ * waits in a queue until the next message is due (due times spaced 1/R apart from the start,
+ * released in bursts of what fell due while the client slept, at most one per idle connection;
+ * messages that fall due while every connection is still waiting for its echo are not made up
+ * later). Every server then gets the same offered load, so the server CPU per message of two
+ * servers compares at equal work instead of in whatever batching mode a saturated closed loop
+ * falls into; a server that cannot keep up shows as msgs_per_sec below R.
  *
  * Plain libc, no libevent: cc -O2 -o echo_load echo_load.c
  */
@@ -130,8 +138,10 @@ int main(int argc, char **argv) {
     size_t conns = 100, size = 64;
     double secs = 5.0;
     int churn = 0;
+    double rate = 0; /* 0: closed loop, each connection sends its next message at once */
     const char *usage =
-        "usage: echo_load [--addr A] [--conns N] [--size BYTES] [--secs S] [--mode echo|churn]";
+        "usage: echo_load [--addr A] [--conns N] [--size BYTES] [--secs S] [--mode echo|churn] "
+        "[--rate MSGS_PER_S]";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
@@ -145,6 +155,11 @@ int main(int argc, char **argv) {
             size = strtoul(v, NULL, 10);
         } else if (strcmp(a, "--secs") == 0) {
             secs = strtod(v, NULL);
+        } else if (strcmp(a, "--rate") == 0) {
+            rate = strtod(v, NULL);
+            if (!(rate > 0)) {
+                die("--rate must be a positive number of messages per second");
+            }
         } else if (strcmp(a, "--mode") == 0 && strcmp(v, "echo") == 0) {
             churn = 0;
         } else if (strcmp(a, "--mode") == 0 && strcmp(v, "churn") == 0) {
@@ -157,6 +172,9 @@ int main(int argc, char **argv) {
     }
     if (conns == 0 || size == 0) {
         die("--conns and --size must be positive");
+    }
+    if (rate > 0 && churn) {
+        die("--rate paces the echo mode only");
     }
     char host[64];
     const char *colon = strrchr(addr, ':');
@@ -175,7 +193,10 @@ int main(int argc, char **argv) {
     struct conn *cs = calloc(conns, sizeof *cs);
     size_t lat_cap = 1 << 20, lat_len = 0;
     uint32_t *lat = malloc(lat_cap * sizeof *lat);
-    if (ep < 0 || !cs || !lat) {
+    /* --rate: connections whose echo is back and whose next message is not yet due (a ring). */
+    size_t *idle = malloc(conns * sizeof *idle), idle_head = 0, idle_len = 0;
+    uint64_t released = 0; /* messages started, the first one of every connection included */
+    if (ep < 0 || !cs || !lat || !idle) {
         die("out of memory");
     }
     double start = now(), deadline = start + secs;
@@ -193,11 +214,17 @@ int main(int argc, char **argv) {
             continue;
         }
         live++;
+        released++;
     }
 
     struct epoll_event evs[256];
     while (live > 0) {
-        int n = epoll_wait(ep, evs, 256, 100);
+        int timeout_ms = 100;
+        if (rate > 0 && idle_len > 0) {
+            double due = start + (double)(released + 1) / rate - now();
+            timeout_ms = due <= 0 ? 0 : due >= 0.1 ? 100 : (int)(due * 1e3) + 1;
+        }
+        int n = epoll_wait(ep, evs, 256, timeout_ms);
         double t = now();
         for (int k = 0; k < n; k++) {
             size_t i = (size_t)evs[k].data.u64;
@@ -243,6 +270,10 @@ int main(int argc, char **argv) {
                         break;
                     }
                     c->seq++;
+                    if (rate > 0) {
+                        idle[(idle_head + idle_len++) % conns] = i;
+                        break;
+                    }
                     if (churn) {
                         /* Closing deregisters it from the epoll set. */
                         close(c->fd);
@@ -284,6 +315,35 @@ int main(int argc, char **argv) {
                 live--;
             }
         }
+        if (rate > 0) {
+            double t = now();
+            uint64_t due = (uint64_t)((t - start) * rate);
+            while (idle_len > 0 && (released < due || t >= deadline)) {
+                size_t i = idle[idle_head];
+                idle_head = (idle_head + 1) % conns;
+                idle_len--;
+                struct conn *c = &cs[i];
+                if (t >= deadline) {
+                    close(c->fd);
+                    c->fd = -1;
+                    live--;
+                    continue;
+                }
+                c->sent = c->got = 0;
+                fill(c, i, size);
+                c->t0 = t;
+                released++;
+                if (pump_out(c, size) < 0) {
+                    errors++;
+                    close(c->fd);
+                    c->fd = -1;
+                    live--;
+                }
+            }
+            if (released < due) {
+                released = due; /* every connection is busy: those messages are not sent */
+            }
+        }
         if (n == 0 && now() > deadline + 10) {
             fprintf(stderr, "echo_load: %zu connections got no echo for 10 s\n", live);
             errors += live;
@@ -294,10 +354,10 @@ int main(int argc, char **argv) {
     qsort(lat, lat_len, sizeof *lat, cmp_u32);
     double p50 = lat_len ? lat[(size_t)((double)(lat_len - 1) * 0.5)] : 0;
     double p99 = lat_len ? lat[(size_t)((double)(lat_len - 1) * 0.99)] : 0;
-    double rate = (double)msgs / elapsed;
+    double achieved = (double)msgs / elapsed;
     printf("%zu conns x %zu B: %.0f msgs/s, latency p50 %.0f us, p99 %.0f us, %llu errors\n", conns,
-           size, rate, p50, p99, (unsigned long long)errors);
-    printf("RESULT msgs_per_sec=%.1f p50_us=%.1f p99_us=%.1f errors=%llu\n", rate, p50, p99,
+           size, achieved, p50, p99, (unsigned long long)errors);
+    printf("RESULT msgs_per_sec=%.1f p50_us=%.1f p99_us=%.1f errors=%llu\n", achieved, p50, p99,
            (unsigned long long)errors);
     return errors ? 1 : 0;
 }

@@ -58,6 +58,8 @@ struct Opts {
     client_cpu: String,
     port: u16,
     settle: Duration,
+    /// `--rate`: messages per second the client offers in all (paced), or closed loop.
+    rate: Option<f64>,
     /// Run each server under cachegrind and report user-space instructions and L1 data misses
     /// per message.
     valgrind: bool,
@@ -83,7 +85,12 @@ usage: echo_compare --c BIN --evco BIN --tokio BIN --client BIN [--hooked BIN] [
   --client-cpu CPU   taskset CPU list for the load client (default 1)
   --port P           first TCP port; each run takes the next one (default 21000)
   --settle S         before each run, wait up to S seconds for the two CPUs to be idle
-                     (default 2); the CSV's others_cpu_util says how busy they were anyway";
+                     (default 2); the CSV's others_cpu_util says how busy they were anyway
+  --rate R           pace the load at R messages per second in all (the client's --rate;
+                     bench/c/echo_load.c has it): every server gets the same offered load, so
+                     server CPU per message compares at equal work rather than in whichever
+                     batching mode a saturated closed loop settles into; a server that cannot
+                     keep up shows as msgs/s below R (default: closed loop, as fast as it goes)";
 
 fn die(msg: &str) -> ! {
     eprintln!("echo_compare: {msg}");
@@ -115,6 +122,7 @@ fn parse() -> Opts {
         client_cpu: "1".into(),
         port: 21000,
         settle: Duration::from_secs(2),
+        rate: None,
         valgrind: false,
     };
     let mut client = None;
@@ -147,6 +155,13 @@ fn parse() -> Opts {
             "--server-cpu" => o.server_cpu = val(),
             "--client-cpu" => o.client_cpu = val(),
             "--port" => o.port = val().parse().unwrap_or_else(|_| die("bad --port")),
+            "--rate" => {
+                let rate: f64 = val().parse().unwrap_or_else(|_| die("bad --rate"));
+                if !(rate > 0.0 && rate.is_finite()) {
+                    die("--rate must be a positive number of messages per second");
+                }
+                o.rate = Some(rate);
+            }
             "--settle" => {
                 let secs: f64 = val().parse().unwrap_or_else(|_| die("bad --settle"));
                 o.settle = Duration::from_secs_f64(secs.max(0.0));
@@ -453,6 +468,11 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
         .args(["--conns", &conns.to_string()])
         .args(["--size", &size.to_string()])
         .args(["--secs", &o.secs.to_string()])
+        .args(
+            o.rate
+                .iter()
+                .flat_map(|r| ["--rate".to_string(), r.to_string()]),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -543,12 +563,16 @@ fn wait_with_rusage(pid: u32) -> std::io::Result<(i32, f64)> {
     Ok((status, secs(ru.ru_utime) + secs(ru.ru_stime)))
 }
 
-/// The load client's file name, for titles.
+/// The load client's file name and its pace, for titles.
 fn client_name(o: &Opts) -> String {
-    o.client.file_name().map_or_else(
+    let name = o.client.file_name().map_or_else(
         || o.client.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
-    )
+    );
+    match o.rate {
+        Some(rate) => format!("{name} paced at {rate:.0} msgs/s"),
+        None => name,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -1095,6 +1119,12 @@ fn main() {
                                     String::new()
                                 }
                             );
+                            if o.rate.is_some_and(|rate| r.msgs_per_sec < 0.95 * rate) {
+                                eprintln!(
+                                    "echo_compare: {server} did not keep up with --rate at {conns}                                      x {}: its CPU per message is not at the offered load",
+                                    size_label(size)
+                                );
+                            }
                             runs.push(r);
                         }
                         Err(e) => eprintln!(
