@@ -297,14 +297,15 @@ fn recv_with_msg_waitall_waits_for_every_byte() {
             let mut buf = [0u8; 9];
             // SAFETY: `buf` is 9 writable bytes; `conn` keeps the fd open.
             let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), 9, libc::MSG_WAITALL) };
-            drop(conn);
-            (n, buf)
+            // `conn` goes back with the result: the fd stays open for `until_taken`.
+            (n, buf, conn)
         });
+        // One part at a time, each taken by the waiting reader before the next is sent.
         for part in [&b"one"[..], b"two", b"six"] {
-            evco::yield_now().unwrap();
             client.write_all(part).unwrap();
+            until_taken(fd, &reader);
         }
-        let (n, buf) = reader.join().unwrap();
+        let (n, buf, _conn) = reader.join().unwrap();
         assert_eq!(n, 9);
         assert_eq!(&buf, b"onetwosix");
     });
@@ -710,5 +711,197 @@ fn error_queue_reads_and_bad_iovec_counts_are_libcs_answers_in_coroutines() {
             std::io::Error::last_os_error().raw_os_error(),
             Some(libc::EINVAL)
         );
+    });
+}
+
+/// Waits (letting the loop poll) until `fd`'s receive queue is empty: a reader blocked in a
+/// `MSG_WAITALL` receive on it has taken what was sent so far and is waiting for the rest.
+/// Returns early when `reader` has finished (a receive that returned short ends it too soon).
+fn until_taken<T>(fd: i32, reader: &evco::JoinHandle<T>) {
+    while !reader.is_finished() {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+        if queued == 0 {
+            return;
+        }
+        evco::time::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The byte at offset `i` of the streams the vectored tests send.
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// A blocking `writev` or `sendmsg` on a stream queues every byte before it returns (the kernel
+/// blocks until then), so programs that call it once, without a loop, lose nothing: the hooked
+/// calls go on through as many transfers as the socket buffer needs, the ancillary data of a
+/// `sendmsg` going with the first only.
+#[test]
+fn writev_and_sendmsg_on_a_blocking_stream_queue_every_byte() {
+    let _w = watchdog(30);
+    // Three iovecs of odd lengths, many times a 64 KiB send buffer, for each call.
+    const PARTS: [usize; 3] = [300_001, 7, 700_003];
+    const TOTAL: usize = 300_001 + 7 + 700_003;
+    evco::run(|| {
+        let (a, z) = std::os::unix::net::UnixStream::pair().unwrap();
+        let small: libc::c_int = 64 * 1024;
+        // SAFETY: setsockopt with an int option on an fd `a` owns.
+        let rc = unsafe {
+            libc::setsockopt(
+                a.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                (&small as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        // Reads to the end with recvmsg, counting the descriptors that arrive (and closing them).
+        let reader = evco::spawn(move || {
+            let mut got = Vec::with_capacity(2 * TOTAL);
+            let mut fds = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            // u64s: aligned for cmsghdr.
+            let mut control = [0u64; 16];
+            loop {
+                let mut iov = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: buf.len(),
+                };
+                // SAFETY: msghdr is plain data; all-zero is an empty header.
+                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&control) as _;
+                // SAFETY: `msg` describes `buf` and `control`, both alive and writable.
+                let n = unsafe { libc::recvmsg(z.as_raw_fd(), &mut msg, 0) };
+                assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+                // SAFETY: walking the control messages the kernel wrote into `control`; each
+                // SCM_RIGHTS payload is an array of fds now owned by this process.
+                unsafe {
+                    let mut c = libc::CMSG_FIRSTHDR(&msg);
+                    while !c.is_null() {
+                        if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
+                        {
+                            let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                            let data = libc::CMSG_DATA(c) as *const libc::c_int;
+                            for k in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                                libc::close(*data.add(k));
+                                fds += 1;
+                            }
+                        }
+                        c = libc::CMSG_NXTHDR(&msg, c);
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n as usize]);
+            }
+            (got, fds)
+        });
+        let data: Vec<u8> = (0..2 * TOTAL).map(pattern).collect();
+        let iovecs = |base: usize| {
+            let mut off = base;
+            PARTS.map(|len| {
+                let v = libc::iovec {
+                    iov_base: data[off..].as_ptr() as *mut libc::c_void,
+                    iov_len: len,
+                };
+                off += len;
+                v
+            })
+        };
+        let fd = a.as_raw_fd();
+        let first = iovecs(0);
+        // SAFETY: three iovecs over `data`, which outlives the call.
+        let n = unsafe { libc::writev(fd, first.as_ptr(), 3) };
+        assert_eq!(n, TOTAL as isize, "writev returned early");
+        let mut second = iovecs(TOTAL);
+        // One descriptor (this process's stdin) as ancillary data.
+        let mut control = [0u64; 4];
+        // SAFETY: msghdr is plain data; all-zero is an empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = second.as_mut_ptr();
+        msg.msg_iovlen = 3;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE only computes a size.
+        msg.msg_controllen =
+            unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
+        // SAFETY: `control` has room for one cmsghdr carrying one int (CMSG_SPACE above).
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            *(libc::CMSG_DATA(c) as *mut libc::c_int) = 0;
+        }
+        // SAFETY: `msg` points at three iovecs over `data` and at `control`.
+        let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+        assert_eq!(n, TOTAL as isize, "sendmsg returned early");
+        drop(a);
+        let (got, fds) = reader.join().unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the stream arrived altered");
+        assert_eq!(fds, 1, "the descriptor was not passed exactly once");
+    });
+}
+
+/// `MSG_WAITALL` makes a blocking stream receive wait for every byte it asked for, whichever
+/// call carries it: `recvfrom` and `recvmsg` (into two iovecs) as well as `recv`.
+#[test]
+fn recvfrom_and_recvmsg_with_msg_waitall_wait_for_every_byte() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let fd = conn.as_raw_fd();
+        let reader = evco::spawn(move || {
+            let mut first = [0u8; 9];
+            // SAFETY: `first` is 9 writable bytes; `conn` keeps the fd open.
+            let n1 = unsafe {
+                libc::recvfrom(
+                    fd,
+                    first.as_mut_ptr().cast(),
+                    9,
+                    libc::MSG_WAITALL,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+            let (mut head, mut tail) = ([0u8; 4], [0u8; 5]);
+            let mut iov = [
+                libc::iovec {
+                    iov_base: head.as_mut_ptr().cast(),
+                    iov_len: 4,
+                },
+                libc::iovec {
+                    iov_base: tail.as_mut_ptr().cast(),
+                    iov_len: 5,
+                },
+            ];
+            // SAFETY: msghdr is plain data; all-zero is an empty header.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = 2;
+            // SAFETY: `msg` points at two iovecs over `head` and `tail`.
+            let n2 = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_WAITALL) };
+            // `conn` goes back with the result: the fd stays open for `until_taken`.
+            (n1, first, n2, head, tail, conn)
+        });
+        // One part at a time, each taken by the waiting reader before the next is sent, so
+        // that a receive returning with what it has would return short.
+        for part in [&b"one"[..], b"two", b"six", b"ten", b"red", b"sky"] {
+            client.write_all(part).unwrap();
+            until_taken(fd, &reader);
+        }
+        let (n1, first, n2, head, tail, _conn) = reader.join().unwrap();
+        assert_eq!((n1, &first), (9, b"onetwosix"));
+        assert_eq!((n2, &head, &tail), (9, b"tenr", b"edsky"));
     });
 }

@@ -45,11 +45,16 @@
 //! - `SO_RCVTIMEO` and `SO_SNDTIMEO` bound those waits as they bound the blocking call (a
 //!   timeout is `EAGAIN`, and `EINPROGRESS` for `connect`); they are kept in milliseconds,
 //!   rounded up.
-//! - A blocking stream `send`/`write`/`sendto` returns when everything is queued, as the
-//!   kernel's does (or with the bytes sent so far when a later wait fails); `MSG_WAITALL`
-//!   `recv`s are waited out the same way (a `recvfrom` with it makes one transfer). The
-//!   timeout bounds the whole call, not each transfer. `readv`/`writev`/`recvmsg`/`sendmsg`
-//!   make one transfer once the socket is ready. A Unix-domain `connect` is libc's (it blocks only
+//! - A blocking stream `send`/`write`/`sendto`/`writev`/`sendmsg` returns when everything is
+//!   queued, as the kernel's does (or with the bytes sent so far when a later wait fails), so
+//!   a program that makes the call once, without a loop, loses nothing; a `sendmsg`'s
+//!   ancillary data goes with its first transfer only. `MSG_WAITALL` receives (`recv`,
+//!   `recvfrom`, `recvmsg`) are waited out the same way; a `recvmsg` that takes several
+//!   transfers reports the ancillary data, address and flags of the first. The timeout bounds
+//!   the whole call, not each transfer. `read`/`readv` and receives without `MSG_WAITALL` make
+//!   one transfer once the socket is ready, as the kernel's do. Evco reads a caller's iovecs
+//!   or `msghdr` itself only after the kernel accepted them in a first transfer, so a bad
+//!   pointer is still the kernel's `EFAULT`. A Unix-domain `connect` is libc's (it blocks only
 //!   while the listener's queue is full).
 //! - `poll` inside a scheduled coroutine, when every fd it lists is a socket this process
 //!   created polled for `POLLIN` and/or `POLLOUT`, waits for the first one to become ready
@@ -433,7 +438,21 @@ fn coop_once(
     interest: Interest,
     op: impl FnMut() -> io::Result<usize>,
 ) -> io::Result<usize> {
-    let timeout = table::timeout(bits, interest.is_writable());
+    coop_once_within(
+        fd,
+        table::timeout(bits, interest.is_writable()),
+        interest,
+        op,
+    )
+}
+
+/// [`coop_once`] within `timeout` (what is left of a call's budget) instead of the fd's.
+fn coop_once_within(
+    fd: c_int,
+    timeout: Option<Duration>,
+    interest: Interest,
+    op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
     stop_cancellation(|| crate::io::retry(fd, interest, timeout, op))
 }
 
@@ -506,19 +525,36 @@ fn coop_send(
     fd: c_int,
     bits: u64,
     len: usize,
+    op: impl FnMut(usize) -> io::Result<usize>,
+) -> io::Result<usize> {
+    coop_send_all(fd, bits, || len, op)
+}
+
+/// [`coop_send`] of `len()` bytes, asked for only after the first transfer succeeded: for a
+/// vectored send the length is the sum of the caller's iovecs, which evco reads only once the
+/// kernel has accepted them (a bad pointer is then the kernel's `EFAULT`, not a crash here).
+fn coop_send_all(
+    fd: c_int,
+    bits: u64,
+    len: impl FnOnce() -> usize,
     mut op: impl FnMut(usize) -> io::Result<usize>,
 ) -> io::Result<usize> {
     if bits & table::STREAM == 0 {
         return coop_once(fd, bits, Interest::WRITABLE, || op(0));
     }
     let budget = Budget::new(bits, true);
+    let mut len = Some(len);
+    let mut total = 0;
     let mut done = 0;
     loop {
         let left = budget.left();
         match stop_cancellation(|| crate::io::retry(fd, Interest::WRITABLE, left, || op(done))) {
             Ok(n) => {
+                if let Some(len) = len.take() {
+                    total = len();
+                }
                 done += n;
-                if done >= len || n == 0 {
+                if done >= total || n == 0 {
                     return Ok(done);
                 }
             }
@@ -526,6 +562,94 @@ fn coop_send(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A cooperative receive that honours `MSG_WAITALL` on streams as the kernel's blocking
+/// receive does: transfers until `len()` bytes arrived, the peer closed, or an error or the
+/// fd's receive timeout (counted once for the whole call) came after some bytes. `once(off,
+/// flags, timeout)` makes one receive into the caller's buffer from `off` with `flags`
+/// (`MSG_WAITALL` taken out). `len` is asked for only after a first transfer succeeded (see
+/// [`coop_send_all`]).
+fn coop_recv_all(
+    bits: u64,
+    flags: c_int,
+    len: impl FnOnce() -> usize,
+    mut once: impl FnMut(usize, c_int, Option<Duration>) -> io::Result<usize>,
+) -> ssize_t {
+    let waitall =
+        flags & libc::MSG_WAITALL != 0 && flags & libc::MSG_PEEK == 0 && bits & table::STREAM != 0;
+    let flags = flags & !libc::MSG_WAITALL;
+    if !waitall {
+        return ret(once(0, flags, table::timeout(bits, false)));
+    }
+    let budget = Budget::new(bits, false);
+    let mut len = Some(len);
+    let mut total = 0;
+    let mut got = 0;
+    loop {
+        match once(got, flags, budget.left()) {
+            Ok(n) => {
+                if let Some(len) = len.take() {
+                    total = len();
+                }
+                got += n;
+                if n == 0 || got >= total {
+                    return got as ssize_t;
+                }
+            }
+            Err(_) if got > 0 => return got as ssize_t,
+            Err(e) => return ret(Err(e)),
+        }
+    }
+}
+
+/// The caller's iovecs with the first `done` bytes skipped, for the later transfers of a
+/// vectored call that takes several (the caller's array is not evco's to change, so the rest
+/// goes in `into`).
+///
+/// # Safety
+///
+/// `iov` points at `n` readable iovecs: only call this after the kernel accepted them in a
+/// transfer of this same call.
+unsafe fn iov_rest(iov: *const iovec, n: usize, done: usize, into: &mut Vec<iovec>) {
+    into.clear();
+    if n == 0 || iov.is_null() {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    let all = unsafe { std::slice::from_raw_parts(iov, n) };
+    let mut skip = done;
+    for v in all {
+        if skip >= v.iov_len {
+            skip -= v.iov_len;
+            continue;
+        }
+        into.push(iovec {
+            iov_base: v.iov_base.wrapping_byte_add(skip),
+            iov_len: v.iov_len - skip,
+        });
+        skip = 0;
+    }
+}
+
+/// A `msghdr`'s iovec count as a `usize` (glibc declares it `size_t`, musl `int`).
+#[allow(clippy::unnecessary_cast)]
+fn msg_iovlen(m: &msghdr) -> usize {
+    m.msg_iovlen as usize
+}
+
+/// The total length of `n` iovecs (saturating: the kernel refuses more than `ssize_t` anyway).
+///
+/// # Safety
+///
+/// As for [`iov_rest`].
+unsafe fn iov_total(iov: *const iovec, n: usize) -> usize {
+    if n == 0 || iov.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller's contract.
+    let all = unsafe { std::slice::from_raw_parts(iov, n) };
+    all.iter().fold(0usize, |t, v| t.saturating_add(v.iov_len))
 }
 
 /// Runs one attempt of `op` with `O_NONBLOCK` set on `fd`, and clears it again (keeping the
@@ -787,33 +911,19 @@ unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int
         return unsafe { real::recv(fd, buf, len, flags) };
     };
     let peek = flags & libc::MSG_PEEK != 0;
-    let once = |off: usize, timeout: Option<Duration>| {
-        coop_recv(fd, bits, len - off, peek, timeout, || {
-            // SAFETY: `off <= len`: the rest of the caller's buffer.
-            cvt(unsafe {
-                real::recv(
-                    fd,
-                    buf.byte_add(off),
-                    len - off,
-                    (flags & !libc::MSG_WAITALL) | libc::MSG_DONTWAIT,
-                )
+    coop_recv_all(
+        bits,
+        flags,
+        || len,
+        |off, flags, timeout| {
+            coop_recv(fd, bits, len - off, peek, timeout, || {
+                // SAFETY: `off <= len`: the rest of the caller's buffer.
+                cvt(unsafe {
+                    real::recv(fd, buf.byte_add(off), len - off, flags | libc::MSG_DONTWAIT)
+                })
             })
-        })
-    };
-    if flags & libc::MSG_WAITALL == 0 || peek || bits & table::STREAM == 0 {
-        return ret(once(0, table::timeout(bits, false)));
-    }
-    let budget = Budget::new(bits, false);
-    let mut got = 0;
-    while got < len {
-        match once(got, budget.left()) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(_) if got > 0 => break,
-            Err(e) => return ret(Err(e)),
-        }
-    }
-    got as ssize_t
+        },
+    )
 }
 
 /// Hook: cooperative on a hooked socket in a coroutine.
@@ -846,17 +956,30 @@ unsafe extern "C" fn recvfrom(
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) }
         }
-        Some(bits) => ret(coop_recv(
-            fd,
-            bits,
-            len,
-            flags & libc::MSG_PEEK != 0,
-            table::timeout(bits, false),
-            || {
-                // SAFETY: as above, one non-blocking attempt.
-                cvt(unsafe { real::recvfrom(fd, buf, len, flags | libc::MSG_DONTWAIT, addr, alen) })
-            },
-        )),
+        Some(bits) => {
+            let peek = flags & libc::MSG_PEEK != 0;
+            coop_recv_all(
+                bits,
+                flags,
+                || len,
+                |off, flags, timeout| {
+                    coop_recv(fd, bits, len - off, peek, timeout, || {
+                        // SAFETY: `off <= len`: the rest of the caller's buffer; one non-blocking
+                        // attempt with the caller's address arguments.
+                        cvt(unsafe {
+                            real::recvfrom(
+                                fd,
+                                buf.byte_add(off),
+                                len - off,
+                                flags | libc::MSG_DONTWAIT,
+                                addr,
+                                alen,
+                            )
+                        })
+                    })
+                },
+            )
+        }
     }
 }
 
@@ -891,34 +1014,78 @@ unsafe extern "C" fn sendto(
     }
 }
 
-/// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
+/// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out on
+/// streams). A `MSG_WAITALL` receive that takes several transfers gets the ancillary data,
+/// address and flags of the first; the later ones fill the rest of the iovecs.
 #[unsafe(no_mangle)]
 unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
-    match cooperative_recv(fd, flags) {
-        None => {
-            // SAFETY: the caller's arguments, passed on.
-            unsafe { real::recvmsg(fd, msg, flags) }
-        }
-        Some(bits) => ret(coop_once(fd, bits, Interest::READABLE, || {
-            // SAFETY: as above, one non-blocking attempt.
-            cvt(unsafe { real::recvmsg(fd, msg, flags | libc::MSG_DONTWAIT) })
-        })),
-    }
+    let Some(bits) = cooperative_recv(fd, flags) else {
+        // SAFETY: the caller's arguments, passed on.
+        return unsafe { real::recvmsg(fd, msg, flags) };
+    };
+    let mut rest = Vec::new();
+    coop_recv_all(
+        bits,
+        flags,
+        // SAFETY: asked for after the kernel read `*msg` and its iovecs in a first transfer.
+        || unsafe { iov_total((*msg).msg_iov, msg_iovlen(&*msg)) },
+        |got, flags, timeout| {
+            coop_once_within(fd, timeout, Interest::READABLE, || {
+                if got == 0 {
+                    // SAFETY: the caller's arguments; one non-blocking attempt.
+                    return cvt(unsafe { real::recvmsg(fd, msg, flags | libc::MSG_DONTWAIT) });
+                }
+                // SAFETY: a first transfer of this call succeeded, so the kernel accepted
+                // `*msg` and its iovecs; the copy points at the caller's buffers past `got`.
+                let mut m = unsafe { *msg };
+                // SAFETY: as above.
+                unsafe { iov_rest(m.msg_iov, msg_iovlen(&m), got, &mut rest) };
+                m.msg_iov = rest.as_mut_ptr();
+                m.msg_iovlen = rest.len() as _;
+                m.msg_name = std::ptr::null_mut();
+                m.msg_namelen = 0;
+                m.msg_control = std::ptr::null_mut();
+                m.msg_controllen = 0;
+                // SAFETY: `m` describes the rest of the caller's buffers.
+                cvt(unsafe { real::recvmsg(fd, &mut m, flags | libc::MSG_DONTWAIT) })
+            })
+        },
+    )
 }
 
-/// Hook: cooperative on a hooked socket in a coroutine (one transfer once ready).
+/// Hook: cooperative on a hooked socket in a coroutine; on streams it goes on until every
+/// byte is queued, as a blocking `sendmsg` does (the ancillary data goes with the first
+/// transfer only).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
-    match cooperative_send(fd, flags) {
-        None => {
-            // SAFETY: the caller's arguments, passed on.
-            unsafe { real::sendmsg(fd, msg, flags) }
-        }
-        Some(bits) => ret(coop_once(fd, bits, Interest::WRITABLE, || {
-            // SAFETY: as above, one non-blocking attempt.
-            cvt(unsafe { real::sendmsg(fd, msg, flags | libc::MSG_DONTWAIT) })
-        })),
-    }
+    let Some(bits) = cooperative_send(fd, flags) else {
+        // SAFETY: the caller's arguments, passed on.
+        return unsafe { real::sendmsg(fd, msg, flags) };
+    };
+    let mut rest = Vec::new();
+    ret(coop_send_all(
+        fd,
+        bits,
+        // SAFETY: asked for after the kernel read `*msg` and its iovecs in a first transfer.
+        || unsafe { iov_total((*msg).msg_iov, msg_iovlen(&*msg)) },
+        |done| {
+            if done == 0 {
+                // SAFETY: the caller's arguments; one non-blocking attempt.
+                return cvt(unsafe { real::sendmsg(fd, msg, flags | libc::MSG_DONTWAIT) });
+            }
+            // SAFETY: a first transfer of this call succeeded, so the kernel accepted `*msg`
+            // and its iovecs; the copy points at the caller's bytes past `done`.
+            let mut m = unsafe { *msg };
+            // SAFETY: as above.
+            unsafe { iov_rest(m.msg_iov, msg_iovlen(&m), done, &mut rest) };
+            m.msg_iov = rest.as_mut_ptr();
+            m.msg_iovlen = rest.len() as _;
+            m.msg_control = std::ptr::null_mut();
+            m.msg_controllen = 0;
+            // SAFETY: `m` describes the rest of the caller's data.
+            cvt(unsafe { real::sendmsg(fd, &m, flags | libc::MSG_DONTWAIT) })
+        },
+    ))
 }
 
 /// Whether `readv`/`writev` accept `n` iovecs; libc's own call reports `EINVAL` otherwise.
@@ -954,22 +1121,35 @@ unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
     }
 }
 
-/// Hook: on a hooked socket in a coroutine, a cooperative `sendmsg`.
+/// Hook: on a hooked socket in a coroutine, a cooperative `sendmsg`; on streams it goes on
+/// until every byte is queued, as a blocking `writev` does.
 #[unsafe(no_mangle)]
 unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
-    match cooperative(fd).filter(|_| iov_count_ok(n)) {
-        None => {
-            // SAFETY: the caller's arguments, passed on.
-            unsafe { real::writev(fd, iov, n) }
-        }
-        Some(bits) => {
-            let m = iov_msg(iov, n);
-            ret(coop_once(fd, bits, Interest::WRITABLE, || {
-                // SAFETY: `m` points at the caller's iovecs; sendmsg on a socket is writev.
-                cvt(unsafe { real::sendmsg(fd, &m, libc::MSG_DONTWAIT) })
-            }))
-        }
-    }
+    let Some(bits) = cooperative(fd).filter(|_| iov_count_ok(n)) else {
+        // SAFETY: the caller's arguments, passed on.
+        return unsafe { real::writev(fd, iov, n) };
+    };
+    let count = n as usize;
+    let mut rest = Vec::new();
+    ret(coop_send_all(
+        fd,
+        bits,
+        // SAFETY: asked for after the kernel read the iovecs in a first transfer.
+        || unsafe { iov_total(iov, count) },
+        |done| {
+            let m = if done == 0 {
+                iov_msg(iov, n)
+            } else {
+                // SAFETY: a first transfer of this call succeeded, so the kernel accepted the
+                // caller's iovecs.
+                unsafe { iov_rest(iov, count, done, &mut rest) };
+                iov_msg(rest.as_ptr(), rest.len() as c_int)
+            };
+            // SAFETY: `m` points at the caller's iovecs, or at the rest of them; sendmsg on a
+            // socket is writev.
+            cvt(unsafe { real::sendmsg(fd, &m, libc::MSG_DONTWAIT) })
+        },
+    ))
 }
 
 /// Hook: forgets the fd (waking its waiters with `EBADF`), then closes it.
