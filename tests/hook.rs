@@ -31,6 +31,21 @@ fn note(log: &Log, s: impl Into<String>) {
     log.borrow_mut().push(s.into());
 }
 
+/// `setsockopt(fd, SOL_SOCKET, name, value)`, which must succeed.
+fn set_socket_option<T>(fd: i32, name: libc::c_int, value: &T) {
+    // SAFETY: `value` is a live `T` and the length given is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
+}
+
 fn nonblocking_flag(fd: i32) -> bool {
     // SAFETY: F_GETFL only reads the fd's status flags.
     let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
@@ -638,17 +653,7 @@ fn an_accepted_connection_keeps_the_listeners_receive_timeout() {
             tv_sec: 0,
             tv_usec: 20_000,
         };
-        // SAFETY: a valid timeval of the size given, on a socket we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                listener.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        set_socket_option(listener.as_raw_fd(), libc::SO_RCVTIMEO, &tv);
         let client = evco::spawn(move || TcpStream::connect(addr).unwrap());
         let (mut conn, _) = listener.accept().unwrap();
         let _silent = client.join().unwrap();
@@ -747,18 +752,7 @@ fn writev_and_sendmsg_on_a_blocking_stream_queue_every_byte() {
     const TOTAL: usize = 300_001 + 7 + 700_003;
     evco::run(|| {
         let (a, z) = std::os::unix::net::UnixStream::pair().unwrap();
-        let small: libc::c_int = 64 * 1024;
-        // SAFETY: setsockopt with an int option on an fd `a` owns.
-        let rc = unsafe {
-            libc::setsockopt(
-                a.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                (&small as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
+        set_socket_option(a.as_raw_fd(), libc::SO_SNDBUF, &(64 * 1024 as libc::c_int));
         // Reads to the end with recvmsg, counting the descriptors that arrive (and closing them).
         let reader = evco::spawn(move || {
             let mut got = Vec::with_capacity(2 * TOTAL);

@@ -632,6 +632,28 @@ unsafe fn iov_rest(iov: *const iovec, n: usize, done: usize, into: &mut Vec<iove
     }
 }
 
+/// A copy of the caller's `msghdr` for a later transfer of a call that takes several: its
+/// iovecs past the first `done` bytes (kept in `rest`), without the address and ancillary data,
+/// which belong to the first transfer.
+///
+/// # Safety
+///
+/// As for [`iov_rest`]: `msg` and its iovecs were accepted by the kernel in a first transfer
+/// of this same call. The result points into `rest`, which must outlive its use.
+unsafe fn msg_rest(msg: *const msghdr, done: usize, rest: &mut Vec<iovec>) -> msghdr {
+    // SAFETY: the caller's contract.
+    let mut m = unsafe { *msg };
+    // SAFETY: as above.
+    unsafe { iov_rest(m.msg_iov, msg_iovlen(&m), done, rest) };
+    m.msg_iov = rest.as_mut_ptr();
+    m.msg_iovlen = rest.len() as _;
+    m.msg_name = std::ptr::null_mut();
+    m.msg_namelen = 0;
+    m.msg_control = std::ptr::null_mut();
+    m.msg_controllen = 0;
+    m
+}
+
 /// A `msghdr`'s iovec count as a `usize` (glibc declares it `size_t`, musl `int`).
 #[allow(clippy::unnecessary_cast)]
 fn msg_iovlen(m: &msghdr) -> usize {
@@ -1036,16 +1058,8 @@ unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize
                     return cvt(unsafe { real::recvmsg(fd, msg, flags | libc::MSG_DONTWAIT) });
                 }
                 // SAFETY: a first transfer of this call succeeded, so the kernel accepted
-                // `*msg` and its iovecs; the copy points at the caller's buffers past `got`.
-                let mut m = unsafe { *msg };
-                // SAFETY: as above.
-                unsafe { iov_rest(m.msg_iov, msg_iovlen(&m), got, &mut rest) };
-                m.msg_iov = rest.as_mut_ptr();
-                m.msg_iovlen = rest.len() as _;
-                m.msg_name = std::ptr::null_mut();
-                m.msg_namelen = 0;
-                m.msg_control = std::ptr::null_mut();
-                m.msg_controllen = 0;
+                // `*msg` and its iovecs.
+                let mut m = unsafe { msg_rest(msg, got, &mut rest) };
                 // SAFETY: `m` describes the rest of the caller's buffers.
                 cvt(unsafe { real::recvmsg(fd, &mut m, flags | libc::MSG_DONTWAIT) })
             })
@@ -1074,14 +1088,8 @@ unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssi
                 return cvt(unsafe { real::sendmsg(fd, msg, flags | libc::MSG_DONTWAIT) });
             }
             // SAFETY: a first transfer of this call succeeded, so the kernel accepted `*msg`
-            // and its iovecs; the copy points at the caller's bytes past `done`.
-            let mut m = unsafe { *msg };
-            // SAFETY: as above.
-            unsafe { iov_rest(m.msg_iov, msg_iovlen(&m), done, &mut rest) };
-            m.msg_iov = rest.as_mut_ptr();
-            m.msg_iovlen = rest.len() as _;
-            m.msg_control = std::ptr::null_mut();
-            m.msg_controllen = 0;
+            // and its iovecs.
+            let m = unsafe { msg_rest(msg, done, &mut rest) };
             // SAFETY: `m` describes the rest of the caller's data.
             cvt(unsafe { real::sendmsg(fd, &m, flags | libc::MSG_DONTWAIT) })
         },
