@@ -5,7 +5,7 @@
 //! deadline that the scheduler's one timer event serves) and suspends; the event's callback
 //! resumes the coroutine. One scheduler per thread owns or borrows
 //! one base; coroutines never move between threads. [`net`] has std's socket types made
-//! cooperative, [`sync`] channels and locks that park the coroutine instead of the thread, and
+//! cooperative and name lookups through libevent's evdns ([`net::lookup_host`]), [`sync`] channels and locks that park the coroutine instead of the thread, and
 //! with the `hook` feature (default) `hook` interposes libc's socket calls and sleeps so that
 //! unmodified blocking code (std::net, C client libraries) suspends the coroutine too.
 //!

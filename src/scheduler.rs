@@ -203,6 +203,9 @@ pub(crate) struct Scheduler {
     timers: TimerHeap<Task>,
     /// What wakes the loop at the earliest of them, made on first use. Declared before `base`.
     alarm: RefCell<Option<Alarm>>,
+    /// This thread's name resolver (`net::dns`), made on first use; null before. Freed in
+    /// `Drop`, before the base.
+    dns: Cell<*mut sys::evdns_base>,
     base: EventBase,
 }
 
@@ -232,6 +235,7 @@ impl Scheduler {
             spare_waiters: RefCell::new(Vec::new()),
             timers: TimerHeap::new(),
             alarm: RefCell::new(None),
+            dns: Cell::new(std::ptr::null_mut()),
             base,
         });
         let arg = Rc::as_ptr(&sched) as *mut c_void;
@@ -267,6 +271,11 @@ impl Scheduler {
         let sched = Scheduler::install(EventBase::new()?);
         // SAFETY: as in `current`: `OWNER` keeps it alive.
         Ok(unsafe { &*Rc::as_ptr(&sched) })
+    }
+
+    /// Where this scheduler keeps its name resolver (see `net::dns`).
+    pub(crate) fn dns_base(&self) -> &Cell<*mut sys::evdns_base> {
+        &self.dns
     }
 
     pub(crate) fn base(&self) -> &EventBase {
@@ -972,6 +981,12 @@ pub(crate) fn forget_fd(fd: RawFd) {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
+        let dns = self.dns.replace(std::ptr::null_mut());
+        if !dns.is_null() {
+            // SAFETY: the resolver was made on this scheduler's base, which is still alive (a
+            // field); failing its requests hands their callback references back (`net::dns`).
+            unsafe { sys::evdns_base_free(dns, 1) };
+        }
         let _ = SCHED.try_with(|s| {
             if std::ptr::eq(s.get(), self) {
                 s.set(std::ptr::null());

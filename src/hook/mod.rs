@@ -80,7 +80,8 @@
 //!   older one.
 //!
 //! `select`, `ppoll`, `epoll_wait` and DNS (`getaddrinfo`) are not hooked, nor `poll` over
-//! other fds: they block the thread as before.
+//! other fds: they block the thread as before. [`net::lookup_host`](crate::net::lookup_host)
+//! resolves names without blocking it.
 //!
 //! # Cancellation
 //!

@@ -44,6 +44,7 @@
 //! });
 //! ```
 
+mod dns;
 mod sock;
 mod tcp;
 mod udp;
@@ -51,6 +52,7 @@ mod unix;
 
 pub(crate) use sock::Sock;
 
+pub use dns::{lookup_host, set_nameservers};
 pub use tcp::{Incoming, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{UnixDatagram, UnixListener, UnixStream};
