@@ -984,8 +984,9 @@ impl Drop for Scheduler {
         let dns = self.dns.replace(std::ptr::null_mut());
         if !dns.is_null() {
             // SAFETY: the resolver was made on this scheduler's base, which is still alive (a
-            // field); failing its requests hands their callback references back (`net::dns`).
-            unsafe { sys::evdns_base_free(dns, 1) };
+            // field), and the loop never runs again, so no callback of it can come later
+            // (`net::dns`).
+            unsafe { sys::evdns_base_free(dns, 0) };
         }
         let _ = SCHED.try_with(|s| {
             if std::ptr::eq(s.get(), self) {

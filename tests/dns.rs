@@ -228,13 +228,17 @@ fn a_cancelled_lookup_cancels_its_request() {
         let p = asking.join().unwrap_err();
         assert!(p.downcast_ref::<Cancelled>().is_some());
         // libevent reports the cancellation through deferred callbacks, which run on the
-        // loop's next turn.
+        // loop's next turn; until then the resolver cannot be replaced.
+        let server = silent.local_addr().unwrap();
+        let busy = set_nameservers(&[server]).unwrap_err();
+        assert_eq!(busy.kind(), ErrorKind::ResourceBusy);
         evco::time::sleep(std::time::Duration::from_millis(1));
         assert_eq!(
             base.added_events(),
             idle,
             "the cancelled lookup left events behind"
         );
+        set_nameservers(&[server]).unwrap();
     });
 }
 

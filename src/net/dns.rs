@@ -29,8 +29,11 @@
 //!
 //! # Lifecycle invariants
 //!
-//! - The scheduler owns its resolver (an `evdns_base` on its event base) and frees it, failing
-//!   what is still in flight, before its base goes.
+//! - The scheduler owns its resolver (an `evdns_base` on its event base) and frees it before
+//!   its base goes, without callbacks for what is still in flight (only lookups of coroutines
+//!   a dying thread leaked can be; the loop never runs again to report them). A resolver is
+//!   only replaced with nothing in flight: libevent's getaddrinfo callbacks read their
+//!   resolver, so freeing one under them is a use after free.
 //! - A lookup's state is an `Rc<Lookup>`; one reference is handed to libevent as the callback
 //!   argument. libevent calls [`answered`] exactly once per request (an answer, an error, a
 //!   timeout, a cancellation, or the resolver being freed), synchronously from
@@ -54,6 +57,12 @@ use crate::sys;
 
 /// libevent's `EVUTIL_EAI_CANCEL`: the request was cancelled.
 const EAI_CANCEL: c_int = -90001;
+
+thread_local! {
+    /// Lookups of this thread's resolver whose callback has not come yet (cancelled ones
+    /// included: libevent reports a cancellation on the loop's next turn).
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+}
 
 /// Resolves `host` to the socket addresses it names, each with `port`.
 ///
@@ -83,6 +92,7 @@ pub fn lookup_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     // One entry per address (not one per socket type).
     hints.ai_socktype = libc::SOCK_STREAM;
     let arg = Rc::into_raw(lookup.clone()) as *mut c_void;
+    IN_FLIGHT.with(|n| n.set(n.get() + 1));
     // SAFETY: `dns` is this scheduler's live resolver; `name` and `hints` outlive the call
     // (libevent copies what it keeps); `arg` is a reference `answered` takes back exactly once
     // (module invariants).
@@ -124,13 +134,23 @@ pub fn lookup_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
 }
 
 /// Makes this thread's resolver ask `servers` (in that order of preference) instead of the
-/// name servers of `/etc/resolv.conf`, keeping `/etc/hosts`. Lookups in flight on the resolver
-/// it replaces fail. Installs this thread's scheduler if there is none.
+/// name servers of `/etc/resolv.conf`, keeping `/etc/hosts`. Installs this thread's scheduler
+/// if there is none.
+///
+/// Fails with [`io::ErrorKind::ResourceBusy`] while lookups are in flight on this thread
+/// (including cancelled ones until the loop's next turn): libevent cannot free a resolver
+/// under them safely.
 pub fn set_nameservers(servers: &[SocketAddr]) -> io::Result<()> {
     if servers.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "set_nameservers needs at least one name server",
+        ));
+    }
+    if IN_FLIGHT.with(Cell::get) > 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            "name lookups are in flight on this thread's resolver",
         ));
     }
     let sched = Scheduler::current_or_install()?;
@@ -163,9 +183,9 @@ pub fn set_nameservers(servers: &[SocketAddr]) -> io::Result<()> {
     unsafe { sys::evdns_base_load_hosts(dns, std::ptr::null()) };
     let old = sched.dns_base().replace(dns);
     if !old.is_null() {
-        // SAFETY: `old` was this scheduler's resolver and is no longer reachable; failing its
-        // requests calls their callbacks, which take their references back (module invariants).
-        unsafe { sys::evdns_base_free(old, 1) };
+        // SAFETY: `old` was this scheduler's resolver, is no longer reachable, and has no
+        // request in flight (checked above; a resolver serves only its own thread).
+        unsafe { sys::evdns_base_free(old, 0) };
     }
     Ok(())
 }
@@ -221,6 +241,7 @@ unsafe extern "C" fn answered(code: c_int, res: *mut sys::addrinfo, arg: *mut c_
     // SAFETY: `arg` is the reference `lookup_host` handed over with `Rc::into_raw`; libevent
     // calls this exactly once per request, so it is taken back exactly once.
     let lookup = unsafe { Rc::from_raw(arg as *const Lookup) };
+    IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
     let outcome = if code == 0 {
         // SAFETY: on success `res` is the list libevent allocated for this answer.
         Ok(unsafe { addresses(res, lookup.port) })
