@@ -46,7 +46,7 @@
 use std::cell::Cell;
 use std::ffi::{CStr, CString};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::os::raw::{c_int, c_void};
 use std::rc::Rc;
 
@@ -281,7 +281,8 @@ unsafe fn addresses(mut res: *const sys::addrinfo, port: u16) -> Vec<SocketAddr>
                     libc::AF_INET6 if ai.ai_addrlen as usize >= size_of::<libc::sockaddr_in6>() => {
                         let v6 = &*(sa as *const libc::sockaddr_in6);
                         let ip = Ipv6Addr::from(v6.sin6_addr.s6_addr);
-                        out.push(SocketAddr::new(ip.into(), port));
+                        let flow = u32::from_be(v6.sin6_flowinfo);
+                        out.push(SocketAddrV6::new(ip, port, flow, v6.sin6_scope_id).into());
                     }
                     _ => {}
                 }
