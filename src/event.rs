@@ -161,6 +161,14 @@ pub struct EventBase {
     _not_send: PhantomData<*mut ()>,
 }
 
+impl EventBase {
+    /// Whether dropping this handle frees the base: evco made it and no other handle (nor
+    /// `Event`) is left.
+    pub(crate) fn freed_with_this_handle(&self) -> bool {
+        self.inner.owned && Rc::strong_count(&self.inner) == 1
+    }
+}
+
 impl fmt::Debug for EventBase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventBase")

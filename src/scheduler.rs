@@ -203,9 +203,12 @@ pub(crate) struct Scheduler {
     timers: TimerHeap<Task>,
     /// What wakes the loop at the earliest of them, made on first use. Declared before `base`.
     alarm: RefCell<Option<Alarm>>,
-    /// This thread's name resolver (`net::dns`), made on first use; null before. Freed in
-    /// `Drop`, before the base.
+    /// This thread's name resolver (`net::dns`), made on first use; null before.
     dns: Cell<*mut sys::evdns_base>,
+    /// Resolvers `net::set_nameservers` replaced: libevent may still call back into them (a
+    /// lookup's late answer, a cancellation it reports on a later turn), so they live as long
+    /// as the scheduler. Freed in `Drop` with `dns`, before the base, when the base goes too.
+    dns_retired: RefCell<Vec<*mut sys::evdns_base>>,
     base: EventBase,
 }
 
@@ -236,6 +239,7 @@ impl Scheduler {
             timers: TimerHeap::new(),
             alarm: RefCell::new(None),
             dns: Cell::new(std::ptr::null_mut()),
+            dns_retired: RefCell::new(Vec::new()),
             base,
         });
         let arg = Rc::as_ptr(&sched) as *mut c_void;
@@ -276,6 +280,11 @@ impl Scheduler {
     /// Where this scheduler keeps its name resolver (see `net::dns`).
     pub(crate) fn dns_base(&self) -> &Cell<*mut sys::evdns_base> {
         &self.dns
+    }
+
+    /// Keeps a replaced resolver until the scheduler goes (see `dns_retired`).
+    pub(crate) fn retire_dns_base(&self, dns: *mut sys::evdns_base) {
+        self.dns_retired.borrow_mut().push(dns);
     }
 
     pub(crate) fn base(&self) -> &EventBase {
@@ -981,13 +990,21 @@ pub(crate) fn forget_fd(fd: RawFd) {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        let dns = self.dns.replace(std::ptr::null_mut());
-        if !dns.is_null() {
-            // SAFETY: the resolver was made on this scheduler's base, which is still alive (a
-            // field), and the loop never runs again, so no callback of it can come later
-            // (`net::dns`).
-            unsafe { sys::evdns_base_free(dns, 0) };
+        let mut resolvers = std::mem::take(self.dns_retired.get_mut());
+        resolvers.push(self.dns.replace(std::ptr::null_mut()));
+        resolvers.retain(|r| !r.is_null());
+        if self.base.freed_with_this_handle() {
+            for dns in resolvers {
+                // SAFETY: made on this scheduler's base, which is still alive (a field) and
+                // goes right after this without running its loop again: libevent discards
+                // the callbacks it still had queued for these resolvers instead of running
+                // them into freed memory.
+                unsafe { sys::evdns_base_free(dns, 0) };
+            }
         }
+        // Otherwise the base outlives the scheduler (a host's base, or a handle the program
+        // kept) and its loop may still run callbacks that read the resolvers: they are left
+        // allocated (a few KiB each, only where lookups were made).
         let _ = SCHED.try_with(|s| {
             if std::ptr::eq(s.get(), self) {
                 s.set(std::ptr::null());

@@ -735,6 +735,108 @@ fn until_taken<T>(fd: i32, reader: &evco::JoinHandle<T>) {
     }
 }
 
+/// One `recvmsg` into `buf` with room for ancillary data: the bytes it received and how many
+/// descriptors came with them (closed here).
+fn recvmsg_counting_fds(fd: i32, buf: &mut [u8], flags: libc::c_int) -> (usize, usize) {
+    // u64s: aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is an empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` describes `buf` and `control`, both alive and writable.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, flags) };
+    assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        msg.msg_flags & libc::MSG_CTRUNC,
+        0,
+        "ancillary data was cut"
+    );
+    let mut fds = 0;
+    // SAFETY: walking the control messages the kernel wrote into `control`; each SCM_RIGHTS
+    // payload is an array of fds now owned by this process.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(c) as *const libc::c_int;
+                for k in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                    libc::close(*data.add(k));
+                    fds += 1;
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    (n as usize, fds)
+}
+
+/// `sendmsg(fd)` of the bytes `iov` points at, with one descriptor (this process's stdin) as
+/// ancillary data.
+fn sendmsg_with_fd(fd: i32, iov: &mut [libc::iovec]) -> isize {
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; all-zero is an empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    msg.msg_controllen =
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
+    // SAFETY: `control` has room for one cmsghdr carrying one int (CMSG_SPACE above); `msg`
+    // points at the caller's iovecs and at `control`, all alive.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        *(libc::CMSG_DATA(c) as *mut libc::c_int) = 0;
+        libc::sendmsg(fd, &msg, 0)
+    }
+}
+
+/// A `MSG_WAITALL` `recvmsg` with room for ancillary data loses no descriptor that arrives
+/// after its first bytes: it returns what it has before such data (as the kernel's stops at
+/// data that carries descriptors), and the next receive gets the descriptor with its bytes.
+#[test]
+fn a_waitall_recvmsg_taking_descriptors_loses_none() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (a, z) = std::os::unix::net::UnixStream::pair().unwrap();
+        let zfd = z.as_raw_fd();
+        let reader = evco::spawn(move || {
+            let mut buf = [0u8; 6];
+            let (first, mut fds) = recvmsg_counting_fds(zfd, &mut buf, libc::MSG_WAITALL);
+            let mut got = buf[..first].to_vec();
+            while got.len() < 6 {
+                let (n, passed) = recvmsg_counting_fds(zfd, &mut buf, 0);
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+                fds += passed;
+            }
+            (got, fds, z)
+        });
+        let mut writer = &a;
+        writer.write_all(b"abc").unwrap();
+        until_taken(zfd, &reader);
+        let mut iov = [libc::iovec {
+            iov_base: b"def".as_ptr() as *mut libc::c_void,
+            iov_len: 3,
+        }];
+        assert_eq!(sendmsg_with_fd(a.as_raw_fd(), &mut iov), 3);
+        let (got, fds, _z) = reader.join().unwrap();
+        assert_eq!(&got, b"abcdef");
+        assert_eq!(fds, 1, "the descriptor was lost");
+    });
+}
+
 /// The byte at offset `i` of the streams the vectored tests send.
 fn pattern(i: usize) -> u8 {
     (i % 251) as u8
@@ -758,43 +860,13 @@ fn writev_and_sendmsg_on_a_blocking_stream_queue_every_byte() {
             let mut got = Vec::with_capacity(2 * TOTAL);
             let mut fds = 0;
             let mut buf = vec![0u8; 64 * 1024];
-            // u64s: aligned for cmsghdr.
-            let mut control = [0u64; 16];
             loop {
-                let mut iov = libc::iovec {
-                    iov_base: buf.as_mut_ptr().cast(),
-                    iov_len: buf.len(),
-                };
-                // SAFETY: msghdr is plain data; all-zero is an empty header.
-                let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-                msg.msg_iov = &mut iov;
-                msg.msg_iovlen = 1;
-                msg.msg_control = control.as_mut_ptr().cast();
-                msg.msg_controllen = std::mem::size_of_val(&control) as _;
-                // SAFETY: `msg` describes `buf` and `control`, both alive and writable.
-                let n = unsafe { libc::recvmsg(z.as_raw_fd(), &mut msg, 0) };
-                assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
-                // SAFETY: walking the control messages the kernel wrote into `control`; each
-                // SCM_RIGHTS payload is an array of fds now owned by this process.
-                unsafe {
-                    let mut c = libc::CMSG_FIRSTHDR(&msg);
-                    while !c.is_null() {
-                        if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS
-                        {
-                            let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                            let data = libc::CMSG_DATA(c) as *const libc::c_int;
-                            for k in 0..bytes / std::mem::size_of::<libc::c_int>() {
-                                libc::close(*data.add(k));
-                                fds += 1;
-                            }
-                        }
-                        c = libc::CMSG_NXTHDR(&msg, c);
-                    }
-                }
+                let (n, passed) = recvmsg_counting_fds(z.as_raw_fd(), &mut buf, 0);
+                fds += passed;
                 if n == 0 {
                     break;
                 }
-                got.extend_from_slice(&buf[..n as usize]);
+                got.extend_from_slice(&buf[..n]);
             }
             (got, fds)
         });
@@ -816,26 +888,7 @@ fn writev_and_sendmsg_on_a_blocking_stream_queue_every_byte() {
         let n = unsafe { libc::writev(fd, first.as_ptr(), 3) };
         assert_eq!(n, TOTAL as isize, "writev returned early");
         let mut second = iovecs(TOTAL);
-        // One descriptor (this process's stdin) as ancillary data.
-        let mut control = [0u64; 4];
-        // SAFETY: msghdr is plain data; all-zero is an empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = second.as_mut_ptr();
-        msg.msg_iovlen = 3;
-        msg.msg_control = control.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE only computes a size.
-        msg.msg_controllen =
-            unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as _;
-        // SAFETY: `control` has room for one cmsghdr carrying one int (CMSG_SPACE above).
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-            *(libc::CMSG_DATA(c) as *mut libc::c_int) = 0;
-        }
-        // SAFETY: `msg` points at three iovecs over `data` and at `control`.
-        let n = unsafe { libc::sendmsg(fd, &msg, 0) };
+        let n = sendmsg_with_fd(fd, &mut second);
         assert_eq!(n, TOTAL as isize, "sendmsg returned early");
         drop(a);
         let (got, fds) = reader.join().unwrap();

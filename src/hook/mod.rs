@@ -48,9 +48,13 @@
 //! - A blocking stream `send`/`write`/`sendto`/`writev`/`sendmsg` returns when everything is
 //!   queued, as the kernel's does (or with the bytes sent so far when a later wait fails), so
 //!   a program that makes the call once, without a loop, loses nothing; a `sendmsg`'s
-//!   ancillary data goes with its first transfer only. `MSG_WAITALL` receives (`recv`,
-//!   `recvfrom`, `recvmsg`) are waited out the same way; a `recvmsg` that takes several
-//!   transfers reports the ancillary data, address and flags of the first. The timeout bounds
+//!   ancillary data goes with its first transfer only, and a peer gone after some bytes went
+//!   makes it return their count without `SIGPIPE`, as the kernel's does. `MSG_WAITALL`
+//!   receives (`recv`, `recvfrom`, `recvmsg`; not with `MSG_PEEK`, which returns what it can
+//!   see) are waited out the same way; a `recvmsg` that takes several transfers reports the
+//!   address and flags of the first, and one given room for ancillary data ends after its
+//!   first transfer (a later one would have nowhere to put descriptors, and the kernel closes
+//!   descriptors that arrive without room). The timeout bounds
 //!   the whole call, not each transfer. `read`/`readv` and receives without `MSG_WAITALL` make
 //!   one transfer once the socket is ready, as the kernel's do. Evco reads a caller's iovecs
 //!   or `msghdr` itself only after the kernel accepted them in a first transfer, so a bad
@@ -565,6 +569,13 @@ fn coop_send_all(
     }
 }
 
+/// Flags for a send transfer after `done` bytes of the call went out: `MSG_NOSIGNAL` once some
+/// did, since a peer gone by then makes the call return the count sent so far, as the kernel's
+/// blocking send does without raising `SIGPIPE`.
+fn later(done: usize) -> c_int {
+    if done > 0 { libc::MSG_NOSIGNAL } else { 0 }
+}
+
 /// A cooperative receive that honours `MSG_WAITALL` on streams as the kernel's blocking
 /// receive does: transfers until `len()` bytes arrived, the peer closed, or an error or the
 /// fd's receive timeout (counted once for the whole call) came after some bytes. `once(off,
@@ -921,7 +932,14 @@ unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssiz
         Some(bits) => ret(coop_send(fd, bits, count, |off| {
             // SAFETY: `off <= count`, so the rest of the caller's buffer; on a socket, write
             // is send without flags.
-            cvt(unsafe { real::send(fd, buf.byte_add(off), count - off, libc::MSG_DONTWAIT) })
+            cvt(unsafe {
+                real::send(
+                    fd,
+                    buf.byte_add(off),
+                    count - off,
+                    libc::MSG_DONTWAIT | later(off),
+                )
+            })
         })),
     }
 }
@@ -959,7 +977,14 @@ unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_i
         }
         Some(bits) => ret(coop_send(fd, bits, len, |off| {
             // SAFETY: `off <= len`: the rest of the caller's buffer.
-            cvt(unsafe { real::send(fd, buf.byte_add(off), len - off, flags | libc::MSG_DONTWAIT) })
+            cvt(unsafe {
+                real::send(
+                    fd,
+                    buf.byte_add(off),
+                    len - off,
+                    flags | libc::MSG_DONTWAIT | later(off),
+                )
+            })
         })),
     }
 }
@@ -1028,7 +1053,7 @@ unsafe extern "C" fn sendto(
                     fd,
                     buf.byte_add(off),
                     len - off,
-                    flags | libc::MSG_DONTWAIT,
+                    flags | libc::MSG_DONTWAIT | later(off),
                     addr,
                     alen,
                 )
@@ -1038,8 +1063,10 @@ unsafe extern "C" fn sendto(
 }
 
 /// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out on
-/// streams). A `MSG_WAITALL` receive that takes several transfers gets the ancillary data,
-/// address and flags of the first; the later ones fill the rest of the iovecs.
+/// streams). A `MSG_WAITALL` receive that takes several transfers gets the address and flags
+/// of the first; the later ones fill the rest of the iovecs. When the caller gives a buffer for
+/// ancillary data, it ends after the first transfer (no descriptor can be lost to a transfer
+/// without room for it).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     let Some(bits) = cooperative_recv(fd, flags) else {
@@ -1057,6 +1084,14 @@ unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize
                 if got == 0 {
                     // SAFETY: the caller's arguments; one non-blocking attempt.
                     return cvt(unsafe { real::recvmsg(fd, msg, flags | libc::MSG_DONTWAIT) });
+                }
+                // SAFETY: the kernel accepted `*msg` in the first transfer.
+                if !unsafe { (*msg).msg_control }.is_null() {
+                    // The caller takes ancillary data (descriptors, credentials): a later
+                    // transfer cannot hand it any (its buffer holds the first one's), and the
+                    // kernel would close descriptors that arrive without room. Stop here, as the
+                    // kernel's own MSG_WAITALL stops at data that carries some.
+                    return Ok(0);
                 }
                 // SAFETY: a first transfer of this call succeeded, so the kernel accepted
                 // `*msg` and its iovecs.
@@ -1092,7 +1127,7 @@ unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssi
             // and its iovecs.
             let m = unsafe { msg_rest(msg, done, &mut rest) };
             // SAFETY: `m` describes the rest of the caller's data.
-            cvt(unsafe { real::sendmsg(fd, &m, flags | libc::MSG_DONTWAIT) })
+            cvt(unsafe { real::sendmsg(fd, &m, flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })
         },
     ))
 }
@@ -1156,7 +1191,7 @@ unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
             };
             // SAFETY: `m` points at the caller's iovecs, or at the rest of them; sendmsg on a
             // socket is writev.
-            cvt(unsafe { real::sendmsg(fd, &m, libc::MSG_DONTWAIT) })
+            cvt(unsafe { real::sendmsg(fd, &m, libc::MSG_DONTWAIT | later(done)) })
         },
     ))
 }

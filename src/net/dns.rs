@@ -29,11 +29,14 @@
 //!
 //! # Lifecycle invariants
 //!
-//! - The scheduler owns its resolver (an `evdns_base` on its event base) and frees it before
-//!   its base goes, without callbacks for what is still in flight (only lookups of coroutines
-//!   a dying thread leaked can be; the loop never runs again to report them). A resolver is
-//!   only replaced with nothing in flight: libevent's getaddrinfo callbacks read their
-//!   resolver, so freeing one under them is a use after free.
+//! - A resolver is never freed while its event base's loop may run again: libevent's
+//!   getaddrinfo callbacks read their resolver, and some come on a later loop turn even after
+//!   the lookup was answered or cancelled (the other address family's late answer, a
+//!   cancellation's report; libevent issues #962 and #1278 are the same family of bugs). So
+//!   [`set_nameservers`] keeps the resolver it replaces, and the scheduler frees its
+//!   resolvers only when its base goes with it (the loop never runs again, and libevent
+//!   discards what it had queued); on a base that outlives the scheduler they are left
+//!   allocated.
 //! - A lookup's state is an `Rc<Lookup>`; one reference is handed to libevent as the callback
 //!   argument. libevent calls [`answered`] exactly once per request (an answer, an error, a
 //!   timeout, a cancellation, or the resolver being freed), synchronously from
@@ -57,20 +60,18 @@ use crate::sys;
 
 /// libevent's `EVUTIL_EAI_CANCEL`: the request was cancelled.
 const EAI_CANCEL: c_int = -90001;
-
-thread_local! {
-    /// Lookups of this thread's resolver whose callback has not come yet (cancelled ones
-    /// included: libevent reports a cancellation on the loop's next turn).
-    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
-}
+/// `EAI_NODATA` (glibc and musl: the name exists but has no address), which the libc crate
+/// does not define for Linux.
+const EAI_NODATA: c_int = -5;
 
 /// Resolves `host` to the socket addresses it names, each with `port`.
 ///
 /// `host` is a name (looked up in `/etc/hosts`, then asked of the name servers for A and AAAA
 /// records) or an IPv4/IPv6 address literal (returned as is, no query). Suspends only the
 /// calling coroutine; see the module docs for where the resolver's configuration comes from.
-/// An unknown name is an error of kind [`io::ErrorKind::NotFound`]; a name server that does not
-/// answer within the resolver's timeout and attempts, [`io::ErrorKind::TimedOut`].
+/// An unknown name, or one without addresses, is an error of kind [`io::ErrorKind::NotFound`];
+/// other failures (e.g. no name server answering within the resolver's timeout and attempts)
+/// carry libevent's message.
 pub fn lookup_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, port)]);
@@ -92,7 +93,6 @@ pub fn lookup_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     // One entry per address (not one per socket type).
     hints.ai_socktype = libc::SOCK_STREAM;
     let arg = Rc::into_raw(lookup.clone()) as *mut c_void;
-    IN_FLIGHT.with(|n| n.set(n.get() + 1));
     // SAFETY: `dns` is this scheduler's live resolver; `name` and `hints` outlive the call
     // (libevent copies what it keeps); `arg` is a reference `answered` takes back exactly once
     // (module invariants).
@@ -133,24 +133,15 @@ pub fn lookup_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     })
 }
 
-/// Makes this thread's resolver ask `servers` (in that order of preference) instead of the
-/// name servers of `/etc/resolv.conf`, keeping `/etc/hosts`. Installs this thread's scheduler
-/// if there is none.
-///
-/// Fails with [`io::ErrorKind::ResourceBusy`] while lookups are in flight on this thread
-/// (including cancelled ones until the loop's next turn): libevent cannot free a resolver
-/// under them safely.
+/// Makes this thread's later lookups ask `servers` (in that order of preference) instead of
+/// the name servers of `/etc/resolv.conf`, with no search domains, keeping `/etc/hosts`.
+/// Lookups already in flight finish on the resolver they started on. Installs this thread's
+/// scheduler if there is none.
 pub fn set_nameservers(servers: &[SocketAddr]) -> io::Result<()> {
     if servers.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "set_nameservers needs at least one name server",
-        ));
-    }
-    if IN_FLIGHT.with(Cell::get) > 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::ResourceBusy,
-            "name lookups are in flight on this thread's resolver",
         ));
     }
     let sched = Scheduler::current_or_install()?;
@@ -183,9 +174,8 @@ pub fn set_nameservers(servers: &[SocketAddr]) -> io::Result<()> {
     unsafe { sys::evdns_base_load_hosts(dns, std::ptr::null()) };
     let old = sched.dns_base().replace(dns);
     if !old.is_null() {
-        // SAFETY: `old` was this scheduler's resolver, is no longer reachable, and has no
-        // request in flight (checked above; a resolver serves only its own thread).
-        unsafe { sys::evdns_base_free(old, 0) };
+        // Not freed: see the module invariants.
+        sched.retire_dns_base(old);
     }
     Ok(())
 }
@@ -241,7 +231,6 @@ unsafe extern "C" fn answered(code: c_int, res: *mut sys::addrinfo, arg: *mut c_
     // SAFETY: `arg` is the reference `lookup_host` handed over with `Rc::into_raw`; libevent
     // calls this exactly once per request, so it is taken back exactly once.
     let lookup = unsafe { Rc::from_raw(arg as *const Lookup) };
-    IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
     let outcome = if code == 0 {
         // SAFETY: on success `res` is the list libevent allocated for this answer.
         Ok(unsafe { addresses(res, lookup.port) })
@@ -298,7 +287,7 @@ fn gai_error(code: c_int) -> io::Error {
     // SAFETY: evutil_gai_strerror returns a static string for any code.
     let text = unsafe { CStr::from_ptr(sys::evutil_gai_strerror(code)) }.to_string_lossy();
     let kind = match code {
-        libc::EAI_NONAME => io::ErrorKind::NotFound,
+        libc::EAI_NONAME | EAI_NODATA => io::ErrorKind::NotFound,
         libc::EAI_AGAIN => io::ErrorKind::TimedOut,
         EAI_CANCEL => io::ErrorKind::Interrupted,
         libc::EAI_MEMORY => io::ErrorKind::OutOfMemory,
