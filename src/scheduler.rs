@@ -1018,6 +1018,9 @@ impl Drop for Scheduler {
             if let Some(ev) = t.core.wait_event() {
                 ev.del();
             }
+            // A waker someone still holds (a name lookup's, whose callback a host's loop may
+            // still run) must find nothing to do, and so never reach this scheduler.
+            t.blocked.set(Blocked::No);
             if t.core.state() == State::Suspended {
                 std::mem::forget(t);
             }
@@ -1220,9 +1223,12 @@ impl Waker {
         Ok(Waker(task.rc()))
     }
 
-    /// Unparks the coroutine if it is parked ([`park`], [`park_timeout`]); otherwise nothing.
+    /// Unparks the coroutine if it is parked ([`park`], [`park_timeout`]); otherwise nothing,
+    /// without touching its scheduler (which may be gone: see `Scheduler`'s `Drop`).
     pub(crate) fn wake(&self) {
-        self.0.sched().unpark(&self.0);
+        if matches!(self.0.blocked.get(), Blocked::Parked | Blocked::ParkedTimed) {
+            self.0.sched().unpark(&self.0);
+        }
     }
 
     /// Whether both wake the same coroutine.

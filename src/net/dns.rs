@@ -38,10 +38,14 @@
 //!   discards what it had queued); on a base that outlives the scheduler they are left
 //!   allocated.
 //! - A lookup's state is an `Rc<Lookup>`; one reference is handed to libevent as the callback
-//!   argument. libevent calls [`answered`] exactly once per request (an answer, an error, a
-//!   timeout, a cancellation, or the resolver being freed), synchronously from
-//!   `evdns_getaddrinfo` when no query is needed, and that call takes the reference back: the
-//!   state outlives the request whatever becomes of the coroutine that asked.
+//!   argument. libevent calls [`answered`] at most once per request (an answer, an error, a
+//!   timeout or a cancellation; synchronously from `evdns_getaddrinfo` when no query is
+//!   needed), and that call takes the reference back: the state outlives the request whatever
+//!   becomes of the coroutine that asked. Only a request still in flight when its base is
+//!   freed never gets the call, and its state is leaked with libevent's own.
+//! - `answered` wakes the asking coroutine through its [`Waker`], which does nothing (and never
+//!   touches the scheduler) unless the coroutine is still parked: a scheduler that goes with
+//!   coroutines parked marks them unparkable first.
 //! - A coroutine that leaves the wait before the answer (cancellation unwinding it) cancels
 //!   the request ([`CancelOnDrop`]) and forgets its waker; the `answered` that libevent still
 //!   makes then finds nobody to wake.
@@ -187,8 +191,8 @@ fn resolver(sched: &Scheduler) -> io::Result<*mut sys::evdns_base> {
         return Ok(slot.get());
     }
     let flags = sys::EVDNS_BASE_INITIALIZE_NAMESERVERS | sys::EVDNS_BASE_DISABLE_WHEN_INACTIVE;
-    // SAFETY: the scheduler's base is live; the resolver is freed before it (module
-    // invariants).
+    // SAFETY: the scheduler's base is live; the resolver is freed only with it, or never
+    // (module invariants).
     let dns = unsafe { sys::evdns_base_new(sched.base().as_raw(), flags as c_int) };
     if dns.is_null() {
         return Err(io::Error::other(
