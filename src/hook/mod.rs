@@ -524,20 +524,11 @@ fn coop_recv(
     })
 }
 
-/// A cooperative send of `len` bytes; `op(offset)` makes one non-blocking attempt from
-/// `offset`. Streams go on until everything is queued, as a blocking send does.
-fn coop_send(
-    fd: c_int,
-    bits: u64,
-    len: usize,
-    op: impl FnMut(usize) -> io::Result<usize>,
-) -> io::Result<usize> {
-    coop_send_all(fd, bits, || len, op)
-}
-
-/// [`coop_send`] of `len()` bytes, asked for only after the first transfer succeeded: for a
-/// vectored send the length is the sum of the caller's iovecs, which evco reads only once the
-/// kernel has accepted them (a bad pointer is then the kernel's `EFAULT`, not a crash here).
+/// A cooperative send of `len()` bytes; `op(offset)` makes one non-blocking attempt from
+/// `offset`. Streams go on until everything is queued, as a blocking send does. `len` is asked
+/// for only after the first transfer succeeded: for a vectored send it is the sum of the
+/// caller's iovecs, which evco reads only once the kernel has accepted them (a bad pointer is
+/// then the kernel's `EFAULT`, not a crash here).
 fn coop_send_all(
     fd: c_int,
     bits: u64,
@@ -907,17 +898,18 @@ unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::read(fd, buf, count) }
         }
-        Some(bits) => ret(coop_recv(
-            fd,
-            bits,
-            count,
-            false,
-            table::timeout(bits, false),
-            || {
-                // SAFETY: as above; on a socket, read is recv without flags.
-                cvt(unsafe { real::recv(fd, buf, count, libc::MSG_DONTWAIT) })
-            },
-        )),
+        // SAFETY: the caller's buffer; on a socket, read is recv without flags.
+        Some(bits) => unsafe {
+            coop_recvfrom(
+                fd,
+                bits,
+                buf,
+                count,
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        },
     }
 }
 
@@ -929,42 +921,32 @@ unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssiz
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::write(fd, buf, count) }
         }
-        Some(bits) => ret(coop_send(fd, bits, count, |off| {
-            // SAFETY: `off <= count`, so the rest of the caller's buffer; on a socket, write
-            // is send without flags.
-            cvt(unsafe {
-                real::send(
-                    fd,
-                    buf.byte_add(off),
-                    count - off,
-                    libc::MSG_DONTWAIT | later(off),
-                )
-            })
-        })),
+        // SAFETY: the caller's buffer; on a socket, write is send without flags.
+        Some(bits) => unsafe { coop_sendto(fd, bits, buf, count, 0, std::ptr::null(), 0) },
     }
 }
 
 /// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
-    let Some(bits) = cooperative_recv(fd, flags) else {
-        // SAFETY: the caller's arguments, passed on.
-        return unsafe { real::recv(fd, buf, len, flags) };
-    };
-    let peek = flags & libc::MSG_PEEK != 0;
-    coop_recv_all(
-        bits,
-        flags,
-        || len,
-        |off, flags, timeout| {
-            coop_recv(fd, bits, len - off, peek, timeout, || {
-                // SAFETY: `off <= len`: the rest of the caller's buffer.
-                cvt(unsafe {
-                    real::recv(fd, buf.byte_add(off), len - off, flags | libc::MSG_DONTWAIT)
-                })
-            })
+    match cooperative_recv(fd, flags) {
+        None => {
+            // SAFETY: the caller's arguments, passed on.
+            unsafe { real::recv(fd, buf, len, flags) }
+        }
+        // SAFETY: the caller's arguments; recv is recvfrom without an address.
+        Some(bits) => unsafe {
+            coop_recvfrom(
+                fd,
+                bits,
+                buf,
+                len,
+                flags,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
         },
-    )
+    }
 }
 
 /// Hook: cooperative on a hooked socket in a coroutine.
@@ -975,21 +957,12 @@ unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_i
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::send(fd, buf, len, flags) }
         }
-        Some(bits) => ret(coop_send(fd, bits, len, |off| {
-            // SAFETY: `off <= len`: the rest of the caller's buffer.
-            cvt(unsafe {
-                real::send(
-                    fd,
-                    buf.byte_add(off),
-                    len - off,
-                    flags | libc::MSG_DONTWAIT | later(off),
-                )
-            })
-        })),
+        // SAFETY: the caller's arguments; send is sendto without an address.
+        Some(bits) => unsafe { coop_sendto(fd, bits, buf, len, flags, std::ptr::null(), 0) },
     }
 }
 
-/// Hook: cooperative on a hooked socket in a coroutine.
+/// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn recvfrom(
     fd: c_int,
@@ -1004,34 +977,12 @@ unsafe extern "C" fn recvfrom(
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::recvfrom(fd, buf, len, flags, addr, alen) }
         }
-        Some(bits) => {
-            let peek = flags & libc::MSG_PEEK != 0;
-            coop_recv_all(
-                bits,
-                flags,
-                || len,
-                |off, flags, timeout| {
-                    coop_recv(fd, bits, len - off, peek, timeout, || {
-                        // SAFETY: `off <= len`: the rest of the caller's buffer; one non-blocking
-                        // attempt with the caller's address arguments.
-                        cvt(unsafe {
-                            real::recvfrom(
-                                fd,
-                                buf.byte_add(off),
-                                len - off,
-                                flags | libc::MSG_DONTWAIT,
-                                addr,
-                                alen,
-                            )
-                        })
-                    })
-                },
-            )
-        }
+        // SAFETY: the caller's arguments.
+        Some(bits) => unsafe { coop_recvfrom(fd, bits, buf, len, flags, addr, alen) },
     }
 }
 
-/// Hook: cooperative on a hooked socket in a coroutine.
+/// Hook: cooperative on a hooked socket in a coroutine (streams: until everything is queued).
 #[unsafe(no_mangle)]
 unsafe extern "C" fn sendto(
     fd: c_int,
@@ -1046,7 +997,70 @@ unsafe extern "C" fn sendto(
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::sendto(fd, buf, len, flags, addr, alen) }
         }
-        Some(bits) => ret(coop_send(fd, bits, len, |off| {
+        // SAFETY: the caller's arguments.
+        Some(bits) => unsafe { coop_sendto(fd, bits, buf, len, flags, addr, alen) },
+    }
+}
+
+/// The cooperative `recvfrom` behind `read`, `recv` and `recvfrom` (`MSG_WAITALL` waited out
+/// on streams).
+///
+/// # Safety
+///
+/// `recvfrom`'s contract: `buf` is `len` writable bytes, `addr`/`alen` null or valid.
+unsafe fn coop_recvfrom(
+    fd: c_int,
+    bits: u64,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    alen: *mut socklen_t,
+) -> ssize_t {
+    let peek = flags & libc::MSG_PEEK != 0;
+    coop_recv_all(
+        bits,
+        flags,
+        || len,
+        |off, flags, timeout| {
+            coop_recv(fd, bits, len - off, peek, timeout, || {
+                // SAFETY: `off <= len`: the rest of the caller's buffer; one non-blocking
+                // attempt with the caller's address arguments.
+                cvt(unsafe {
+                    real::recvfrom(
+                        fd,
+                        buf.byte_add(off),
+                        len - off,
+                        flags | libc::MSG_DONTWAIT,
+                        addr,
+                        alen,
+                    )
+                })
+            })
+        },
+    )
+}
+
+/// The cooperative `sendto` behind `write`, `send` and `sendto`: on streams, until everything
+/// is queued.
+///
+/// # Safety
+///
+/// `sendto`'s contract: `buf` is `len` readable bytes, `addr` null or `alen` valid bytes.
+unsafe fn coop_sendto(
+    fd: c_int,
+    bits: u64,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> ssize_t {
+    ret(coop_send_all(
+        fd,
+        bits,
+        || len,
+        |off| {
             // SAFETY: `off <= len`: the rest of the caller's buffer.
             cvt(unsafe {
                 real::sendto(
@@ -1058,8 +1072,8 @@ unsafe extern "C" fn sendto(
                     alen,
                 )
             })
-        })),
-    }
+        },
+    ))
 }
 
 /// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out on
