@@ -300,30 +300,40 @@ fn udp_recv_from_waits_cooperatively_for_a_datagram() {
     });
 }
 
-#[test]
-fn recv_with_msg_waitall_waits_for_every_byte() {
-    let _w = watchdog(20);
-    evco::run(|| {
+/// Runs `receive(fd)` in a coroutine on the accepted end of a loopback TCP connection while
+/// the other end sends `parts` one at a time, each taken by the waiting receiver before the
+/// next goes (so a receive that returned with what it had would return short); returns what
+/// `receive` returned.
+fn waitall_receiver<T: 'static>(
+    parts: &'static [&'static [u8]],
+    receive: impl FnOnce(i32) -> T + 'static,
+) -> T {
+    evco::run(move || {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (conn, _) = listener.accept().unwrap();
         let fd = conn.as_raw_fd();
-        let reader = evco::spawn(move || {
-            let mut buf = [0u8; 9];
-            // SAFETY: `buf` is 9 writable bytes; `conn` keeps the fd open.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), 9, libc::MSG_WAITALL) };
-            // `conn` goes back with the result: the fd stays open for `until_taken`.
-            (n, buf, conn)
-        });
-        // One part at a time, each taken by the waiting reader before the next is sent.
-        for part in [&b"one"[..], b"two", b"six"] {
+        // `conn` goes back with the result: the fd stays open for `until_taken`.
+        let reader = evco::spawn(move || (receive(fd), conn));
+        for part in parts {
             client.write_all(part).unwrap();
             until_taken(fd, &reader);
         }
-        let (n, buf, _conn) = reader.join().unwrap();
-        assert_eq!(n, 9);
-        assert_eq!(&buf, b"onetwosix");
+        reader.join().unwrap().0
+    })
+}
+
+#[test]
+fn recv_with_msg_waitall_waits_for_every_byte() {
+    let _w = watchdog(20);
+    let (n, buf) = waitall_receiver(&[b"one", b"two", b"six"], |fd| {
+        let mut buf = [0u8; 9];
+        // SAFETY: `buf` is 9 writable bytes; the caller keeps the fd open.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), 9, libc::MSG_WAITALL) };
+        (n, buf)
     });
+    assert_eq!(n, 9);
+    assert_eq!(&buf, b"onetwosix");
 }
 
 #[test]
@@ -903,52 +913,39 @@ fn writev_and_sendmsg_on_a_blocking_stream_queue_every_byte() {
 #[test]
 fn recvfrom_and_recvmsg_with_msg_waitall_wait_for_every_byte() {
     let _w = watchdog(20);
-    evco::run(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (conn, _) = listener.accept().unwrap();
-        let fd = conn.as_raw_fd();
-        let reader = evco::spawn(move || {
-            let mut first = [0u8; 9];
-            // SAFETY: `first` is 9 writable bytes; `conn` keeps the fd open.
-            let n1 = unsafe {
-                libc::recvfrom(
-                    fd,
-                    first.as_mut_ptr().cast(),
-                    9,
-                    libc::MSG_WAITALL,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                )
-            };
-            let (mut head, mut tail) = ([0u8; 4], [0u8; 5]);
-            let mut iov = [
-                libc::iovec {
-                    iov_base: head.as_mut_ptr().cast(),
-                    iov_len: 4,
-                },
-                libc::iovec {
-                    iov_base: tail.as_mut_ptr().cast(),
-                    iov_len: 5,
-                },
-            ];
-            // SAFETY: msghdr is plain data; all-zero is an empty header.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = 2;
-            // SAFETY: `msg` points at two iovecs over `head` and `tail`.
-            let n2 = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_WAITALL) };
-            // `conn` goes back with the result: the fd stays open for `until_taken`.
-            (n1, first, n2, head, tail, conn)
-        });
-        // One part at a time, each taken by the waiting reader before the next is sent, so
-        // that a receive returning with what it has would return short.
-        for part in [&b"one"[..], b"two", b"six", b"ten", b"red", b"sky"] {
-            client.write_all(part).unwrap();
-            until_taken(fd, &reader);
-        }
-        let (n1, first, n2, head, tail, _conn) = reader.join().unwrap();
-        assert_eq!((n1, &first), (9, b"onetwosix"));
-        assert_eq!((n2, &head, &tail), (9, b"tenr", b"edsky"));
+    let parts: &[&[u8]] = &[b"one", b"two", b"six", b"ten", b"red", b"sky"];
+    let (n1, first, n2, head, tail) = waitall_receiver(parts, |fd| {
+        let mut first = [0u8; 9];
+        // SAFETY: `first` is 9 writable bytes; the caller keeps the fd open.
+        let n1 = unsafe {
+            libc::recvfrom(
+                fd,
+                first.as_mut_ptr().cast(),
+                9,
+                libc::MSG_WAITALL,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        let (mut head, mut tail) = ([0u8; 4], [0u8; 5]);
+        let mut iov = [
+            libc::iovec {
+                iov_base: head.as_mut_ptr().cast(),
+                iov_len: 4,
+            },
+            libc::iovec {
+                iov_base: tail.as_mut_ptr().cast(),
+                iov_len: 5,
+            },
+        ];
+        // SAFETY: msghdr is plain data; all-zero is an empty header.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = 2;
+        // SAFETY: `msg` points at two iovecs over `head` and `tail`.
+        let n2 = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_WAITALL) };
+        (n1, first, n2, head, tail)
     });
+    assert_eq!((n1, &first), (9, b"onetwosix"));
+    assert_eq!((n2, &head, &tail), (9, b"tenr", b"edsky"));
 }
