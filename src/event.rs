@@ -635,32 +635,23 @@ extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_v
         // libevent never re-enters one event's callback; refuse rather than alias the closure.
         return;
     }
-    // A one-shot timeout that libevent fired is no longer pending; one that is still pending
-    // was activated by hand (`activate`) and is passed on as it is.
+    // A one-shot event libevent fired is no longer pending, and its deadline is spent whatever
+    // fired it (a readiness before the timeout included); one still pending was activated by
+    // hand (`activate`) and is passed on as it is. A timeout the coarse clock fired early is
+    // added again for what is left, with the same deadline.
+    let deadline = inner.deadline.get();
     // SAFETY: the event is live (we hold its `EventInner`).
-    let fired = What(what).contains(What::TIMEOUT)
-        && inner.deadline.get().is_some()
-        && unsafe {
-            sys::event_pending(
-                inner.raw.as_ptr(),
-                What::TIMEOUT.bits(),
-                std::ptr::null_mut(),
-            )
-        } == 0;
-    if fired {
+    if deadline.is_some() && unsafe { !event_is_pending(inner.raw.as_ptr()) } {
+        inner.deadline.set(None);
         // SAFETY: the event is live, assigned to its live base, and not pending (libevent
         // deleted it before this callback).
-        if unsafe {
-            rearm_if_early(
-                inner.raw.as_ptr(),
-                inner.base.as_raw(),
-                inner.deadline.get(),
-            )
-        } {
+        if What(what).contains(What::TIMEOUT)
+            && unsafe { rearm_if_early(inner.raw.as_ptr(), inner.base.as_raw(), deadline) }
+        {
+            inner.deadline.set(deadline);
             inner.running.set(false);
             return;
         }
-        inner.deadline.set(None);
     }
     // SAFETY: the closure is only reached from here, and `running` rules out a second
     // simultaneous call, so this is the only live reference to it.
@@ -670,6 +661,17 @@ extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_v
     if let Err(payload) = result {
         inner.base.record_panic(payload);
     }
+}
+
+/// Whether `raw` is pending for anything (a timeout, readiness or a signal).
+///
+/// # Safety
+///
+/// `raw` must be a live, assigned event.
+unsafe fn event_is_pending(raw: *mut sys::event) -> bool {
+    let any = What::TIMEOUT | What::READ | What::WRITE | What::SIGNAL;
+    // SAFETY: the caller's contract; no timeval is asked for.
+    unsafe { sys::event_pending(raw, any.bits(), std::ptr::null_mut()) != 0 }
 }
 
 /// `Instant::now() + timeout`, or `None` when that is beyond what `Instant` can hold (such a

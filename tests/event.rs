@@ -108,6 +108,36 @@ fn an_fd_wait_that_times_out_reports_ev_timeout() {
     assert!(!got.get().contains(What::READ));
 }
 
+/// A one-shot fd event with a timeout that readiness fired first has spent its deadline: a
+/// later hand-made `activate(TIMEOUT)` runs the callback (it is not taken for the coarse
+/// clock's early timeout and quietly added again).
+#[test]
+fn a_timeout_activated_by_hand_after_readiness_fired_runs_the_callback() {
+    let _w = watchdog(20);
+    let base = EventBase::new().unwrap();
+    let (a, b) = socketpair();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    let ev = Event::new(&base, a.as_raw_fd(), What::READ, move |what| {
+        s.borrow_mut().push(what)
+    })
+    .unwrap();
+    ev.add(Some(Duration::from_secs(60))).unwrap();
+    write_byte(&b);
+    base.dispatch().unwrap();
+    assert_eq!(seen.borrow().len(), 1);
+    assert!(seen.borrow()[0].contains(What::READ));
+    ev.activate(What::TIMEOUT);
+    base.loop_nonblock().unwrap();
+    assert_eq!(
+        seen.borrow().len(),
+        2,
+        "the activated timeout was swallowed"
+    );
+    assert!(seen.borrow()[1].contains(What::TIMEOUT));
+    assert!(!ev.is_pending());
+}
+
 #[test]
 fn dropping_an_event_before_it_fires_means_its_callback_never_runs() {
     let _w = watchdog(20);
