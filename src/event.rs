@@ -643,11 +643,11 @@ extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_v
     // SAFETY: the event is live (we hold its `EventInner`).
     if deadline.is_some() && unsafe { !event_is_pending(inner.raw.as_ptr()) } {
         inner.deadline.set(None);
-        // SAFETY: the event is live, assigned to its live base, and not pending (libevent
-        // deleted it before this callback).
-        if What(what).contains(What::TIMEOUT)
-            && unsafe { rearm_if_early(inner.raw.as_ptr(), inner.base.as_raw(), deadline) }
-        {
+        let early = What(what).contains(What::TIMEOUT)
+            // SAFETY: the event is live, assigned to its live base, and not pending (libevent
+            // deleted it before this callback).
+            && unsafe { rearm_if_early(inner.raw.as_ptr(), inner.base.as_raw(), deadline) };
+        if early {
             inner.deadline.set(deadline);
             inner.running.set(false);
             return;
