@@ -172,8 +172,14 @@ impl Task {
         self.core.state() == State::Finished
     }
 
+    /// Its scheduler. Only called while that scheduler lives: from the scheduler's own code
+    /// and callbacks, from the task's coroutine (which only runs under it), and from
+    /// `Waker::wake` for a parked task. A task can outlive its scheduler (a `Waker` held by a
+    /// late callback, a coroutine leaked when its thread exits), but `Scheduler`'s `Drop`
+    /// leaves none of those parked, so `wake` never gets here for them.
     fn sched(&self) -> &Scheduler {
-        // SAFETY: a task's scheduler outlives it (shutdown cancels every task first).
+        // SAFETY: the callers above run only while the scheduler `self.sched` points at is
+        // alive (it is not moved: it lives in an `Rc` for its whole life).
         unsafe { &*self.sched }
     }
 }
@@ -1040,19 +1046,15 @@ unsafe extern "C" fn drain(_fd: sys::evutil_socket_t, _what: c_short, arg: *mut 
     // `drain_armed` stays set during the pass, so coroutines that become ready meanwhile
     // (yield_now, spawn, unpark) only queue up; the end of the pass decides how to re-arm.
     for _ in 0..PASS_BUDGET {
-        let (next, after) = {
+        let next = {
             let mut ready = sched.ready.borrow_mut();
             let next = ready.pop_front();
-            (next, ready.front().map(Rc::as_ptr))
-        };
-        let Some(task) = next else { break };
-        if let Some(after) = after {
-            // SAFETY: the queue holds a reference to it.
-            let after = unsafe { &*after };
-            if after.cold.get() {
+            if let Some(after) = ready.front().filter(|t| t.cold.get()) {
                 after.core.prefetch();
             }
-        }
+            next
+        };
+        let Some(task) = next else { break };
         task.queued.set(false);
         task.cold.set(false);
         sched.run_task(&task);
@@ -1095,8 +1097,7 @@ fn current_task() -> io::Result<(&'static Task, &'static Scheduler)> {
     if core.is_cancelling() {
         return Err(coroutine::cancelling_error());
     }
-    // SAFETY: the scheduler outlives its tasks.
-    Ok((task, unsafe { &*task.sched }))
+    Ok((task, task.sched()))
 }
 
 /// Removes a wait's fd registration when the wait ends, including by cancellation.
