@@ -646,26 +646,43 @@ fn timed_waits_of_every_kind_end_by_their_timeouts_and_never_early() {
             }));
         }
         // Waits on other sockets and another channel that end before their timeouts, in
-        // between: their entries must leave quietly.
+        // between: their entries must leave quietly. Each parks with its 60 s timeout before
+        // the data that ends it is sent.
         let (c, d) = socketpair();
         let (stream2, peer2) = UnixStream::pair().unwrap();
         let (tx2, rx2) = evco::sync::mpsc::channel::<u64>();
         let fd = c.as_raw_fd();
-        let early = evco::spawn(move || {
-            assert!(wait(fd, Interest::READABLE, Some(Duration::from_secs(60))).is_ok());
-            stream2
-                .set_read_timeout(Some(Duration::from_secs(60)))
-                .unwrap();
-            assert_eq!((&stream2).read(&mut [0u8; 8]).unwrap(), 1);
-            assert_eq!(rx2.recv_timeout(Duration::from_secs(60)).unwrap(), 7);
-        });
+        let minute = Duration::from_secs(60);
+        let early = [
+            evco::spawn(move || assert!(wait(fd, Interest::READABLE, Some(minute)).is_ok())),
+            evco::spawn(move || {
+                stream2.set_read_timeout(Some(minute)).unwrap();
+                assert_eq!((&stream2).read(&mut [0u8; 8]).unwrap(), 1);
+            }),
+            evco::spawn(move || assert_eq!(rx2.recv_timeout(minute).unwrap(), 7)),
+        ];
+        evco::yield_now().unwrap();
+        assert!(
+            early.iter().all(|h| !h.is_finished()),
+            "the early waits parked"
+        );
         write_byte(&d);
         (&peer2).write_all(b"x").unwrap();
         tx2.send(7).unwrap();
-        early.join().unwrap();
+        for h in early {
+            h.join().unwrap();
+        }
         for w in waits {
             w.join().unwrap();
         }
+        // Every wait is over and its sockets closed: no timer entry (whose alarm event would
+        // still be pending) and no event is left.
+        drop((a, c, d, stream));
+        assert_eq!(
+            evco::scheduler::base().unwrap().added_events(),
+            0,
+            "a timed wait that ended left its timer or event behind"
+        );
         order.take()
     });
     let mut ended = order;
