@@ -238,9 +238,15 @@ fn a_cancelled_lookup_cancels_its_request() {
         asking.cancel().unwrap();
         let p = asking.join().unwrap_err();
         assert!(p.downcast_ref::<Cancelled>().is_some());
-        // libevent reports the cancellation through deferred callbacks, which run on the
-        // loop's next turn.
-        evco::time::sleep(std::time::Duration::from_millis(1));
+        // libevent reports the cancellation through deferred callbacks on the loop's next turn:
+        // give it up to a hundred turns (each sleep is at least one), far fewer than the
+        // seconds evdns would take to give up on a request left in flight.
+        for _ in 0..100 {
+            if base.added_events() == idle {
+                break;
+            }
+            evco::time::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(
             base.added_events(),
             idle,

@@ -317,7 +317,7 @@ fn waitall_receiver<T: 'static>(
         let reader = evco::spawn(move || (receive(fd), conn));
         for part in parts {
             client.write_all(part).unwrap();
-            until_taken(fd, &reader);
+            until_taken(client.as_raw_fd(), fd, &reader);
         }
         reader.join().unwrap().0
     })
@@ -664,9 +664,10 @@ fn an_accepted_connection_keeps_the_listeners_receive_timeout() {
             tv_usec: 20_000,
         };
         set_socket_option(listener.as_raw_fd(), libc::SO_RCVTIMEO, &tv);
-        let client = evco::spawn(move || TcpStream::connect(addr).unwrap());
+        // Connected before the accept, which then finds it queued (the 20 ms would bound an
+        // accept that had to wait, too).
+        let _silent = TcpStream::connect(addr).unwrap();
         let (mut conn, _) = listener.accept().unwrap();
-        let _silent = client.join().unwrap();
         let e = conn.read(&mut [0u8; 8]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::WouldBlock);
     });
@@ -729,16 +730,21 @@ fn error_queue_reads_and_bad_iovec_counts_are_libcs_answers_in_coroutines() {
     });
 }
 
-/// Waits (letting the loop poll) until `fd`'s receive queue is empty: a reader blocked in a
-/// `MSG_WAITALL` receive on it has taken what was sent so far and is waiting for the rest.
-/// Returns early when `reader` has finished (a receive that returned short ends it too soon).
-fn until_taken<T>(fd: i32, reader: &evco::JoinHandle<T>) {
+/// Waits (letting the loop poll) until everything `sender` sent has reached `receiver` (its
+/// send queue is empty: acknowledged, for TCP) and `receiver`'s receive queue is empty too: a
+/// reader blocked in a `MSG_WAITALL` receive on it has taken what was sent so far and waits for
+/// the rest. Returns early when `reader` has finished (a receive that returned short ends it
+/// too soon).
+fn until_taken<T>(sender: i32, receiver: i32, reader: &evco::JoinHandle<T>) {
+    let queued = |fd: i32, request| {
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ on a socket) and FIONREAD write one int.
+        let rc = unsafe { libc::ioctl(fd, request, &mut n) };
+        assert_eq!(rc, 0, "ioctl: {}", std::io::Error::last_os_error());
+        n
+    };
     while !reader.is_finished() {
-        let mut queued: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int.
-        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
-        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
-        if queued == 0 {
+        if queued(sender, libc::TIOCOUTQ) == 0 && queued(receiver, libc::FIONREAD) == 0 {
             return;
         }
         evco::time::sleep(Duration::from_millis(1));
@@ -788,9 +794,10 @@ fn recvmsg_counting_fds(fd: i32, buf: &mut [u8], flags: libc::c_int) -> (usize, 
     (n as usize, fds)
 }
 
-/// `sendmsg(fd)` of the bytes `iov` points at, with one descriptor (this process's stdin) as
-/// ancillary data.
+/// `sendmsg(fd)` of the bytes `iov` points at, with a descriptor of /dev/null as ancillary
+/// data.
 fn sendmsg_with_fd(fd: i32, iov: &mut [libc::iovec]) -> isize {
+    let passed = std::fs::File::open("/dev/null").unwrap();
     let mut control = [0u64; 4];
     // SAFETY: msghdr is plain data; all-zero is an empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -807,7 +814,7 @@ fn sendmsg_with_fd(fd: i32, iov: &mut [libc::iovec]) -> isize {
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
         (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        *(libc::CMSG_DATA(c) as *mut libc::c_int) = 0;
+        *(libc::CMSG_DATA(c) as *mut libc::c_int) = passed.as_raw_fd();
         libc::sendmsg(fd, &msg, 0)
     }
 }
@@ -835,7 +842,7 @@ fn a_waitall_recvmsg_taking_descriptors_loses_none() {
         });
         let mut writer = &a;
         writer.write_all(b"abc").unwrap();
-        until_taken(zfd, &reader);
+        until_taken(a.as_raw_fd(), zfd, &reader);
         let mut iov = [libc::iovec {
             iov_base: b"def".as_ptr() as *mut libc::c_void,
             iov_len: 3,
