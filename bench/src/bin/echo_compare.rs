@@ -1191,7 +1191,8 @@ fn main() {
                             );
                             if o.rate.is_some_and(|rate| r.msgs_per_sec < 0.95 * rate) {
                                 eprintln!(
-                                    "echo_compare: {server} did not keep up with --rate at {conns}                                      x {}: its CPU per message is not at the offered load",
+                                    "echo_compare: {server} did not keep up with --rate at {conns} x {}: its CPU per \
+                                     message is not at the offered load",
                                     size_label(size)
                                 );
                             }
