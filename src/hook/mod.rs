@@ -1087,6 +1087,16 @@ unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize
         // SAFETY: the caller's arguments, passed on.
         return unsafe { real::recvmsg(fd, msg, flags) };
     };
+    // SAFETY: the caller's arguments.
+    unsafe { coop_recvmsg(fd, bits, msg, flags) }
+}
+
+/// The cooperative `recvmsg` behind `recvmsg` and `readv` (see `recvmsg`).
+///
+/// # Safety
+///
+/// `recvmsg`'s contract for `msg`.
+unsafe fn coop_recvmsg(fd: c_int, bits: u64, msg: *mut msghdr, flags: c_int) -> ssize_t {
     let mut rest = Vec::new();
     coop_recv_all(
         bits,
@@ -1126,6 +1136,16 @@ unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssi
         // SAFETY: the caller's arguments, passed on.
         return unsafe { real::sendmsg(fd, msg, flags) };
     };
+    // SAFETY: the caller's arguments.
+    unsafe { coop_sendmsg(fd, bits, msg, flags) }
+}
+
+/// The cooperative `sendmsg` behind `sendmsg` and `writev` (see `sendmsg`).
+///
+/// # Safety
+///
+/// `sendmsg`'s contract for `msg`.
+unsafe fn coop_sendmsg(fd: c_int, bits: u64, msg: *const msghdr, flags: c_int) -> ssize_t {
     let mut rest = Vec::new();
     ret(coop_send_all(
         fd,
@@ -1171,10 +1191,8 @@ unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
         }
         Some(bits) => {
             let mut m = iov_msg(iov, n);
-            ret(coop_once(fd, bits, Interest::READABLE, || {
-                // SAFETY: `m` points at the caller's iovecs; recvmsg on a socket is readv.
-                cvt(unsafe { real::recvmsg(fd, &mut m, libc::MSG_DONTWAIT) })
-            }))
+            // SAFETY: `m` points at the caller's iovecs; recvmsg on a socket is readv.
+            unsafe { coop_recvmsg(fd, bits, &mut m, 0) }
         }
     }
 }
@@ -1187,27 +1205,9 @@ unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
         // SAFETY: the caller's arguments, passed on.
         return unsafe { real::writev(fd, iov, n) };
     };
-    let count = n as usize;
-    let mut rest = Vec::new();
-    ret(coop_send_all(
-        fd,
-        bits,
-        // SAFETY: asked for after the kernel read the iovecs in a first transfer.
-        || unsafe { iov_total(iov, count) },
-        |done| {
-            let m = if done == 0 {
-                iov_msg(iov, n)
-            } else {
-                // SAFETY: a first transfer of this call succeeded, so the kernel accepted the
-                // caller's iovecs.
-                unsafe { iov_rest(iov, count, done, &mut rest) };
-                iov_msg(rest.as_ptr(), rest.len() as c_int)
-            };
-            // SAFETY: `m` points at the caller's iovecs, or at the rest of them; sendmsg on a
-            // socket is writev.
-            cvt(unsafe { real::sendmsg(fd, &m, libc::MSG_DONTWAIT | later(done)) })
-        },
-    ))
+    let m = iov_msg(iov, n);
+    // SAFETY: `m` points at the caller's iovecs; sendmsg on a socket is writev.
+    unsafe { coop_sendmsg(fd, bits, &m, 0) }
 }
 
 /// Hook: forgets the fd (waking its waiters with `EBADF`), then closes it.
