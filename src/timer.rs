@@ -87,13 +87,19 @@ impl<T: Timed> TimerHeap<T> {
         true
     }
 
-    /// Takes `item` out, if it is in. Returns whether it was.
+    /// Takes `item` out, if it is in. Returns whether it was. Inlined down to one field read
+    /// for an item that is not in (every wake-up asks, few waits have a timeout).
+    #[inline]
     pub(crate) fn remove(&self, item: &T) -> bool {
         let i = item.timer_slot().get();
         if i == NOT_QUEUED {
             return false;
         }
-        let i = i as usize;
+        self.remove_at(item, i as usize);
+        true
+    }
+
+    fn remove_at(&self, item: &T, i: usize) {
         let mut e = self.entries.borrow_mut();
         debug_assert!(
             std::ptr::eq(e[i].2.as_ptr(), item),
@@ -107,7 +113,6 @@ impl<T: Timed> TimerHeap<T> {
             let i = sift_up(&mut e, i);
             sift_down(&mut e, i);
         }
-        true
     }
 
     /// Takes out the earliest item if its deadline is not after `now`.

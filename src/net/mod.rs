@@ -110,10 +110,10 @@ macro_rules! stream_io {
     ($ty:ty) => {
         impl std::io::Read for &$ty {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let mut inner = &*self.inner;
+                let fd = std::os::fd::AsFd::as_fd(&*self.inner);
                 let len = buf.len();
                 crate::io::read_owned(self.fd(), self.timeouts.read.get(), len, || {
-                    std::io::Read::read(&mut inner, buf)
+                    crate::os::recv(fd, buf)
                 })
             }
             fn read_vectored(
