@@ -7,7 +7,8 @@
 //! the servers alternate A B C A B C and share whatever the machine is doing), it starts a fresh
 //! server pinned to one CPU, runs `echo_client` pinned to another, and records the client's
 //! messages/s and latency, the server's CPU time (utime + stime from `/proc/<pid>/stat`, before
-//! and after) and its peak RSS (`VmHWM`). Ratios to the C server, and echo_hooked's to evco's
+//! and after; utime also on its own, for the user-space/kernel split of the summary) and its
+//! peak RSS (`VmHWM`). Ratios to the C server, and echo_hooked's to evco's
 //! echo, are taken within one round and configuration, then the median over rounds is reported.
 //!
 //! Writes `<out>/echo.csv` (one row per run) and `<out>/echo.svg` (ratios to C, grouped bars),
@@ -202,6 +203,9 @@ struct Run {
     errors: u64,
     /// Server CPU seconds (user + system) during the client's run.
     cpu_s: f64,
+    /// The part of `cpu_s` the server spent in user space (utime): the servers' own code and
+    /// libraries, as against the kernel's TCP work, which is about the same for all of them.
+    user_cpu_s: f64,
     /// CPU seconds the load client used.
     client_cpu_s: f64,
     /// CPU seconds that the server's and client's CPUs spent on anything but these two
@@ -238,26 +242,37 @@ impl Run {
 
     /// Server CPU nanoseconds per echoed message (messages counted as rate × load seconds).
     fn cpu_ns_per_msg(&self, secs: f64) -> f64 {
+        self.ns_per_msg(self.cpu_s, secs)
+    }
+
+    /// The user-space part of [`Run::cpu_ns_per_msg`].
+    fn user_ns_per_msg(&self, secs: f64) -> f64 {
+        self.ns_per_msg(self.user_cpu_s, secs)
+    }
+
+    fn ns_per_msg(&self, cpu_s: f64, secs: f64) -> f64 {
         let msgs = self.msgs_per_sec * secs;
         if msgs > 0.0 {
-            self.cpu_s * 1e9 / msgs
+            cpu_s * 1e9 / msgs
         } else {
             f64::NAN
         }
     }
 }
 
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+/// utime + stime of `pid` and utime alone, in seconds. The kernel samples which of the two a
+/// tick goes to, so over a 2 s run at 100 Hz the split is good to a few ticks.
+fn cpu_seconds(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name, which may contain spaces: state is field 3,
     // utime field 14, stime field 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks as f64 / hz.max(1) as f64)
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(((utime + stime) as f64 / hz, utime as f64 / hz))
 }
 
 /// The CPUs of a taskset list such as `0`, `0,1` or `0-3`.
@@ -514,9 +529,10 @@ fn run_one(o: &Opts, server: usize, conns: usize, size: usize, port: u16) -> Res
         p50_us,
         p99_us,
         errors,
-        cpu_s: cpu1 - cpu0,
+        cpu_s: cpu1.0 - cpu0.0,
+        user_cpu_s: cpu1.1 - cpu0.1,
         client_cpu_s,
-        others_cpu_s: (busy1 - busy0 - (cpu1 - cpu0) - client_cpu_s).max(0.0),
+        others_cpu_s: (busy1 - busy0 - (cpu1.0 - cpu0.0) - client_cpu_s).max(0.0),
         wall_s,
         hwm_kib,
         instructions,
@@ -663,6 +679,8 @@ struct Summary {
     /// Per server: median msgs/s, median CPU ns/msg, median server CPU use (0..1), max VmHWM KiB.
     rate: [f64; 4],
     cpu_ns: [f64; 4],
+    /// Per server: median user-space CPU ns/msg (the rest of `cpu_ns` is the kernel's).
+    user_ns: [f64; 4],
     util: [f64; 4],
     hwm: [u64; 4],
     /// Median over rounds of the same-round ratio to the C server (index 0 is 1.0).
@@ -703,6 +721,7 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                 size,
                 rate: [f64::NAN; 4],
                 cpu_ns: [f64::NAN; 4],
+                user_ns: [f64::NAN; 4],
                 util: [f64::NAN; 4],
                 hwm: [0; 4],
                 rate_vs_c: [f64::NAN; 4],
@@ -732,6 +751,7 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                 let mine: Vec<&Run> = (0..o.rounds).filter_map(|r| of(r, s)).collect();
                 sum.rate[s] = median(mine.iter().map(|r| r.msgs_per_sec).collect());
                 sum.cpu_ns[s] = median(mine.iter().map(|r| r.cpu_ns_per_msg(o.secs)).collect());
+                sum.user_ns[s] = median(mine.iter().map(|r| r.user_ns_per_msg(o.secs)).collect());
                 sum.util[s] = median(mine.iter().map(|r| r.cpu_s / r.wall_s).collect());
                 sum.hwm[s] = mine.iter().map(|r| r.hwm_kib).max().unwrap_or(0);
                 sum.instr[s] = median(
@@ -779,12 +799,12 @@ fn write_csv(path: &Path, o: &Opts, runs: &[Run]) -> std::io::Result<()> {
         "round,conns,size,server,msgs_per_sec,p50_us,p99_us,errors,server_cpu_s,wall_s,\
          server_cpu_util,server_cpu_ns_per_msg,server_vmhwm_kib,client_cpu_s,client_cpu_util,\
          others_cpu_s,others_cpu_util,user_instructions,user_instructions_per_msg,\
-         user_l1_misses,user_l1_misses_per_msg\n",
+         user_l1_misses,user_l1_misses_per_msg,server_user_cpu_s,server_user_ns_per_msg\n",
     );
     for r in runs {
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.1},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.1},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{}",
+            "{},{},{},{},{:.1},{:.1},{:.1},{},{:.3},{:.3},{:.3},{:.1},{},{:.3},{:.3},{:.3},{:.3},{},{},{},{},{:.3},{:.1}",
             r.round + 1,
             r.conns,
             r.size,
@@ -814,6 +834,8 @@ fn write_csv(path: &Path, o: &Opts, runs: &[Run]) -> std::io::Result<()> {
             } else {
                 String::new()
             },
+            r.user_cpu_s,
+            r.user_ns_per_msg(o.secs),
         );
     }
     std::fs::write(path, s)
@@ -959,6 +981,30 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
             );
         }
         let _ = writeln!(t, "{line}");
+    }
+    // Where the server CPU per message goes: user space (the server's code and libraries)
+    // against the kernel (the TCP work, about the same for every server). A gap between servers
+    // in CPU per message shows up here as a gap in the user-space part.
+    for s in sums {
+        let split = o
+            .servers
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{} {:.0} + {:.0}",
+                    SERVERS[i],
+                    s.user_ns[i],
+                    s.cpu_ns[i] - s.user_ns[i]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            t,
+            "split {} conns x {}: server CPU ns per message, user space + kernel (medians): {split}",
+            s.conns,
+            size_label(s.size)
+        );
     }
     t
 }
