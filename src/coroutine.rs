@@ -47,7 +47,7 @@
 //!   later panic in the process would then deadlock on it.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell, UnsafeCell};
+use std::cell::{Cell, OnceCell, RefCell, UnsafeCell};
 use std::fmt;
 use std::io::{self, Write};
 use std::marker::PhantomData;
@@ -93,8 +93,11 @@ pub(crate) struct Stack {
     /// generator's object, first thing at the top of this stack: resuming reads the registers
     /// it saved there (see [`Core::prefetch`]).
     object: *const u8,
-    /// The wait event of whatever coroutine runs on this stack (see `scheduler`).
-    pub(crate) wait: RawEvent,
+    /// The one-shot wait event of whatever coroutine runs on this stack (see `scheduler`),
+    /// made on the first one-shot wait: coroutines that only wait on registered sockets (evco's
+    /// `net` types and hooked sockets on epoll) never need one, and its 128 bytes (plus
+    /// alignment) would be a fifth of an idle echo connection's heap.
+    wait: OnceCell<RawEvent>,
     bytes: usize,
     /// The lowest usable page, when its sentinel words were handed back to the kernel (see
     /// `sentinel`); they are written back before generator's drop reads them.
@@ -169,7 +172,7 @@ impl Stack {
                 Ok(Stack {
                     gn,
                     object: object.cast_const().cast(),
-                    wait: RawEvent::new(),
+                    wait: OnceCell::new(),
                     bytes,
                     released_bottom,
                 })
@@ -191,7 +194,9 @@ impl Stack {
     /// Returns a finished stack to the pool (or frees it when the pool is full).
     fn give_back(self) {
         // The pooled event must not remember a base that may be gone by its next use.
-        self.wait.reset();
+        if let Some(ev) = self.wait.get() {
+            ev.reset();
+        }
         POOL.with(|p| {
             let mut p = p.borrow_mut();
             if p.len() < POOL_LIMIT {
@@ -418,11 +423,22 @@ impl Core {
         }
     }
 
-    /// The wait event of this coroutine's stack; `None` once it finished.
+    /// The wait event of this coroutine's stack, if one was made; `None` also once it finished.
+    /// For ending a wait: a coroutine that never made one has no one-shot wait pending.
     pub(crate) fn wait_event(&self) -> Option<&RawEvent> {
         // SAFETY: the `Option<Stack>` is only replaced in `finish`, which no caller overlaps
         // with a borrow obtained here (they are used and dropped within one scheduler step).
-        unsafe { (*self.stack.get()).as_ref().map(|s| &s.wait) }
+        unsafe { (*self.stack.get()).as_ref().and_then(|s| s.wait.get()) }
+    }
+
+    /// The wait event of this coroutine's stack, made on first use; `None` once it finished.
+    pub(crate) fn wait_event_or_make(&self) -> Option<&RawEvent> {
+        // SAFETY: as in `wait_event`.
+        unsafe {
+            (*self.stack.get())
+                .as_ref()
+                .map(|s| s.wait.get_or_init(RawEvent::new))
+        }
     }
 
     /// Runs the coroutine until it suspends or finishes.
@@ -551,7 +567,9 @@ impl Core {
             } else {
                 // An overflowed stack still holds frames that never unwound; generator's drop
                 // knows (it marks the context) and releases the mapping without running them.
-                stack.wait.reset();
+                if let Some(ev) = stack.wait.get() {
+                    ev.reset();
+                }
                 drop(stack);
             }
         }

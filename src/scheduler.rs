@@ -8,8 +8,9 @@
 //!
 //! # What a wait registers, and when it is removed
 //!
-//! Every coroutine's stack comes with one `struct event` (`RawEvent`), reused across its waits:
-//! `event_assign` only when fd or interest change, `event_add` otherwise. A wait is one-shot (no
+//! Every coroutine's stack comes with one `struct event` (`RawEvent`, made on the stack's first
+//! one-shot wait), reused across its waits: `event_assign` only when fd or interest change,
+//! `event_add` otherwise. A wait is one-shot (no
 //! `EV_PERSIST`): libevent makes the event non-pending before it calls `wake`, whose argument is
 //! the waiting `Task`. That argument is valid because a task is only freed after its event is
 //! deleted:
@@ -1129,7 +1130,7 @@ pub(crate) fn wait_event(fd: RawFd, what: What, timeout: Option<Duration>) -> io
     let (task, sched) = current_task()?;
     let ev = task
         .core
-        .wait_event()
+        .wait_event_or_make()
         .ok_or_else(|| misuse("coroutine has no stack"))?;
     if fd >= 0 {
         let arg = task as *const Task as *mut c_void;
