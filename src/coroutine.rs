@@ -94,9 +94,9 @@ pub(crate) struct Stack {
     /// it saved there (see [`Core::prefetch`]).
     object: *const u8,
     /// The one-shot wait event of whatever coroutine runs on this stack (see `scheduler`),
-    /// made on the first one-shot wait: coroutines that only wait on registered sockets (evco's
-    /// `net` types and hooked sockets on epoll) never need one, and its 128 bytes (plus
-    /// alignment) would be a fifth of an idle echo connection's heap.
+    /// made on the first one-shot wait on an fd: coroutines that only wait on registered
+    /// sockets (evco's `net` types and hooked sockets on epoll) or only sleep never need one,
+    /// and its 128 bytes (plus alignment) would be a fifth of an idle echo connection's heap.
     wait: OnceCell<RawEvent>,
     bytes: usize,
     /// The lowest usable page, when its sentinel words were handed back to the kernel (see

@@ -1,6 +1,7 @@
-//! The few libc calls evco's I/O layer makes that std and socket2 do not offer, each behind
-//! [`cvt`], which turns `-1` + `errno` into `io::Error`. Nothing above this module calls libc
-//! for I/O directly.
+//! The libc calls evco's I/O layer makes itself: those std and socket2 do not offer, and the
+//! `recv`/`send` of its stream sockets, which go to libc past evco's own hooks. Each is behind
+//! [`cvt`] or [`cvt_size`], which turn `-1` + `errno` into `io::Error`. Nothing above this
+//! module calls libc for I/O directly.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

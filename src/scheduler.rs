@@ -8,9 +8,9 @@
 //!
 //! # What a wait registers, and when it is removed
 //!
-//! Every coroutine's stack comes with one `struct event` (`RawEvent`, made on the stack's first
-//! one-shot wait), reused across its waits: `event_assign` only when fd or interest change,
-//! `event_add` otherwise. A wait is one-shot (no
+//! Each coroutine's stack has at most one `struct event` (`RawEvent`), made on its first
+//! one-shot wait on an fd and reused across its later ones: `event_assign` only when fd or
+//! interest change, `event_add` otherwise. A wait is one-shot (no
 //! `EV_PERSIST`): libevent makes the event non-pending before it calls `wake`, whose argument is
 //! the waiting `Task`. That argument is valid because a task is only freed after its event is
 //! deleted:
@@ -21,7 +21,8 @@
 //!   scheduler deletes the event *before* it unwinds the coroutine's stack;
 //! - when the fd is closed through [`io::close`](crate::io::close), the event is deleted and the
 //!   waiter is resumed through the ready queue with `EBADF`;
-//! - a finished coroutine's event is reset before its stack returns to the pool.
+//! - a finished coroutine's event, if it made one, is reset before its stack returns to the
+//!   pool.
 //!
 //! # Timers
 //!
@@ -1128,11 +1129,12 @@ impl Drop for WaitGuard<'_> {
 /// `fd == -1` and [`What::NONE`], a pure timer that reports [`What::TIMEOUT`] as success).
 pub(crate) fn wait_event(fd: RawFd, what: What, timeout: Option<Duration>) -> io::Result<What> {
     let (task, sched) = current_task()?;
-    let ev = task
-        .core
-        .wait_event_or_make()
-        .ok_or_else(|| misuse("coroutine has no stack"))?;
     if fd >= 0 {
+        // A pure timer (a sleep) needs no event: it is only an entry in the timer heap.
+        let ev = task
+            .core
+            .wait_event_or_make()
+            .ok_or_else(|| misuse("coroutine has no stack"))?;
         let arg = task as *const Task as *mut c_void;
         // SAFETY: the base outlives the task, and the task outlives its pending event (module
         // docs).
@@ -1148,7 +1150,9 @@ pub(crate) fn wait_event(fd: RawFd, what: What, timeout: Option<Duration>) -> io
     }
     if let Some(t) = timeout {
         if let Err(e) = sched.arm_timeout(task, t) {
-            ev.del();
+            if let Some(ev) = task.core.wait_event() {
+                ev.del();
+            }
             return Err(e);
         }
     }

@@ -99,6 +99,7 @@ impl<T: Timed> TimerHeap<T> {
         true
     }
 
+    #[inline(never)]
     fn remove_at(&self, item: &T, i: usize) {
         let mut e = self.entries.borrow_mut();
         debug_assert!(

@@ -104,8 +104,10 @@ macro_rules! timeout_accessors {
 }
 pub(crate) use timeout_accessors;
 
-/// Generates `Read`/`Write` for a stream type and for references to it, over its std inner
-/// stream, each call one [`retry`](crate::io::retry).
+/// Generates `Read`/`Write` for a stream type and for references to it, each call one
+/// [`retry`](crate::io::retry): `read` and `write` are `recv`/`send` on its fd straight into
+/// libc (`crate::os`, past evco's hooks: the per-message path), the vectored calls std's and
+/// socket2's (through the hooks, which pass evco's non-blocking sockets on unchanged).
 macro_rules! stream_io {
     ($ty:ty) => {
         impl std::io::Read for &$ty {

@@ -13,7 +13,8 @@
 //!
 //! Writes `<out>/echo.csv` (one row per run) and `<out>/echo.svg` (ratios to C, grouped bars),
 //! and prints a table of medians. Without `--hooked` the CSV, chart and table are those of the
-//! three-server comparison, so older result files stay comparable. See
+//! three-server comparison, so older result files stay comparable (the CSV's columns keep
+//! their order; files from before fec31f6 lack the last two, the user-space CPU). See
 //! `scripts/echo-compare --help` for the options.
 
 use std::fmt::Write as _;
@@ -260,8 +261,9 @@ impl Run {
     }
 }
 
-/// utime + stime of `pid` and utime alone, in seconds. The kernel samples which of the two a
-/// tick goes to, so over a 2 s run at 100 Hz the split is good to a few ticks.
+/// utime + stime of `pid` and utime alone, in seconds (`/proc` reports them in clock ticks,
+/// `_SC_CLK_TCK`). The split between the two is accounted by the kernel per tick on most
+/// configurations, so a single run's user-space part is good to a few ticks, not exactly.
 fn cpu_seconds(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name, which may contain spaces: state is field 3,
@@ -1001,7 +1003,8 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
             .join(", ");
         let _ = writeln!(
             t,
-            "split {} conns x {}: server CPU ns per message, user space + kernel (medians): {split}",
+            "split {} conns x {}: server CPU ns per message, user space + kernel (median of \
+             user, median of total minus it): {split}",
             s.conns,
             size_label(s.size)
         );
