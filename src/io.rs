@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::event::What;
 use crate::scheduler::{self, Scheduler};
@@ -139,46 +139,62 @@ pub(crate) fn retry<T>(
     fd: RawFd,
     interest: Interest,
     timeout: Option<Duration>,
-    mut op: impl FnMut() -> io::Result<T>,
+    op: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
     // A timeout too long for `Instant` is no timeout at all.
-    let deadline = timeout.and_then(crate::event::deadline_after);
+    retry_until(
+        fd,
+        interest,
+        timeout.and_then(crate::event::deadline_after),
+        op,
+    )
+}
+
+/// [`retry`] until `deadline` (none: no limit).
+fn retry_until<T>(
+    fd: RawFd,
+    interest: Interest,
+    deadline: Option<Instant>,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
     loop {
         match op() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             result => return result,
         }
-        let remaining = match deadline {
-            None => None,
-            Some(d) => match d.checked_duration_since(std::time::Instant::now()) {
-                Some(r) if !r.is_zero() => Some(r),
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "operation timed out",
-                    ));
-                }
-            },
-        };
-        wait_owned(fd, interest, remaining)?;
+        wait_owned(fd, interest, remaining(deadline)?)?;
+    }
+}
+
+/// What is left until `deadline` (`None`: no deadline, and no clock read); `TimedOut` once it
+/// has passed.
+fn remaining(deadline: Option<Instant>) -> io::Result<Option<Duration>> {
+    let Some(d) = deadline else { return Ok(None) };
+    match d.checked_duration_since(Instant::now()) {
+        Some(r) if !r.is_zero() => Ok(Some(r)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "operation timed out",
+        )),
     }
 }
 
 /// A read on an evco-owned stream socket: [`retry`], but when the socket's last read came back
 /// short and no readable edge arrived since, wait for one first instead of paying for a `recv`
 /// that would say `EAGAIN` (request/response loops save a syscall per message). `len` is the
-/// space offered.
+/// space offered. `timeout` bounds the whole read, that first wait included.
 pub(crate) fn read_owned(
     fd: RawFd,
     timeout: Option<Duration>,
     len: usize,
     op: impl FnMut() -> io::Result<usize>,
 ) -> io::Result<usize> {
+    let deadline = timeout.and_then(crate::event::deadline_after);
     if !scheduler::maybe_readable(fd) && crate::coroutine::is_coroutine() {
         wait_owned(fd, Interest::READABLE, timeout)?;
     }
-    let n = retry(fd, Interest::READABLE, timeout, op)?;
+    let n = retry_until(fd, Interest::READABLE, deadline, op)?;
     if n > 0 && n < len {
         scheduler::note_drained(fd);
     }
