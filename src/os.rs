@@ -59,7 +59,7 @@ pub(crate) fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 }
 
 /// `-1` (with `errno` set) to the last OS error; a byte count otherwise.
-fn cvt_size(n: libc::ssize_t) -> io::Result<usize> {
+pub(crate) fn cvt_size(n: libc::ssize_t) -> io::Result<usize> {
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

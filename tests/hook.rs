@@ -282,6 +282,27 @@ fn so_rcvtimeo_bounds_a_cooperative_read_and_others_run_meanwhile() {
     assert_eq!(*log.borrow(), ["other ran", "read: WouldBlock"]);
 }
 
+/// `read` of 0 bytes on a socket is the kernel's answer at once, 0, even on a drained socket in
+/// a coroutine (a `recv` of 0 bytes waits for data; a `read` does not).
+#[test]
+fn a_hooked_read_of_zero_bytes_returns_zero_at_once_on_a_drained_socket() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        // The bound of the waiting it must not do: a cooperative wait would end in EAGAIN.
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        client.write_all(b"abc").unwrap();
+        let mut buf = [0u8; 16];
+        // A short read: the socket is drained until the next edge.
+        assert_eq!(conn.read(&mut buf).unwrap(), 3);
+        // SAFETY: a valid buffer and a count of 0 on an fd this test owns.
+        let n = unsafe { libc::read(conn.as_raw_fd(), buf.as_mut_ptr().cast(), 0) };
+        assert_eq!(n, 0, "errno {}", std::io::Error::last_os_error());
+    });
+}
+
 #[test]
 fn udp_recv_from_waits_cooperatively_for_a_datagram() {
     let _w = watchdog(20);

@@ -50,16 +50,24 @@
 //!   a program that makes the call once, without a loop, loses nothing; a `sendmsg`'s
 //!   ancillary data goes with its first transfer only, and a peer gone after some bytes went
 //!   makes it return their count without `SIGPIPE`, as the kernel's does. `MSG_WAITALL`
-//!   receives (`recv`, `recvfrom`, `recvmsg`; not with `MSG_PEEK`, which returns what it can
-//!   see) are waited out the same way; a `recvmsg` that takes several transfers reports the
+//!   receives (`recv`, `recvfrom`, `recvmsg`) are waited out the same way, except with
+//!   `MSG_PEEK`: that returns what it can see once some data is there, where Linux's TCP would
+//!   wait for all of it; a `recvmsg` that takes several transfers reports the
 //!   address and flags of the first, and one given room for ancillary data ends after its
 //!   first transfer (a later one would have nowhere to put descriptors, and the kernel closes
 //!   descriptors that arrive without room). The timeout bounds
 //!   the whole call, not each transfer. `read`/`readv` and receives without `MSG_WAITALL` make
 //!   one transfer once the socket is ready, as the kernel's do. Evco reads a caller's iovecs
 //!   or `msghdr` itself only after the kernel accepted them in a first transfer, so a bad
-//!   pointer is still the kernel's `EFAULT`. A Unix-domain `connect` is libc's (it blocks only
-//!   while the listener's queue is full).
+//!   pointer is still the kernel's `EFAULT`. When a later transfer of such a call fails
+//!   (`ECONNRESET`, say), the call reports the bytes moved before it, as the kernel's does, but
+//!   the error itself is gone: the kernel keeps it for the next call, evco's transfer consumed
+//!   it. A `read` of 0 bytes returns 0 at once, as the kernel's does on a socket (a `recv` of 0
+//!   bytes waits for data, as the kernel's does). A Unix-domain `connect` is libc's (it blocks
+//!   only while the listener's queue is full).
+//! - A signal does not interrupt a cooperative wait: its handler runs and the call goes on
+//!   waiting, as if every handler had `SA_RESTART`; a program that relies on `EINTR` to
+//!   break out of a blocking call does not get it inside a coroutine.
 //! - `poll` inside a scheduled coroutine, when every fd it lists is a socket this process
 //!   created polled for `POLLIN` and/or `POLLOUT`, waits for the first one to become ready
 //!   (one fd: evco's wait on it; several: a temporary epoll instance over them, waited on as
@@ -121,6 +129,7 @@ use libc::{iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
 
 use crate::event::What;
 use crate::io::Interest;
+use crate::os::cvt_size as cvt;
 use crate::scheduler;
 
 /// Fds at or above this are never hooked (see "The fd table").
@@ -396,14 +405,6 @@ fn ret(r: io::Result<usize>) -> ssize_t {
     }
 }
 
-fn cvt(n: ssize_t) -> io::Result<usize> {
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 /// The table bits of `fd` when a blocking call on it should be made cooperative: a blocking
 /// socket this process created, used inside a scheduled coroutine.
 #[inline]
@@ -538,26 +539,33 @@ fn coop_send_all(
     if bits & table::STREAM == 0 {
         return coop_once(fd, bits, Interest::WRITABLE, || op(0));
     }
-    let budget = Budget::new(bits, true);
-    let mut len = Some(len);
-    let mut total = 0;
-    let mut done = 0;
-    loop {
-        let left = budget.left();
-        match stop_cancellation(|| crate::io::retry(fd, Interest::WRITABLE, left, || op(done))) {
-            Ok(n) => {
-                if let Some(len) = len.take() {
-                    total = len();
-                }
-                done += n;
-                if done >= total || n == 0 {
-                    return Ok(done);
-                }
-            }
-            Err(_) if done > 0 => return Ok(done),
-            Err(e) => return Err(e),
+    transfer_all(&Budget::new(bits, true), len, |done, left| {
+        stop_cancellation(|| crate::io::retry(fd, Interest::WRITABLE, left, || op(done)))
+    })
+}
+
+/// The transfers of a call the kernel completes as one (a stream send, a `MSG_WAITALL`
+/// receive): `once(done, left)` moves bytes from offset `done` within what is `left` of the
+/// budget, until `len()` bytes moved (asked for only after the first transfer succeeded), a
+/// transfer moves none, or one fails after some bytes moved (the call then reports those, as
+/// the kernel's does; a failure of the first transfer is the call's error).
+fn transfer_all(
+    budget: &Budget,
+    len: impl FnOnce() -> usize,
+    mut once: impl FnMut(usize, Option<Duration>) -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut done = once(0, budget.left())?;
+    if done == 0 {
+        return Ok(0);
+    }
+    let total = len();
+    while done < total {
+        match once(done, budget.left()) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => done += n,
         }
     }
+    Ok(done)
 }
 
 /// Flags for a send transfer after `done` bytes of the call went out: `MSG_NOSIGNAL` once some
@@ -585,25 +593,9 @@ fn coop_recv_all(
     if !waitall {
         return ret(once(0, flags, table::timeout(bits, false)));
     }
-    let budget = Budget::new(bits, false);
-    let mut len = Some(len);
-    let mut total = 0;
-    let mut got = 0;
-    loop {
-        match once(got, flags, budget.left()) {
-            Ok(n) => {
-                if let Some(len) = len.take() {
-                    total = len();
-                }
-                got += n;
-                if n == 0 || got >= total {
-                    return got as ssize_t;
-                }
-            }
-            Err(_) if got > 0 => return got as ssize_t,
-            Err(e) => return ret(Err(e)),
-        }
-    }
+    ret(transfer_all(&Budget::new(bits, false), len, |got, left| {
+        once(got, flags, left)
+    }))
 }
 
 /// The caller's iovecs with the first `done` bytes skipped, for the later transfers of a
@@ -894,22 +886,16 @@ unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -
 #[unsafe(no_mangle)]
 unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     match cooperative(fd) {
-        None => {
+        // A read of nothing returns 0 at once on a socket, ready or not (unlike a recv of
+        // nothing, which waits for data like any other).
+        Some(bits) if count > 0 => {
+            // SAFETY: the caller's buffer; on a socket, read is recv without flags.
+            unsafe { coop_recv_buf(fd, bits, buf, count, 0) }
+        }
+        _ => {
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::read(fd, buf, count) }
         }
-        // SAFETY: the caller's buffer; on a socket, read is recv without flags.
-        Some(bits) => unsafe {
-            coop_recvfrom(
-                fd,
-                bits,
-                buf,
-                count,
-                0,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        },
     }
 }
 
@@ -922,7 +908,7 @@ unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssiz
             unsafe { real::write(fd, buf, count) }
         }
         // SAFETY: the caller's buffer; on a socket, write is send without flags.
-        Some(bits) => unsafe { coop_sendto(fd, bits, buf, count, 0, std::ptr::null(), 0) },
+        Some(bits) => unsafe { coop_send_buf(fd, bits, buf, count, 0) },
     }
 }
 
@@ -934,18 +920,8 @@ unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::recv(fd, buf, len, flags) }
         }
-        // SAFETY: the caller's arguments; recv is recvfrom without an address.
-        Some(bits) => unsafe {
-            coop_recvfrom(
-                fd,
-                bits,
-                buf,
-                len,
-                flags,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        },
+        // SAFETY: the caller's arguments.
+        Some(bits) => unsafe { coop_recv_buf(fd, bits, buf, len, flags) },
     }
 }
 
@@ -957,8 +933,8 @@ unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_i
             // SAFETY: the caller's arguments, passed on.
             unsafe { real::send(fd, buf, len, flags) }
         }
-        // SAFETY: the caller's arguments; send is sendto without an address.
-        Some(bits) => unsafe { coop_sendto(fd, bits, buf, len, flags, std::ptr::null(), 0) },
+        // SAFETY: the caller's arguments.
+        Some(bits) => unsafe { coop_send_buf(fd, bits, buf, len, flags) },
     }
 }
 
@@ -1000,6 +976,39 @@ unsafe extern "C" fn sendto(
         // SAFETY: the caller's arguments.
         Some(bits) => unsafe { coop_sendto(fd, bits, buf, len, flags, addr, alen) },
     }
+}
+
+/// The cooperative `recv` behind `read` and `recv`: [`coop_recvfrom`] without an address.
+///
+/// # Safety
+///
+/// `recv`'s contract: `buf` is `len` writable bytes.
+unsafe fn coop_recv_buf(
+    fd: c_int,
+    bits: u64,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    let (addr, alen) = (std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: the caller's contract; no address arguments.
+    unsafe { coop_recvfrom(fd, bits, buf, len, flags, addr, alen) }
+}
+
+/// The cooperative `send` behind `write` and `send`: [`coop_sendto`] without an address.
+///
+/// # Safety
+///
+/// `send`'s contract: `buf` is `len` readable bytes.
+unsafe fn coop_send_buf(
+    fd: c_int,
+    bits: u64,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
+    // SAFETY: the caller's contract; no address arguments.
+    unsafe { coop_sendto(fd, bits, buf, len, flags, std::ptr::null(), 0) }
 }
 
 /// The cooperative `recvfrom` behind `read`, `recv` and `recvfrom` (`MSG_WAITALL` waited out
@@ -1102,20 +1111,22 @@ unsafe fn coop_recvmsg(fd: c_int, bits: u64, msg: *mut msghdr, flags: c_int) -> 
         bits,
         flags,
         // SAFETY: asked for after the kernel read `*msg` and its iovecs in a first transfer.
-        || unsafe { iov_total((*msg).msg_iov, msg_iovlen(&*msg)) },
+        || unsafe {
+            if (*msg).msg_control.is_null() {
+                iov_total((*msg).msg_iov, msg_iovlen(&*msg))
+            } else {
+                // The caller takes ancillary data (descriptors, credentials): a later transfer
+                // cannot hand it any (its buffer holds the first one's), and the kernel would
+                // close descriptors that arrive without room. End after the first transfer,
+                // as the kernel's own MSG_WAITALL stops at data that carries some.
+                0
+            }
+        },
         |got, flags, timeout| {
             coop_once_within(fd, timeout, Interest::READABLE, || {
                 if got == 0 {
                     // SAFETY: the caller's arguments; one non-blocking attempt.
                     return cvt(unsafe { real::recvmsg(fd, msg, flags | libc::MSG_DONTWAIT) });
-                }
-                // SAFETY: the kernel accepted `*msg` in the first transfer.
-                if !unsafe { (*msg).msg_control }.is_null() {
-                    // The caller takes ancillary data (descriptors, credentials): a later
-                    // transfer cannot hand it any (its buffer holds the first one's), and the
-                    // kernel would close descriptors that arrive without room. Stop here, as the
-                    // kernel's own MSG_WAITALL stops at data that carries some.
-                    return Ok(0);
                 }
                 // SAFETY: a first transfer of this call succeeded, so the kernel accepted
                 // `*msg` and its iovecs.
@@ -1161,7 +1172,7 @@ unsafe fn coop_sendmsg(fd: c_int, bits: u64, msg: *const msghdr, flags: c_int) -
             // and its iovecs.
             let m = unsafe { msg_rest(msg, done, &mut rest) };
             // SAFETY: `m` describes the rest of the caller's data.
-            cvt(unsafe { real::sendmsg(fd, &m, flags | libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) })
+            cvt(unsafe { real::sendmsg(fd, &m, flags | libc::MSG_DONTWAIT | later(done)) })
         },
     ))
 }
