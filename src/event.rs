@@ -576,8 +576,12 @@ impl Event {
         )
     }
 
-    /// Runs the callback from the loop as if `what` had happened.
+    /// Runs the callback from the loop as if `what` had happened. A one-shot event is then no
+    /// longer pending (libevent deletes it before its callback, however it was activated).
     pub fn activate(&self, what: What) {
+        // A hand-made activation is not the coarse clock firing a timeout early: the
+        // trampoline must pass it on, not add the event again for the rest of its deadline.
+        self.inner.deadline.set(None);
         // SAFETY: the event is live.
         unsafe { sys::event_active(self.inner.raw.as_ptr(), c_int::from(what.bits()), 0) };
     }
@@ -635,20 +639,17 @@ extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_v
         // libevent never re-enters one event's callback; refuse rather than alias the closure.
         return;
     }
-    // A one-shot event libevent fired is no longer pending, and its deadline is spent whatever
-    // fired it (a readiness before the timeout included); one still pending was activated by
-    // hand (`activate`) and is passed on as it is. A timeout the coarse clock fired early is
-    // added again for what is left, with the same deadline.
-    let deadline = inner.deadline.get();
-    // SAFETY: the event is live (we hold its `EventInner`).
-    if deadline.is_some() && unsafe { !event_is_pending(inner.raw.as_ptr()) } {
-        inner.deadline.set(None);
+    // Only a one-shot event libevent fired still has a deadline (`activate` clears it), and
+    // the deadline is spent whatever fired it (a readiness before the timeout included). A
+    // timeout the coarse clock fired early is added again for what is left, with the same
+    // deadline.
+    if let Some(deadline) = inner.deadline.take() {
         let early = What(what).contains(What::TIMEOUT)
-            // SAFETY: the event is live, assigned to its live base, and not pending (libevent
-            // deleted it before this callback).
-            && unsafe { rearm_if_early(inner.raw.as_ptr(), inner.base.as_raw(), deadline) };
+            // SAFETY: the event is live (we hold its `EventInner`), assigned to its live base,
+            // and not pending (libevent deletes a one-shot event before its callback).
+            && unsafe { rearm_if_early(inner.raw.as_ptr(), inner.base.as_raw(), Some(deadline)) };
         if early {
-            inner.deadline.set(deadline);
+            inner.deadline.set(Some(deadline));
             inner.running.set(false);
             return;
         }
@@ -661,17 +662,6 @@ extern "C" fn trampoline(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_v
     if let Err(payload) = result {
         inner.base.record_panic(payload);
     }
-}
-
-/// Whether `raw` is pending for anything (a timeout, readiness or a signal).
-///
-/// # Safety
-///
-/// `raw` must be a live, assigned event.
-unsafe fn event_is_pending(raw: *mut sys::event) -> bool {
-    let any = What::TIMEOUT | What::READ | What::WRITE | What::SIGNAL;
-    // SAFETY: the caller's contract; no timeval is asked for.
-    unsafe { sys::event_pending(raw, any.bits(), std::ptr::null_mut()) != 0 }
 }
 
 /// `Instant::now() + timeout`, or `None` when that is beyond what `Instant` can hold (such a

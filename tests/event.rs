@@ -138,6 +138,28 @@ fn a_timeout_activated_by_hand_after_readiness_fired_runs_the_callback() {
     assert!(!ev.is_pending());
 }
 
+/// A one-shot timer activated by hand long before its deadline runs its callback then, once:
+/// the activation is not taken for the coarse clock's early timeout and added again.
+#[test]
+fn a_timer_activated_by_hand_before_its_deadline_runs_the_callback_then() {
+    let _w = watchdog(20);
+    let base = EventBase::new().unwrap();
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let s = seen.clone();
+    let ev = Event::timer(&base, move |what| s.borrow_mut().push(what)).unwrap();
+    ev.add(Some(Duration::from_secs(60))).unwrap();
+    ev.activate(What::TIMEOUT);
+    base.loop_nonblock().unwrap();
+    assert_eq!(
+        seen.borrow().len(),
+        1,
+        "the activated timeout was swallowed"
+    );
+    assert!(seen.borrow()[0].contains(What::TIMEOUT));
+    // libevent deleted the one-shot event before its callback; nothing is left to fire.
+    assert!(!ev.is_pending());
+}
+
 #[test]
 fn dropping_an_event_before_it_fires_means_its_callback_never_runs() {
     let _w = watchdog(20);
