@@ -1018,6 +1018,11 @@ impl Drop for Scheduler {
                 s.set(std::ptr::null());
             }
         });
+        // A registration a leaked coroutine's wait still holds outlives the table: its event
+        // must not go on firing into a base this scheduler no longer serves.
+        for reg in self.regs.get_mut().iter().flatten() {
+            reg.ev.del();
+        }
         // Normally `shutdown` ran first and nothing is left. When the thread exits with
         // coroutines still parked (a spawn that was never driven), unwinding them here is not
         // possible (generator's own thread-locals may be gone): delete their events and leak
@@ -1438,13 +1443,16 @@ impl<T> JoinHandle<T> {
             }
             Ok(())
         } else {
-            // SAFETY: the task's scheduler outlives it.
-            let sched = unsafe { &*self.task.sched };
-            let installed = Scheduler::current().is_some_and(|s| std::ptr::eq(s, sched));
-            if !installed {
-                return Err(misuse("join from a thread other than the coroutine's"));
+            // The task's scheduler, if it is this thread's current one (compared by address:
+            // an unfinished task's scheduler is not dereferenced unless it is known to live).
+            match Scheduler::current() {
+                Some(s) if std::ptr::eq(s, self.task.sched) => {
+                    s.drive_until(|| self.task.is_finished())
+                }
+                _ => Err(misuse(
+                    "join outside the coroutine's scheduler (it was shut down or uninstalled)",
+                )),
             }
-            sched.drive_until(|| self.task.is_finished())
         }
     }
 
@@ -1457,9 +1465,15 @@ impl<T> JoinHandle<T> {
     /// stack so its destructors run. `join` then returns a
     /// [`Cancelled`] payload. A coroutine cannot cancel itself.
     pub fn cancel(&self) -> io::Result<()> {
-        // SAFETY: the task's scheduler outlives it.
-        let sched = unsafe { &*self.task.sched };
-        sched.cancel(&self.task)
+        if self.task.is_finished() {
+            return Ok(());
+        }
+        match Scheduler::current() {
+            Some(s) if std::ptr::eq(s, self.task.sched) => s.cancel(&self.task),
+            _ => Err(misuse(
+                "cancel outside the coroutine's scheduler (it was shut down or uninstalled)",
+            )),
+        }
     }
 
     /// The coroutine's id.
