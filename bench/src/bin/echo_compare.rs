@@ -690,11 +690,9 @@ struct Summary {
     cpu_vs_c: [f64; 4],
     /// Median over rounds of evco's messages per server-CPU-second relative to tokio's.
     evco_eff_vs_tokio: f64,
-    /// Median over rounds of echo_hooked's msgs/s relative to evco's echo in the same round
-    /// (NaN without `--hooked`).
-    hooked_vs_evco: f64,
-    /// The same three ratios as geometric means over rounds with their intervals (the target
-    /// lines).
+    /// evco/C msgs/s, evco's efficiency against tokio's, and echo_hooked's msgs/s over evco's
+    /// echo's (NaN without `--hooked`), as geometric means of the per-round ratios with their
+    /// intervals (the target lines).
     rate_vs_c_ci: Interval,
     evco_eff_vs_tokio_ci: Interval,
     hooked_vs_evco_ci: Interval,
@@ -729,7 +727,6 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                 rate_vs_c: [f64::NAN; 4],
                 cpu_vs_c: [f64::NAN; 4],
                 evco_eff_vs_tokio: f64::NAN,
-                hooked_vs_evco: f64::NAN,
                 rate_vs_c_ci: Interval::of(&[]),
                 evco_eff_vs_tokio_ci: Interval::of(&[]),
                 hooked_vs_evco_ci: Interval::of(&[]),
@@ -749,6 +746,12 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                 l1: [f64::NAN; 4],
                 errors: 0,
             };
+            // Per round: a ratio of two servers' figures, where both ran.
+            let per_round = |a: usize, b: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> {
+                (0..o.rounds)
+                    .filter_map(|r| Some(f(of(r, a)?, of(r, b)?)))
+                    .collect()
+            };
             for &s in &o.servers {
                 let mine: Vec<&Run> = (0..o.rounds).filter_map(|r| of(r, s)).collect();
                 sum.rate[s] = median(mine.iter().map(|r| r.msgs_per_sec).collect());
@@ -763,23 +766,11 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                 );
                 sum.l1[s] = median(mine.iter().map(|r| r.l1_misses_per_msg(o.secs)).collect());
                 sum.errors += mine.iter().map(|r| r.errors).sum::<u64>();
-                let pairs = |f: &dyn Fn(&Run, &Run) -> f64| {
-                    median(
-                        (0..o.rounds)
-                            .filter_map(|r| Some(f(of(r, s)?, of(r, C)?)))
-                            .collect(),
-                    )
-                };
-                sum.rate_vs_c[s] = pairs(&|a, c| a.msgs_per_sec / c.msgs_per_sec);
-                sum.cpu_vs_c[s] =
-                    pairs(&|a, c| a.cpu_ns_per_msg(o.secs) / c.cpu_ns_per_msg(o.secs));
+                sum.rate_vs_c[s] = median(per_round(s, C, &|a, c| a.msgs_per_sec / c.msgs_per_sec));
+                sum.cpu_vs_c[s] = median(per_round(s, C, &|a, c| {
+                    a.cpu_ns_per_msg(o.secs) / c.cpu_ns_per_msg(o.secs)
+                }));
             }
-            // Per round: a ratio of two servers' figures, where both ran.
-            let per_round = |a: usize, b: usize, f: &dyn Fn(&Run, &Run) -> f64| -> Vec<f64> {
-                (0..o.rounds)
-                    .filter_map(|r| Some(f(of(r, a)?, of(r, b)?)))
-                    .collect()
-            };
             let rate_vs_c = per_round(EVCO, C, &|e, c| e.msgs_per_sec / c.msgs_per_sec);
             let eff = per_round(EVCO, TOKIO, &|e, t| {
                 t.cpu_ns_per_msg(o.secs) / e.cpu_ns_per_msg(o.secs)
@@ -788,7 +779,6 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
             sum.rate_vs_c_ci = Interval::of(&rate_vs_c);
             sum.evco_eff_vs_tokio = median(eff.clone());
             sum.evco_eff_vs_tokio_ci = Interval::of(&eff);
-            sum.hooked_vs_evco = median(hooked_vs_evco.clone());
             sum.hooked_vs_evco_ci = Interval::of(&hooked_vs_evco);
             out.push(sum);
         }
