@@ -96,6 +96,12 @@ impl Drop for NameServer {
 
 /// Starts the test name server.
 fn name_server() -> NameServer {
+    name_server_holding(0)
+}
+
+/// Starts the test name server holding back its answers until it has seen `hold` queries
+/// (then answering those and every later one at once).
+fn name_server_holding(hold: usize) -> NameServer {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
     let queries = Rc::new(Cell::new(0));
@@ -103,11 +109,17 @@ fn name_server() -> NameServer {
     let zone = zone();
     let serving = evco::spawn(move || {
         let mut buf = [0u8; 1500];
+        let mut held = Vec::new();
         loop {
             let (n, from) = sock.recv_from(&mut buf).unwrap();
             count.set(count.get() + 1);
             if let Some(reply) = answer(&buf[..n], &zone) {
-                sock.send_to(&reply, from).unwrap();
+                held.push((reply, from));
+            }
+            if count.get() >= hold {
+                for (reply, to) in held.drain(..) {
+                    sock.send_to(&reply, to).unwrap();
+                }
             }
         }
     });
@@ -173,10 +185,15 @@ fn lookup_host_gets_every_a_and_aaaa_record_from_the_name_server() {
     });
 }
 
+/// Twenty lookups are in flight at once: the name server answers none of them before it has
+/// seen all forty queries (an A and an AAAA each), so lookups made one after another (or one
+/// that blocked the thread) would never be answered and the watchdog would fire.
 #[test]
 fn lookups_in_several_coroutines_wait_side_by_side() {
     let _w = watchdog(30);
-    with_name_server(|_| {
+    evco::run(|| {
+        let server = name_server_holding(40);
+        set_nameservers(&[server.addr]).unwrap();
         let lookups: Vec<_> = (0..20u16)
             .map(|i| evco::spawn(move || lookup_host("svc.evco.test", i).unwrap()))
             .collect();
@@ -185,6 +202,7 @@ fn lookups_in_several_coroutines_wait_side_by_side() {
             assert_eq!(got.len(), 3);
             assert!(got.iter().all(|a| a.port() == i as u16));
         }
+        assert_eq!(server.queries.get(), 40);
     });
 }
 
@@ -266,8 +284,18 @@ fn set_nameservers_while_a_lookup_waits_keeps_the_old_resolver_alive() {
         let stuck = waiting_lookup("svc.evco.test");
         let server = name_server();
         set_nameservers(&[server.addr]).unwrap();
+        // A resolver freed or torn down under it would fail the lookup on the loop's next turn
+        // (libevent reports that through deferred callbacks): turn the loop, then check it is
+        // still waiting, and that it did not move to the new server either.
+        evco::time::sleep(std::time::Duration::from_millis(1));
+        assert!(
+            !stuck.is_finished(),
+            "the waiting lookup ended with the old resolver"
+        );
+        assert_eq!(server.queries.get(), 0);
         stuck.cancel().unwrap();
-        assert!(stuck.join().is_err());
+        let p = stuck.join().unwrap_err();
+        assert!(p.downcast_ref::<Cancelled>().is_some());
         let got = lookup_host("v4only.evco.test", 5).unwrap();
         assert_eq!(got, ["127.0.0.9:5".parse::<SocketAddr>().unwrap()]);
     });
