@@ -567,9 +567,7 @@ impl Core {
             } else {
                 // An overflowed stack still holds frames that never unwound; generator's drop
                 // knows (it marks the context) and releases the mapping without running them.
-                if let Some(ev) = stack.wait.get() {
-                    ev.reset();
-                }
+                // Its wait event, if any, is deleted as it drops.
                 drop(stack);
             }
         }

@@ -98,7 +98,7 @@ pub fn lookup_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     hints.ai_socktype = libc::SOCK_STREAM;
     let arg = Rc::into_raw(lookup.clone()) as *mut c_void;
     // SAFETY: `dns` is this scheduler's live resolver; `name` and `hints` outlive the call
-    // (libevent copies what it keeps); `arg` is a reference `answered` takes back exactly once
+    // (libevent copies what it keeps); `arg` is a reference `answered` takes back at most once
     // (module invariants).
     let request = unsafe {
         sys::evdns_getaddrinfo(
@@ -233,7 +233,9 @@ impl Drop for CancelOnDrop<'_> {
 /// libevent's callback for every lookup: records the outcome and wakes the waiting coroutine.
 unsafe extern "C" fn answered(code: c_int, res: *mut sys::addrinfo, arg: *mut c_void) {
     // SAFETY: `arg` is the reference `lookup_host` handed over with `Rc::into_raw`; libevent
-    // calls this exactly once per request, so it is taken back exactly once.
+    // calls this at most once per request (once when answered or cancelled; never when the
+    // resolver goes with its requests in flight, which leaks the reference), so it is taken
+    // back at most once.
     let lookup = unsafe { Rc::from_raw(arg as *const Lookup) };
     let outcome = if code == 0 {
         // SAFETY: on success `res` is the list libevent allocated for this answer.
