@@ -58,6 +58,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::event::RawEvent;
 
+mod arch;
+
+use arch::{GENERATOR_F_OFFSET, LINE, prefetch_lines, stack_pointer};
+
 type Gen = generator::Generator<'static, (), ()>;
 /// The handle a body yields through; it lives in the body's first frame, on its own stack.
 type Scope = generator::Scope<'static, 'static, (), ()>;
@@ -75,6 +79,7 @@ fn enter_body(scope: &mut generator::Scope<'_, 'static, (), ()>) {
 pub const DEFAULT_STACK_SIZE: usize = 64 * 1024;
 /// Smallest stack size [`Builder::stack_size`] accepts; smaller requests are rounded up.
 pub const MIN_STACK_SIZE: usize = 16 * 1024;
+
 /// Finished stacks kept per thread for reuse.
 const POOL_LIMIT: usize = 1024;
 
@@ -592,58 +597,6 @@ impl Drop for Core {
             let _ = self.cancel();
         }
     }
-}
-
-const LINE: usize = 64;
-/// Where generator 0.8.12's `GeneratorImpl` keeps its `f` (read by every resume), from the
-/// start of the object.
-const GENERATOR_F_OFFSET: usize = 0x110;
-
-/// Prefetches `lines` cache lines from `addr` up. A hint only: any address is fine.
-#[inline(always)]
-fn prefetch_lines(addr: usize, lines: usize) {
-    for i in 0..lines {
-        let p = addr.wrapping_add(i * LINE) as *const i8;
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch never faults and has no effect a program can observe, whatever the
-        // address (x86_64 always has SSE).
-        unsafe {
-            std::arch::x86_64::_mm_prefetch(p, std::arch::x86_64::_MM_HINT_T0)
-        };
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above: `prfm` is a hint that never faults.
-        unsafe {
-            std::arch::asm!(
-                "prfm pldl1keep, [{0}]",
-                in(reg) p,
-                options(nostack, readonly, preserves_flags)
-            )
-        };
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        let _ = p;
-    }
-}
-
-/// The current stack pointer, read without making the caller keep anything on its stack.
-#[inline(always)]
-fn stack_pointer() -> usize {
-    let sp: usize;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: copies a register; touches no memory.
-    unsafe {
-        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
-    };
-    #[cfg(target_arch = "aarch64")]
-    // SAFETY: as above.
-    unsafe {
-        std::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
-    };
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        let here = 0u8;
-        sp = std::hint::black_box(std::ptr::addr_of!(here)) as usize;
-    }
-    sp
 }
 
 /// The core of the coroutine running on this thread right now, if any.
