@@ -47,11 +47,11 @@
 //!   later panic in the process would then deadlock on it.
 
 use std::any::Any;
-use std::cell::{Cell, OnceCell, RefCell, UnsafeCell};
+use std::cell::{Cell, UnsafeCell};
 use std::fmt;
 use std::io::{self, Write};
 use std::marker::PhantomData;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic;
 use std::rc::Rc;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,8 +59,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::event::RawEvent;
 
 mod arch;
+mod stack;
 
 use arch::{GENERATOR_F_OFFSET, LINE, prefetch_lines, stack_pointer};
+use stack::Stack;
 
 type Gen = generator::Generator<'static, (), ()>;
 /// The handle a body yields through; it lives in the body's first frame, on its own stack.
@@ -80,243 +82,9 @@ pub const DEFAULT_STACK_SIZE: usize = 64 * 1024;
 /// Smallest stack size [`Builder::stack_size`] accepts; smaller requests are rounded up.
 pub const MIN_STACK_SIZE: usize = 16 * 1024;
 
-/// Finished stacks kept per thread for reuse.
-const POOL_LIMIT: usize = 1024;
-
-/// Wraps the body so `generator` accepts it. Sound because the generator never leaves the thread
-/// that created it (see the module invariants).
-struct AssertSend<F>(F);
-// SAFETY: a `Core` is `!Send` and so is every handle on it; the body runs and is dropped on the
-// thread that created it.
-unsafe impl<F> Send for AssertSend<F> {}
-
-/// A stack and the event storage that goes with it, reused together. `repr(C)`: the two
-/// pointers a resume reads come first (see `Core`).
-#[repr(C)]
-pub(crate) struct Stack {
-    gn: Gen,
-    /// generator's object, first thing at the top of this stack: resuming reads the registers
-    /// it saved there (see [`Core::prefetch`]).
-    object: *const u8,
-    /// The one-shot wait event of whatever coroutine runs on this stack (see `scheduler`),
-    /// made on the first one-shot wait on an fd: coroutines that only wait on registered
-    /// sockets (evco's `net` types and hooked sockets on epoll) or only sleep never need one,
-    /// and its 128 bytes (plus alignment) would be a fifth of an idle echo connection's heap.
-    wait: OnceCell<RawEvent>,
-    bytes: usize,
-    /// The lowest usable page, when its sentinel words were handed back to the kernel (see
-    /// `sentinel`); they are written back before generator's drop reads them.
-    released_bottom: *mut usize,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(pattern) = sentinel::PATTERN.get().and_then(|p| p.as_deref()) {
-            // SAFETY: `released_bottom` is null or the first word of this stack's lowest usable
-            // page (validated in `sentinel::release`), mapped read-write until the generator
-            // drops. evco only drops finished stacks (a suspended coroutine is cancelled first,
-            // or its stack is leaked), so no live frame is overwritten.
-            unsafe { sentinel::restore(self.released_bottom, pattern) };
-        }
-    }
-}
-
 thread_local! {
-    static POOL: RefCell<Vec<Stack>> = const { RefCell::new(Vec::new()) };
     static CURRENT: Cell<*const Core> = const { Cell::new(std::ptr::null()) };
     static QUIET_PANICS: Cell<bool> = const { Cell::new(false) };
-}
-
-fn words(bytes: usize) -> usize {
-    // Even word counts keep generator's cheap (sampled) stack-usage tracking.
-    (bytes / std::mem::size_of::<usize>()) & !1
-}
-
-impl Stack {
-    /// A stack of `bytes` for `body`: from the pool when one of that size is there, else mmap.
-    fn take<F: FnOnce() + 'static>(bytes: usize, body: F) -> io::Result<Stack> {
-        let body = AssertSend(body);
-        let pooled = POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            let i = p.iter().rposition(|s| s.bytes == bytes)?;
-            Some(p.swap_remove(i))
-        });
-        if let Some(mut stack) = pooled {
-            stack.gn.scoped_init(move |mut scope| {
-                let body = body;
-                enter_body(&mut scope);
-                (body.0)()
-            });
-            return Ok(stack);
-        }
-        install_panic_hook();
-        // generator panics when mmap/mprotect fail; turn that into an error that names the limit.
-        QUIET_PANICS.with(|q| q.set(true));
-        let made = panic::catch_unwind(AssertUnwindSafe(|| {
-            generator::Gn::<()>::new_scoped_opt(words(bytes), move |mut scope| {
-                let body = body;
-                enter_body(&mut scope);
-                (body.0)()
-            })
-        }));
-        QUIET_PANICS.with(|q| q.set(false));
-        match made {
-            Ok(mut gn) => {
-                // Non-null local data tells generator not to re-raise a body's panic (or a stack
-                // overflow) from `resume`, but to keep it for `get_panic_data`: no unwinding and
-                // no `catch_unwind` on the switch path. The value is a flag, never dereferenced.
-                gn.set_local_data(std::ptr::NonNull::<u8>::dangling().as_ptr());
-                // Where generator put its object: the only way to the address is a round trip
-                // through `into_raw`.
-                let object = gn.into_raw();
-                // SAFETY: `object` came from `into_raw` on this very type one line above and is
-                // reclaimed exactly once, here; the address stays valid as long as `gn` lives
-                // (the object sits on its own stack and never moves).
-                let gn = unsafe { Gen::from_raw(object) };
-                let released_bottom = sentinel::release(&gn, object);
-                Ok(Stack {
-                    gn,
-                    object: object.cast_const().cast(),
-                    wait: OnceCell::new(),
-                    bytes,
-                    released_bottom,
-                })
-            }
-            Err(payload) => Err(io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                format!(
-                    "cannot allocate a {} KiB coroutine stack ({}): each stack is two memory \
-                     mappings, so vm.max_map_count (see /proc/sys/vm/max_map_count; raise it with \
-                     `sysctl -w vm.max_map_count=N`) or the address-space limit (ulimit -v) has \
-                     been reached",
-                    bytes / 1024,
-                    crate::event::panic_message(&*payload)
-                ),
-            )),
-        }
-    }
-
-    /// Returns a finished stack to the pool (or frees it when the pool is full).
-    fn give_back(self) {
-        // The pooled event must not remember a base that may be gone by its next use.
-        if let Some(ev) = self.wait.get() {
-            ev.reset();
-        }
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_LIMIT {
-                p.push(self);
-            }
-        });
-    }
-}
-
-/// Giving back the page generator touches at the bottom of every new stack.
-///
-/// `generator` writes a few sentinel words at the lowest usable address of each stack it
-/// creates (to estimate stack use) and checks them when the generator is dropped. That write
-/// makes the bottom page resident for the whole life of the stack, although a coroutine rarely
-/// grows that deep: 4 KiB of RSS per coroutine, a third of an idle echo connection. Right after
-/// creation evco copies the sentinel words, returns the page to the kernel with
-/// `MADV_DONTNEED` (it reads as zeros until touched again) and writes the words back just
-/// before the generator is dropped, so generator finds exactly what it wrote.
-///
-/// Where the bottom is comes from generator's layout: the generator object is the first thing
-/// placed at the top of its own stack, so the top is the page boundary above it and the bottom
-/// is `top - usable size`. That is checked once per process against `/proc/self/maps` (the
-/// usable part must be its own mapping, above the guard page); a bottom page holding anything
-/// but one copy of the pattern followed by zeros is left alone. If either check fails, nothing
-/// is released and stacks behave exactly as generator made them.
-mod sentinel {
-    use std::sync::OnceLock;
-
-    use super::Gen;
-
-    const PAGE: usize = 4096;
-    const PAGE_WORDS: usize = PAGE / std::mem::size_of::<usize>();
-
-    /// The sentinel words of a fresh stack's bottom page (trailing zeros dropped), or `None`
-    /// when releasing is off for this process.
-    pub(super) static PATTERN: OnceLock<Option<Box<[usize]>>> = OnceLock::new();
-
-    /// Releases the bottom page of a freshly created generator's stack (`object` is the
-    /// generator's own address) when that is safe; returns the page, or null when it was not
-    /// released.
-    pub(super) fn release(gn: &Gen, object: *mut usize) -> *mut usize {
-        // SAFETY: sysconf has no preconditions.
-        if unsafe { libc::sysconf(libc::_SC_PAGESIZE) } != PAGE as libc::c_long {
-            return std::ptr::null_mut();
-        }
-        let top = (object as usize + 1).next_multiple_of(PAGE);
-        let (words, _) = gn.stack_usage();
-        let Some(bottom) = top.checked_sub(words * std::mem::size_of::<usize>()) else {
-            return std::ptr::null_mut();
-        };
-        let pattern = PATTERN.get_or_init(|| learn(bottom, top));
-        let Some(pattern) = pattern.as_deref() else {
-            return std::ptr::null_mut();
-        };
-        let page = bottom as *mut usize;
-        // SAFETY: `learn` confirmed that for this process's stacks `bottom` starts the usable,
-        // read-write mapping of the stack, which is at least a page long; nothing runs on a
-        // fresh stack, so nothing else reads or writes the page meanwhile.
-        unsafe {
-            let words = std::slice::from_raw_parts(page, PAGE_WORDS);
-            let (head, rest) = words.split_at(pattern.len());
-            if head != pattern || rest.iter().any(|&w| w != 0) {
-                return std::ptr::null_mut();
-            }
-            if libc::madvise(page.cast(), PAGE, libc::MADV_DONTNEED) != 0 {
-                return std::ptr::null_mut();
-            }
-        }
-        page
-    }
-
-    /// Writes the sentinel words back (a no-op for a page that was not released).
-    ///
-    /// # Safety
-    ///
-    /// `page` is null or the released bottom page of a stack whose generator is still alive.
-    pub(super) unsafe fn restore(page: *mut usize, pattern: &[usize]) {
-        if page.is_null() {
-            return;
-        }
-        // SAFETY: per the contract, `page` is mapped read-write and at least a page long.
-        unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), page, pattern.len()) };
-    }
-
-    /// Checks the layout once, on the process's first stack, and copies its sentinel words.
-    fn learn(bottom: usize, top: usize) -> Option<Box<[usize]>> {
-        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-        let own_mapping = maps.lines().any(|line| {
-            let Some((range, rest)) = line.split_once(' ') else {
-                return false;
-            };
-            let Some((lo, hi)) = range.split_once('-') else {
-                return false;
-            };
-            let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-            else {
-                return false;
-            };
-            lo == bottom && hi == top && rest.starts_with("rw")
-        });
-        if !own_mapping || bottom % PAGE != 0 {
-            log::debug!(
-                "evco: generator's stack layout is not the expected one; keeping bottom pages"
-            );
-            return None;
-        }
-        // SAFETY: `bottom..top` is a read-write mapping of this process (just checked), at
-        // least a page long, on a stack nothing has run on yet.
-        let words = unsafe { std::slice::from_raw_parts(bottom as *const usize, PAGE_WORDS) };
-        let len = words.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
-        if len == 0 || len > 64 {
-            return None;
-        }
-        Some(words[..len].into())
-    }
 }
 
 /// The lifecycle of a coroutine.
@@ -962,56 +730,4 @@ pub(crate) fn cancelling_error() -> io::Error {
         io::ErrorKind::Interrupted,
         "coroutine is being cancelled: it cannot suspend again",
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Whether the page at `addr` is resident (mincore).
-    fn resident(addr: *mut usize) -> bool {
-        let mut vec = 0u8;
-        // SAFETY: `addr` is page-aligned and mapped (a live stack's bottom page); `vec` holds the
-        // one byte mincore writes for one page.
-        let rc = unsafe { libc::mincore(addr.cast(), 4096, &mut vec) };
-        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
-        vec & 1 == 1
-    }
-
-    #[test]
-    fn fresh_stack_bottom_page_is_not_resident_and_drop_restores_the_sentinel() {
-        // A size no other test uses, so the stack is freshly mapped, not pooled.
-        let bytes = 100 * 1024;
-        let stack = Stack::take(bytes, || {}).expect("stack");
-        let bottom = stack.released_bottom;
-        assert!(!bottom.is_null(), "the bottom page was not released");
-        assert!(!resident(bottom), "the bottom page is still resident");
-        // Dropping a started-and-finished generator checks its sentinel: it must find it (a
-        // missing one panics with generator's "stack overflow detected").
-        let mut stack = stack;
-        stack.gn.resume();
-        assert!(stack.gn.is_done());
-        drop(stack);
-    }
-
-    #[test]
-    fn pooled_stack_keeps_running_after_its_bottom_page_was_released() {
-        let bytes = 92 * 1024;
-        // Deep enough to touch the released page: the coroutine still works (it reads zeros
-        // there, then its own data).
-        for _ in 0..3 {
-            let mut co = Builder::new()
-                .stack_size(bytes)
-                .create(|| {
-                    let mut big = [0u8; 80 * 1024];
-                    for (i, b) in big.iter_mut().enumerate() {
-                        *b = i as u8;
-                    }
-                    std::hint::black_box(&mut big);
-                    assert_eq!(big[80 * 1024 - 1], ((80 * 1024 - 1) % 256) as u8);
-                })
-                .expect("coroutine");
-            assert!(matches!(co.resume().expect("resume"), Status::Finished));
-        }
-    }
 }
