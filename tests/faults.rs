@@ -19,7 +19,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{child_passes, is_child, rss_kib, run_child, socketpair, watchdog, write_byte};
+use common::{
+    added_events, child_passes, is_child, rss_kib, run_child, socketpair, watchdog, write_byte,
+};
 use evco::JoinHandle;
 use evco::coroutine::{Builder, Cancelled, StackOverflow};
 use evco::io::{Interest, wait};
@@ -27,10 +29,6 @@ use evco::net::{TcpListener, TcpStream, UnixStream};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn added_events() -> usize {
-    evco::scheduler::base().unwrap().added_events()
-}
 
 /// Shows the child's lines that carry `marker` (libtest may have put its own text before it).
 fn report_lines(out: &str, marker: &str) {

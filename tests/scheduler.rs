@@ -8,13 +8,9 @@ use std::os::fd::{AsRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::{read_byte, socketpair, watchdog, write_byte};
+use common::{added_events, read_byte, socketpair, watchdog, write_byte};
 use evco::coroutine::{Builder, Cancelled};
 use evco::io::{Interest, wait};
-
-fn added_events() -> usize {
-    evco::scheduler::base().unwrap().added_events()
-}
 
 #[test]
 fn run_returns_the_result_after_every_spawned_coroutine_finished() {

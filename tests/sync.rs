@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::watchdog;
+use common::{added_events, watchdog};
 use evco::coroutine::Cancelled;
 use evco::sync::mpsc::{self, RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
 
@@ -15,10 +15,6 @@ type Log = Rc<RefCell<Vec<String>>>;
 
 fn note(log: &Log, s: impl Into<String>) {
     log.borrow_mut().push(s.into());
-}
-
-fn added_events() -> usize {
-    evco::scheduler::base().unwrap().added_events()
 }
 
 #[test]

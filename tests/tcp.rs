@@ -9,13 +9,9 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::watchdog;
+use common::{added_events, watchdog};
 use evco::coroutine::Builder;
 use evco::net::{TcpListener, TcpStream};
-
-fn added_events() -> usize {
-    evco::scheduler::base().unwrap().added_events()
-}
 
 /// Events a socket that has waited keeps while it lives: its persistent edge-triggered
 /// registration under epoll, none under poll (one-shot waits only).

@@ -60,6 +60,12 @@ pub fn read_byte(fd: &OwnedFd) -> bool {
     unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 1) == 1 }
 }
 
+/// Events added to the current thread's scheduler's base (pending waits, timers, persistent
+/// registrations): what a test compares before and after to show that no wait was left behind.
+pub fn added_events() -> usize {
+    evco::scheduler::base().unwrap().added_events()
+}
+
 /// Resident set size of this process in KiB, from /proc/self/status.
 pub fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
