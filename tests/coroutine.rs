@@ -8,7 +8,7 @@ use std::io::ErrorKind;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::{child_passes, is_child, rss_kib, socketpair, watchdog};
+use common::{DropCount, child_passes, is_child, rss_kib, socketpair, watchdog};
 use evco::coroutine::{Builder, Coroutine, StackOverflow, Status, suspend};
 
 #[test]
@@ -94,13 +94,6 @@ fn a_panic_in_a_bare_coroutine_is_returned_by_resume() {
         other => panic!("expected a panic, got {other:?}"),
     }
     assert!(co.is_finished());
-}
-
-struct DropCount(Rc<Cell<u32>>);
-impl Drop for DropCount {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() + 1);
-    }
 }
 
 #[test]

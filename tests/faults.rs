@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    added_events, child_passes, is_child, rss_kib, run_child, socketpair, watchdog, write_byte,
+    DropCount, added_events, child_passes, is_child, rss_kib, run_child, socketpair, watchdog,
+    write_byte,
 };
 use evco::JoinHandle;
 use evco::coroutine::{Builder, Cancelled, StackOverflow};
@@ -87,13 +88,6 @@ fn echo(stream: &TcpStream) -> End {
 
 /// The join handles of the connection coroutines an accept loop spawned.
 type Handles<T> = Rc<RefCell<Vec<JoinHandle<T>>>>;
-
-struct DropFlag(Rc<Cell<u32>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() + 1);
-    }
-}
 
 /// Closes with an RST instead of a FIN.
 fn reset(stream: TcpStream) {
@@ -1002,7 +996,7 @@ const PARKED: usize = 9;
 
 fn park_every_kind() -> Parked {
     let drops = Rc::new(Cell::new(0u32));
-    let flag = || DropFlag(drops.clone());
+    let flag = || DropCount(drops.clone());
     let mut handles = Vec::new();
 
     let (reader_peer, rs) = tcp_pair();

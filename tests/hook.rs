@@ -7,17 +7,14 @@
 
 mod common;
 
-use std::cell::RefCell;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::watchdog;
+use common::{Log, note, watchdog};
 use evco::coroutine::Cancelled;
-
-type Log = Rc<RefCell<Vec<String>>>;
 
 struct DropFlag(Rc<std::cell::Cell<bool>>);
 
@@ -25,10 +22,6 @@ impl Drop for DropFlag {
     fn drop(&mut self) {
         self.0.set(true);
     }
-}
-
-fn note(log: &Log, s: impl Into<String>) {
-    log.borrow_mut().push(s.into());
 }
 
 /// `setsockopt(fd, SOL_SOCKET, name, value)`, which must succeed.

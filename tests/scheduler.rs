@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::{added_events, read_byte, socketpair, watchdog, write_byte};
+use common::{DropCount, added_events, read_byte, socketpair, watchdog, write_byte};
 use evco::coroutine::{Builder, Cancelled};
 use evco::io::{Interest, wait};
 
@@ -221,13 +221,6 @@ fn a_panic_in_one_coroutine_leaves_the_others_running_and_join_returns_the_paylo
     assert_eq!(finished.get(), 5);
 }
 
-struct DropFlag(Rc<Cell<u32>>);
-impl Drop for DropFlag {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() + 1);
-    }
-}
-
 #[test]
 fn cancelling_a_suspended_coroutine_runs_its_destructors_and_removes_its_event() {
     let _w = watchdog(20);
@@ -238,7 +231,7 @@ fn cancelling_a_suspended_coroutine_runs_its_destructors_and_removes_its_event()
     evco::run(move || {
         let before = added_events();
         let h = evco::spawn(move || {
-            let _flag = DropFlag(d);
+            let _flag = DropCount(d);
             let _ = wait(fd, Interest::READABLE, None);
             unreachable!("a cancelled coroutine never returns from its wait");
         });
@@ -270,21 +263,21 @@ fn shutdown_cancels_coroutines_parked_on_every_kind_of_wait() {
     let blocker = {
         let (d, a) = (drops.clone(), a.clone());
         evco::spawn(move || {
-            let _f = DropFlag(d);
+            let _f = DropCount(d);
             let _ = wait(a.as_raw_fd(), Interest::READABLE, None);
         })
     };
     {
         let d = drops.clone();
         handles.push(evco::spawn(move || {
-            let _f = DropFlag(d);
+            let _f = DropCount(d);
             evco::time::sleep(Duration::from_secs(3600));
         }));
     }
     {
         let d = drops.clone();
         handles.push(evco::spawn(move || {
-            let _f = DropFlag(d);
+            let _f = DropCount(d);
             let _ = blocker.join();
         }));
     }

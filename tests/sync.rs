@@ -7,15 +7,9 @@ use std::io::ErrorKind;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::{added_events, watchdog};
+use common::{Log, added_events, note, watchdog};
 use evco::coroutine::Cancelled;
 use evco::sync::mpsc::{self, RecvError, RecvTimeoutError, SendError, TryRecvError, TrySendError};
-
-type Log = Rc<RefCell<Vec<String>>>;
-
-fn note(log: &Log, s: impl Into<String>) {
-    log.borrow_mut().push(s.into());
-}
 
 #[test]
 fn unbounded_channel_delivers_in_order_and_send_never_waits() {

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests: a watchdog deadline, socket pairs, /proc readings.
 #![allow(dead_code)]
 
+use std::cell::{Cell, RefCell};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -64,6 +66,23 @@ pub fn read_byte(fd: &OwnedFd) -> bool {
 /// registrations): what a test compares before and after to show that no wait was left behind.
 pub fn added_events() -> usize {
     evco::scheduler::base().unwrap().added_events()
+}
+
+/// A log of what happened in which order, shared by the coroutines of one thread.
+pub type Log = Rc<RefCell<Vec<String>>>;
+
+/// Appends `s` to `log`.
+pub fn note(log: &Log, s: impl Into<String>) {
+    log.borrow_mut().push(s.into());
+}
+
+/// Adds one to its counter when dropped: shows that a coroutine's destructors ran, and how often.
+pub struct DropCount(pub Rc<Cell<u32>>);
+
+impl Drop for DropCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
 }
 
 /// Resident set size of this process in KiB, from /proc/self/status.
