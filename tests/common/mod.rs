@@ -1,11 +1,18 @@
-//! Helpers shared by the integration tests: a watchdog deadline, socket pairs, /proc readings.
+//! Helpers shared by the integration tests: a watchdog deadline, socket pairs, /proc readings,
+//! child processes, and what the fault suites (`faults_*.rs`) share: loopback TCP pairs, an echo
+//! loop and how it ended, payload patterns, panic payloads.
 #![allow(dead_code)]
 
 use std::cell::{Cell, RefCell};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::Duration;
+
+use evco::JoinHandle;
+use evco::coroutine::{Cancelled, StackOverflow};
+use evco::net::{TcpListener, TcpStream};
 
 /// Aborts the whole test process if it is still alive after `secs` seconds: every test is
 /// bounded in time even when the code under test hangs. Dropping the guard disarms it.
@@ -136,6 +143,15 @@ pub fn child_passes(test: &str, env: &[(&str, &str)]) -> String {
     stdout
 }
 
+/// Shows the child's lines that carry `marker` (libtest may have put its own text before it).
+pub fn report_lines(out: &str, marker: &str) {
+    for l in out.lines() {
+        if let Some(i) = l.find(marker) {
+            eprintln!("{}", &l[i..]);
+        }
+    }
+}
+
 /// Keeps the CPU busy for `d` without suspending or sleeping: stands for a coroutine's CPU work
 /// (a `thread::sleep` would suspend the coroutine instead, through evco's hooks).
 pub fn busy_for(d: Duration) {
@@ -172,4 +188,73 @@ pub fn full_backlog_listener() -> (
         }
     }
     (l, addr, fillers)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loopback connections for the fault suites (faults_*.rs)
+
+/// A connected loopback TCP pair (client, server side). Works inside a coroutine (the connect
+/// and accept suspend) and outside one (they block, as std's would).
+pub fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
+/// `len` bytes that depend on `seed`, so that a byte from the wrong connection or offset shows.
+pub fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// How a server-side connection coroutine ended: EOF after echoing `n` bytes, or an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Eof(u64),
+    Err(ErrorKind, u64),
+}
+
+/// The echo loop of a connection coroutine; errors are values, as a server would treat them.
+pub fn echo(stream: &TcpStream) -> End {
+    let mut buf = vec![0u8; 4096];
+    let mut total = 0u64;
+    loop {
+        let n = match (&*stream).read(&mut buf) {
+            Ok(0) => return End::Eof(total),
+            Ok(n) => n,
+            Err(e) => return End::Err(e.kind(), total),
+        };
+        if let Err(e) = (&*stream).write_all(&buf[..n]) {
+            return End::Err(e.kind(), total);
+        }
+        total += n as u64;
+    }
+}
+
+/// The join handles of the connection coroutines an accept loop spawned.
+pub type Handles<T> = Rc<RefCell<Vec<JoinHandle<T>>>>;
+
+/// What a coroutine's panic payload says, for an assertion message.
+pub fn payload_kind(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(e) = p.downcast_ref::<std::io::Error>() {
+        format!("io::Error: {e}")
+    } else if p.downcast_ref::<Cancelled>().is_some() {
+        "Cancelled".into()
+    } else if let Some(o) = p.downcast_ref::<StackOverflow>() {
+        format!("{o}")
+    } else {
+        "(unknown payload)".into()
+    }
 }
