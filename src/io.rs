@@ -1,16 +1,22 @@
-//! The wait primitive every blocking call in evco becomes, and fd helpers around it.
+//! The wait primitive every blocking call in evco becomes, and the retry loop around it.
 //!
-//! [`wait`] registers a one-shot libevent event for the fd and suspends the running coroutine;
-//! the event's callback resumes it. See the `scheduler` module for the lifecycle of
-//! that event.
+//! Every blocking call on an fd is `retry` (or `read_owned` for stream reads): try the
+//! non-blocking operation; on `EAGAIN`, wait for readiness, try again. Inside a scheduled
+//! coroutine the wait suspends the coroutine: on a socket, for the next edge of its persistent
+//! registration in the thread's reactor (see `crate::reactor`); on other fds, and where the
+//! backend has no edge triggering, with the coroutine's own one-shot event. Outside coroutines
+//! it is `poll(2)`, as a blocking socket would do. [`wait`] is the same wait for a caller's own
+//! fd, and [`close`] the close that ends every wait on an fd first.
 
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::event::What;
-use crate::scheduler::{self, Scheduler};
+use crate::reactor::{self, FdState};
+use crate::scheduler;
 
 /// What a [`wait`] waits for.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,40 +82,47 @@ impl fmt::Debug for Ready {
 
 /// Suspends the running coroutine until `fd` is ready for `interest`, or `timeout` passes.
 ///
-/// One-shot: the event is registered for this call only and is gone when it returns (or when the
-/// coroutine is cancelled while it waits). Errors: [`io::ErrorKind::TimedOut`] on timeout;
-/// `EBADF` for a bad fd or when the fd is closed through [`close`] while waiting;
-/// [`io::ErrorKind::InvalidInput`] outside a scheduled coroutine.
+/// One-shot: whatever the wait registers is gone when it returns (or when the coroutine is
+/// cancelled while it waits). Errors: [`io::ErrorKind::TimedOut`] on timeout; `EBADF` for a
+/// bad fd or when the fd is closed through [`close`] (or a hooked `close`, on any thread) while
+/// waiting; [`io::ErrorKind::InvalidInput`] outside a scheduled coroutine.
 pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<Ready> {
     let fd = fd.as_raw_fd();
     // libevent's epoll changelist applies a registration at the next dispatch and only logs a
     // failure there, so a bad fd would never wake its waiter: check it here. (evco's own I/O
     // paths skip this syscall: they wait only after a call on the fd returned EAGAIN.)
-    // SAFETY: F_GETFD only inspects the descriptor table.
-    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+    if !crate::os::fd_is_open(fd) {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    let what = if scheduler::is_registered(fd) {
-        // An evco socket with a persistent edge-triggered event: an edge may already have come
-        // and gone, so look at the level first (this path is for raw fds of evco's own sockets
-        // only; evco's I/O never takes it).
-        if let Some(ready) =
-            crate::os::ready_now(fd, interest.is_readable(), interest.is_writable())?
-        {
-            return Ok(Ready(ready));
+    let registered = reactor::find(fd).filter(|st| st.is_registered());
+    let what = match registered {
+        // A socket registration for an fd that is no longer a socket: the socket was closed
+        // where evco could not see it and the number reused. Its state is stale.
+        Some(_) if !crate::os::is_socket(fd)? => {
+            reactor::forget(fd);
+            wait_once(fd, interest.0, timeout)?
         }
-        let single = if interest.is_readable() {
-            What::READ
-        } else {
-            What::WRITE
-        };
-        if interest.is_readable() && interest.is_writable() {
-            scheduler::wait_event(fd, interest.0, timeout)?
-        } else {
-            scheduler::wait_registered(fd, single, timeout)?
+        Some(st) => {
+            // An evco socket with a persistent edge-triggered event: an edge may already have
+            // come and gone, so look at the level first (this path is for raw fds of evco's own
+            // sockets only; evco's I/O never takes it).
+            if let Some(ready) =
+                crate::os::ready_now(fd, interest.is_readable(), interest.is_writable())?
+            {
+                return Ok(Ready(ready));
+            }
+            if interest.is_readable() && interest.is_writable() {
+                wait_once(fd, interest.0, timeout)?
+            } else {
+                let dir = if interest.is_readable() {
+                    What::READ
+                } else {
+                    What::WRITE
+                };
+                scheduler::wait_io(timeout, |cx| Ok(st.enlist_edge(dir, cx.token())))?
+            }
         }
-    } else {
-        scheduler::wait_event(fd, interest.0, timeout)?
+        None => wait_once(fd, interest.0, timeout)?,
     };
     if what.contains(What::TIMEOUT) {
         return Err(io::Error::new(io::ErrorKind::TimedOut, "wait timed out"));
@@ -117,18 +130,23 @@ pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> 
     Ok(Ready(what))
 }
 
-/// Closes `fd`, first waking every coroutine of this thread waiting on it with `EBADF` (closing
-/// an fd that epoll watches would otherwise leave its waiters asleep forever).
+/// A one-shot wait of the running coroutine for `fd` (its own event, listed on the fd's state
+/// so that a close ends it).
+fn wait_once(fd: RawFd, what: What, timeout: Option<Duration>) -> io::Result<What> {
+    scheduler::wait_io(timeout, |cx| {
+        let st = cx.reactor().state(fd);
+        let (ev, callback, token) = cx.oneshot()?;
+        // SAFETY: `token` is the task `callback` expects, and the wait's guard deletes `ev`
+        // before the wait returns or unwinds, so the task outlives the pending event.
+        unsafe { st.enlist_once(ev, what, callback, token) }
+    })
+}
+
+/// Closes `fd`, first ending every wait on it with `EBADF` (closing an fd that epoll watches
+/// would otherwise leave its waiters asleep forever), on this thread or any other.
 pub fn close(fd: RawFd) -> io::Result<()> {
-    if let Some(s) = Scheduler::current() {
-        s.notify_close(fd);
-    }
-    scheduler::deregister(fd);
-    // SAFETY: closing a descriptor has no memory-safety preconditions; the caller owns `fd`.
-    if unsafe { libc::close(fd) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    reactor::forget(fd);
+    crate::os::close(fd)
 }
 
 /// THE retry primitive every evco I/O call is: try the non-blocking operation; on
@@ -142,19 +160,17 @@ pub(crate) fn retry<T>(
     op: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
     // A timeout too long for `Instant` is no timeout at all.
-    retry_until(
-        fd,
-        interest,
-        timeout.and_then(crate::event::deadline_after),
-        op,
-    )
+    let deadline = timeout.and_then(crate::event::deadline_after);
+    retry_until(fd, interest, deadline, &mut None, op)
 }
 
-/// [`retry`] until `deadline` (none: no limit).
+/// [`retry`] until `deadline` (none: no limit). `st` is the fd's state when the caller looked
+/// it up already; a wait fills it in.
 fn retry_until<T>(
     fd: RawFd,
     interest: Interest,
     deadline: Option<Instant>,
+    st: &mut Option<Rc<FdState>>,
     mut op: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
     loop {
@@ -163,7 +179,7 @@ fn retry_until<T>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             result => return result,
         }
-        wait_owned(fd, interest, remaining(deadline)?)?;
+        wait_owned(fd, interest, remaining(deadline)?, st)?;
     }
 }
 
@@ -191,36 +207,64 @@ pub(crate) fn read_owned(
     op: impl FnMut() -> io::Result<usize>,
 ) -> io::Result<usize> {
     let deadline = timeout.and_then(crate::event::deadline_after);
-    if !scheduler::maybe_readable(fd) && crate::coroutine::is_coroutine() {
-        wait_owned(fd, Interest::READABLE, timeout)?;
+    let mut st = if crate::coroutine::is_coroutine() {
+        reactor::find(fd)
+    } else {
+        None
+    };
+    if st.as_ref().is_some_and(|s| !s.maybe_readable()) {
+        wait_owned(fd, Interest::READABLE, timeout, &mut st)?;
     }
-    let n = retry_until(fd, Interest::READABLE, deadline, op)?;
+    let n = retry_until(fd, Interest::READABLE, deadline, &mut st, op)?;
     if n > 0 && n < len {
-        scheduler::note_drained(fd);
+        if let Some(s) = &st {
+            s.note_drained();
+        }
     }
     Ok(n)
 }
 
-/// One readiness wait after `EAGAIN` on an evco-owned socket: the socket's registration inside
-/// a scheduled coroutine, `poll(2)` elsewhere.
-fn wait_owned(fd: RawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<()> {
-    if crate::coroutine::is_coroutine() {
-        let what = if interest.is_writable() {
-            What::WRITE
-        } else {
-            What::READ
-        };
-        timed_out(scheduler::wait_registered(fd, what, timeout)?)
-    } else {
-        crate::os::poll(fd, interest.is_readable(), interest.is_writable(), timeout)
+/// One readiness wait after `EAGAIN` on an evco-owned socket: for the next edge of its
+/// registration inside a scheduled coroutine (a one-shot wait without edge triggering),
+/// `poll(2)` elsewhere. `st` is the socket's state if known; it is filled in.
+fn wait_owned(
+    fd: RawFd,
+    interest: Interest,
+    timeout: Option<Duration>,
+    st: &mut Option<Rc<FdState>>,
+) -> io::Result<()> {
+    if !crate::coroutine::is_coroutine() {
+        return crate::os::poll(fd, interest.is_readable(), interest.is_writable(), timeout);
     }
+    let dir = if interest.is_writable() {
+        What::WRITE
+    } else {
+        What::READ
+    };
+    let what = scheduler::wait_io(timeout, |cx| {
+        let reactor = cx.reactor();
+        if !reactor.edge_triggered() {
+            let state = reactor.state(fd);
+            let (ev, callback, token) = cx.oneshot()?;
+            // SAFETY: as in `wait_once`.
+            return unsafe { state.enlist_once(ev, dir, callback, token) };
+        }
+        let state = match st.take() {
+            Some(s) if s.is_registered() => s,
+            _ => reactor.registration(fd)?,
+        };
+        let listed = state.enlist_edge(dir, cx.token());
+        *st = Some(state);
+        Ok(listed)
+    })?;
+    timed_out(what)
 }
 
 /// One one-shot readiness wait (for fds no evco socket owns yet, e.g. a connect in progress):
 /// the scheduler's inside a scheduled coroutine, `poll(2)` elsewhere.
 pub(crate) fn wait_for(fd: RawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<()> {
     if crate::coroutine::is_coroutine() {
-        timed_out(scheduler::wait_event(fd, interest.0, timeout)?)
+        timed_out(wait_once(fd, interest.0, timeout)?)
     } else {
         crate::os::poll(fd, interest.is_readable(), interest.is_writable(), timeout)
     }

@@ -36,11 +36,13 @@
 
 pub mod coroutine;
 pub mod event;
+mod fd_table;
 #[cfg(all(feature = "hook", target_os = "linux"))]
 pub mod hook;
 pub mod io;
 pub mod net;
 mod os;
+mod reactor;
 pub mod scheduler;
 pub mod sync;
 #[allow(missing_debug_implementations)]

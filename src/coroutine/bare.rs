@@ -16,8 +16,8 @@ use super::{
 /// Configures a coroutine before it is spawned (on the scheduler) or created (bare).
 #[derive(Debug, Clone)]
 pub struct Builder {
-    name: Option<Rc<str>>,
-    stack_size: usize,
+    pub(crate) name: Option<Rc<str>>,
+    pub(crate) stack_size: usize,
 }
 
 impl Default for Builder {
@@ -45,15 +45,6 @@ impl Builder {
     pub fn stack_size(mut self, bytes: usize) -> Builder {
         self.stack_size = bytes.max(MIN_STACK_SIZE).next_multiple_of(4096);
         self
-    }
-
-    /// Spawns `f` on this thread's scheduler (see [`spawn`](crate::spawn)).
-    pub fn spawn<F, T>(self, f: F) -> io::Result<crate::JoinHandle<T>>
-    where
-        F: FnOnce() -> T + 'static,
-        T: 'static,
-    {
-        crate::scheduler::spawn_with(self.name, self.stack_size, f)
     }
 
     /// Creates a bare coroutine running `f`, resumed only by [`Coroutine::resume`].

@@ -176,19 +176,16 @@ pub fn set_nameservers(servers: &[SocketAddr]) -> io::Result<()> {
     // /etc/hosts as the system resolver reads it; a machine without one just has no entries.
     // SAFETY: `dns` is live; NULL means the default hosts file.
     unsafe { sys::evdns_base_load_hosts(dns, std::ptr::null()) };
-    let old = sched.dns_base().replace(dns);
-    if !old.is_null() {
-        // Not freed: see the module invariants.
-        sched.retire_dns_base(old);
-    }
+    // The one it replaces is not freed: see the module invariants.
+    sched.resolvers().replace(dns);
     Ok(())
 }
 
 /// This scheduler's resolver, made from the system's configuration on first use.
 fn resolver(sched: &Scheduler) -> io::Result<*mut sys::evdns_base> {
-    let slot = sched.dns_base();
-    if !slot.get().is_null() {
-        return Ok(slot.get());
+    let current = sched.resolvers().current();
+    if !current.is_null() {
+        return Ok(current);
     }
     let flags = sys::EVDNS_BASE_INITIALIZE_NAMESERVERS | sys::EVDNS_BASE_DISABLE_WHEN_INACTIVE;
     // SAFETY: the scheduler's base is live; the resolver is freed only with it, or never
@@ -199,7 +196,7 @@ fn resolver(sched: &Scheduler) -> io::Result<*mut sys::evdns_base> {
             "cannot set up the resolver: evdns_base_new could not read /etc/resolv.conf",
         ));
     }
-    slot.set(dns);
+    sched.resolvers().replace(dns);
     Ok(dns)
 }
 

@@ -3,16 +3,17 @@
 //!
 //! Every type here wraps the std (or socket2) socket in non-blocking mode, and every blocking
 //! call is the same loop ([`io::retry`](crate::io)): try the non-blocking syscall; on
-//! `WouldBlock`, wait for readiness with a one-shot libevent event (or `poll(2)` outside a
-//! coroutine, so the types also work as plain blocking sockets); try again. Timeouts set with
-//! `set_read_timeout`/`set_write_timeout` bound those waits.
+//! `WouldBlock`, wait for readiness (inside a coroutine, for the next edge of the socket's
+//! persistent registration in the thread's reactor, or a one-shot event where the backend has
+//! no edge triggering; `poll(2)` outside a coroutine, so the types also work as plain blocking
+//! sockets); try again. Timeouts set with `set_read_timeout`/`set_write_timeout` bound those
+//! waits.
 //!
 //! # Send
 //!
 //! The socket types are `!Send`: under epoll a socket's first wait registers it with the
-//! scheduler of its thread, and only that thread can remove the registration when the socket
-//! closes. Move a socket to another thread with `into_std` and `from_std` (which deregisters it
-//! first):
+//! reactor of its thread, which is cheapest to leave from that thread. Move a socket to another
+//! thread with `into_std` and `from_std` (which drops its registration first):
 //!
 //! ```compile_fail
 //! fn assert_send<T: Send>() {}

@@ -1,4 +1,4 @@
-//! [`Sock`]: the socket inside every `net` type, which owns the fd's registration.
+//! [`Sock`]: the socket inside every `net` type, which ends the fd's state when it goes.
 
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
@@ -6,19 +6,19 @@ use std::ops::Deref;
 use std::os::fd::AsRawFd;
 
 /// A std socket that evco owns, non-blocking, whose fd may carry a persistent edge-triggered
-/// registration in this thread's scheduler (see the scheduler's "Registered sockets").
+/// registration in this thread's reactor (see "Registered sockets" in `crate::reactor`).
 ///
 /// # Invariant
 ///
-/// The registration goes before the fd does: `Drop` and [`into_inner`](Sock::into_inner)
-/// deregister first, so a later socket that reuses the fd number never inherits a stale event.
+/// The fd's state goes before the fd does: `Drop` calls `reactor::forget` (the one close path)
+/// before the socket closes, and [`into_inner`](Sock::into_inner) drops this thread's state of
+/// it, so a later socket that reuses the fd number never inherits a stale event.
 ///
 /// # Send
 ///
-/// `!Send`, and so is every `net` type: a registration lives in the scheduler of the thread
-/// that made it, and only that thread can remove it. A socket that moved to another thread and
-/// closed there would leave its event behind, to swallow the wake-ups of the next socket with
-/// the same fd number. Move a socket across threads with `into_std` and `from_std`.
+/// `!Send`, and so is every `net` type: a registration lives in the reactor of the thread that
+/// made it, and is cheapest to remove there (a close elsewhere has to ring that thread's
+/// doorbell). Move a socket across threads with `into_std` and `from_std`.
 pub(crate) struct Sock<T: AsRawFd>(ManuallyDrop<T>, PhantomData<*mut ()>);
 
 impl<T: AsRawFd> Sock<T> {
@@ -28,7 +28,7 @@ impl<T: AsRawFd> Sock<T> {
 
     /// Hands the socket out (to std, or as a raw fd), without a registration.
     pub(crate) fn into_inner(self) -> T {
-        crate::scheduler::deregister(self.0.as_raw_fd());
+        crate::reactor::release(self.0.as_raw_fd());
         let mut me = ManuallyDrop::new(self);
         // SAFETY: `me` is never used or dropped again, so the socket is moved out exactly once.
         unsafe { ManuallyDrop::take(&mut me.0) }
@@ -44,7 +44,7 @@ impl<T: AsRawFd> Deref for Sock<T> {
 
 impl<T: AsRawFd> Drop for Sock<T> {
     fn drop(&mut self) {
-        crate::scheduler::deregister(self.0.as_raw_fd());
+        crate::reactor::forget(self.0.as_raw_fd());
         // SAFETY: dropped once, here; `self.0` is not touched afterwards.
         unsafe { ManuallyDrop::drop(&mut self.0) };
     }

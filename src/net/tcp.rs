@@ -78,7 +78,7 @@ impl TcpListener {
                         io::Error::new(io::ErrorKind::InvalidData, "accepted a non-IP peer")
                     })?;
                     let stream = TcpStream::wrap(std::net::TcpStream::from(owned));
-                    crate::scheduler::register_accepted(stream.as_raw_fd());
+                    crate::reactor::register_accepted(stream.as_raw_fd());
                     return Ok((stream, addr));
                 }
                 Err(e) if is_resource_exhaustion(&e) => {

@@ -46,7 +46,7 @@ impl UnixListener {
             self.inner.accept()
         })?;
         let stream = UnixStream::from_std(s)?;
-        crate::scheduler::register_accepted(stream.as_raw_fd());
+        crate::reactor::register_accepted(stream.as_raw_fd());
         Ok((stream, a))
     }
 

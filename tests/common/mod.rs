@@ -75,6 +75,11 @@ pub fn added_events() -> usize {
     evco::scheduler::base().unwrap().added_events()
 }
 
+/// The reactor's doorbell: one event (an eventfd that a close on another thread rings) that is
+/// added while the thread's reactor keeps state for any fd, i.e. while a coroutine waits on an
+/// fd or a socket is registered.
+pub const DOORBELL: usize = 1;
+
 /// A log of what happened in which order, shared by the coroutines of one thread.
 pub type Log = Rc<RefCell<Vec<String>>>;
 

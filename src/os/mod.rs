@@ -1,7 +1,11 @@
 //! The libc calls evco's I/O layer makes itself: those std and socket2 do not offer, and the
-//! `recv`/`send` of its stream sockets, which go to libc past evco's own hooks. Each is behind
-//! [`cvt`] or [`cvt_size`], which turn `-1` + `errno` into `io::Error`. Nothing above this
-//! module calls libc for I/O directly.
+//! `recv`/`send` of its stream sockets, which go to libc past evco's own hooks ([`real`], with
+//! the `hook` feature). Each is behind [`cvt`] or [`cvt_size`], which turn `-1` + `errno` into
+//! `io::Error`. Nothing above this module calls libc for I/O directly, except the hooks, which
+//! call [`real`]'s functions with their callers' arguments.
+
+#[cfg(all(feature = "hook", target_os = "linux"))]
+pub(crate) mod real;
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -67,18 +71,53 @@ pub(crate) fn cvt_size(n: libc::ssize_t) -> io::Result<usize> {
     }
 }
 
-/// libc's `recv` and `send`: past evco's hooks where they are built in (the executable's own
+/// Closes `fd` (past evco's hooks: the caller already did what the `close` hook would).
+pub(crate) fn close(fd: RawFd) -> io::Result<()> {
+    // SAFETY: closing a descriptor has no memory-safety preconditions; the caller owns `fd`.
+    cvt(unsafe { libc_fns::close(fd) }).map(drop)
+}
+
+/// libc's `recv`, `send` and `close`: past evco's hooks where they are built in (the executable's own
 /// `recv` and `send` are then the hooks), libc's symbols otherwise.
 mod libc_fns {
     #[cfg(all(feature = "hook", target_os = "linux"))]
-    pub(super) use crate::hook::real::{recv, send};
+    pub(super) use super::real::{close, recv, send};
     #[cfg(not(all(feature = "hook", target_os = "linux")))]
-    pub(super) use libc::{recv, send};
+    pub(super) use libc::{close, recv, send};
 }
 
 /// `sendmsg(MSG_NOSIGNAL)`: a vectored write that never raises `SIGPIPE` (`writev` would).
 pub(crate) fn send_vectored(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     socket2::SockRef::from(&fd).send_vectored_with_flags(bufs, libc::MSG_NOSIGNAL)
+}
+
+/// Whether `fd` is an open descriptor (`F_GETFD` only inspects the descriptor table).
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD takes no argument and only inspects the descriptor table; a bad fd is
+    // EBADF.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1
+}
+
+/// Whether `fd` is an open socket: `Ok(false)` for another kind of open fd (`ENOTSOCK`), an
+/// error for a closed one.
+pub(crate) fn is_socket(fd: RawFd) -> io::Result<bool> {
+    let mut ty: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: SO_TYPE writes one int into `ty`, whose size `len` gives.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    match cvt(r) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Blocks the thread until `fd` is ready (used outside coroutines, as a blocking socket would).

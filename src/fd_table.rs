@@ -1,0 +1,167 @@
+//! The process-wide fd table: one slot of atomics per file descriptor number, shared by every
+//! thread, grown on demand.
+//!
+//! A slot says three things about the fd that currently has its number:
+//!
+//! - `bits`: what the hooks know (a socket this process created, its kind, whether the program
+//!   made it non-blocking, its `SO_RCVTIMEO`/`SO_SNDTIMEO`); 0 for an fd the hooks never saw
+//!   created. Written only by the hooks (`crate::hook`); always 0 without them.
+//! - `generation`: how many times the number was created or closed. Per-thread state made for
+//!   an fd records the generation it was made under; a different one means the fd it was made
+//!   for is gone, whoever closed it (see `crate::reactor`).
+//! - `owner`: which thread's reactor keeps state (an edge registration, waiters) for the fd, and
+//!   where in that reactor: `reactor id << 32 | index`, 0 for none. Only the owning reactor
+//!   reads the index; any thread may clear the word when it closes the fd, and then knows whose
+//!   doorbell to ring (`crate::reactor`). `SHARED` in `flags` says a second reactor keeps state
+//!   for the fd too.
+//!
+//! # Layout
+//!
+//! A static array of chunk pointers (zero pages until touched), each chunk `CHUNK` slots mapped
+//! with `mmap` when the first fd in its range is recorded: memory follows the fds in use, never
+//! the highest number seen, and growing is async-signal-safe (no `malloc`), so a hook can record
+//! an fd from a signal handler. The kernel keeps fd numbers below `RLIMIT_NOFILE`, so chunks
+//! never go past it; fds at or above [`MAX_FDS`] (beyond any `fs.nr_open` in practice) get no
+//! slot, and every hook passes them straight to libc. Chunks are never unmapped.
+//!
+//! # Ordering
+//!
+//! Loads and stores are `Relaxed` except where a closer hands a slot over (`take_owner`, the
+//! generation bump): an fd used by two threads at once without synchronisation is the
+//! program's race, as it would be without evco; what evco guarantees is that the state one
+//! thread made for a number is never used by that thread for a later fd of the same number.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+/// Fds at or above this have no slot (see "Layout").
+pub const MAX_FDS: usize = 1 << 26;
+/// Slots per chunk.
+const CHUNK: usize = 4096;
+const CHUNKS: usize = MAX_FDS / CHUNK;
+
+/// `flags`: more than one reactor keeps state for this fd (its closer rings every doorbell).
+pub(crate) const SHARED: u32 = 1;
+
+/// One fd number's entry. See the module docs.
+#[repr(C)]
+pub(crate) struct Slot {
+    pub(crate) bits: AtomicU64,
+    pub(crate) owner: AtomicU64,
+    pub(crate) generation: AtomicU32,
+    pub(crate) flags: AtomicU32,
+}
+
+static CHUNK_PTRS: [AtomicPtr<Slot>; CHUNKS] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
+
+fn split(fd: RawFd) -> Option<(usize, usize)> {
+    let i = usize::try_from(fd).ok().filter(|&i| i < MAX_FDS)?;
+    Some((i / CHUNK, i % CHUNK))
+}
+
+/// `fd`'s slot, if its chunk exists: never allocates (the hooks' pass-through path and every
+/// lookup). A missing slot reads as all zeros.
+#[inline]
+pub(crate) fn get(fd: RawFd) -> Option<&'static Slot> {
+    let (c, i) = split(fd)?;
+    let chunk = CHUNK_PTRS[c].load(Ordering::Acquire);
+    if chunk.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null chunk pointer is a mapping of `CHUNK` zero-initialised slots that is
+    // never unmapped (`grow`), and `i < CHUNK`; slots are only accessed through atomics.
+    Some(unsafe { &*chunk.add(i) })
+}
+
+/// `fd`'s slot, mapping its chunk when it is the first fd of its range: `None` only for a
+/// negative fd, one at or above [`MAX_FDS`], or when the kernel refuses the mapping.
+pub(crate) fn get_or_grow(fd: RawFd) -> Option<&'static Slot> {
+    if let Some(s) = get(fd) {
+        return Some(s);
+    }
+    let (c, i) = split(fd)?;
+    let chunk = grow(c)?;
+    // SAFETY: as in `get`.
+    Some(unsafe { &*chunk.add(i) })
+}
+
+#[cold]
+fn grow(c: usize) -> Option<*mut Slot> {
+    let bytes = CHUNK * size_of::<Slot>();
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; mmap is
+    // async-signal-safe in practice (a system call), unlike malloc.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    // Zeroed pages are valid slots: every field is an atomic integer whose zero means "nothing
+    // known".
+    let fresh = p.cast::<Slot>();
+    match CHUNK_PTRS[c].compare_exchange(
+        std::ptr::null_mut(),
+        fresh,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
+        Ok(_) => Some(fresh),
+        Err(won) => {
+            // Another thread mapped it first: use theirs.
+            // SAFETY: `p` is the mapping made above, never published.
+            unsafe { libc::munmap(p, bytes) };
+            Some(won)
+        }
+    }
+}
+
+/// The hooks' bits for `fd` (0: not a socket this process created, as far as they know).
+#[cfg(any(test, all(feature = "hook", target_os = "linux")))]
+#[inline]
+pub(crate) fn bits(fd: RawFd) -> u64 {
+    get(fd).map_or(0, |s| s.bits.load(Ordering::Relaxed))
+}
+
+/// `fd`'s generation (0 for a number never recorded).
+#[inline]
+pub(crate) fn generation(fd: RawFd) -> u32 {
+    get(fd).map_or(0, |s| s.generation.load(Ordering::Acquire))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapped_chunks() -> usize {
+        CHUNK_PTRS
+            .iter()
+            .filter(|c| !c.load(Ordering::Relaxed).is_null())
+            .count()
+    }
+
+    #[test]
+    fn a_high_fd_maps_one_chunk_not_everything_below_it() {
+        let before = mapped_chunks();
+        let fd = (CHUNK * 300 + 7) as RawFd;
+        assert!(get(fd).is_none(), "nothing maps that range yet");
+        let slot = get_or_grow(fd).expect("slot");
+        slot.bits.store(5, Ordering::Relaxed);
+        assert_eq!(bits(fd), 5);
+        assert_eq!(bits(fd + 1), 0, "a neighbour reads as nothing known");
+        assert!(mapped_chunks() <= before + 1, "one chunk for one fd");
+        assert!(
+            get((CHUNK * 299) as RawFd).is_none(),
+            "the range below stays unmapped"
+        );
+        assert!(get_or_grow(-1).is_none() && get_or_grow(MAX_FDS as RawFd).is_none());
+        slot.bits.store(0, Ordering::Relaxed);
+    }
+}
