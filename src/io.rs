@@ -133,13 +133,37 @@ pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> 
 /// A one-shot wait of the running coroutine for `fd` (its own event, listed on the fd's state
 /// so that a close ends it).
 fn wait_once(fd: RawFd, what: What, timeout: Option<Duration>) -> io::Result<What> {
-    scheduler::wait_io(timeout, |cx| {
-        let st = cx.reactor().state(fd);
-        let (ev, callback, token) = cx.oneshot()?;
-        // SAFETY: `token` is the task `callback` expects, and the wait's guard deletes `ev`
-        // before the wait returns or unwinds, so the task outlives the pending event.
-        unsafe { st.enlist_once(ev, what, callback, token) }
-    })
+    let mut state = None;
+    let woke = scheduler::wait_io(timeout, |cx| enlist_once(cx, fd, what, &mut state))?;
+    gone_check(state.as_ref())?;
+    Ok(woke)
+}
+
+/// Lists the running coroutine's one-shot wait for `what` on `fd` (see `wait_io`); `state` is
+/// set to the fd's state.
+fn enlist_once(
+    cx: &scheduler::WaitCtx<'_>,
+    fd: RawFd,
+    what: What,
+    state: &mut Option<Rc<FdState>>,
+) -> io::Result<reactor::Enlisted> {
+    let st = cx.reactor().state(fd);
+    let (ev, callback, token) = cx.oneshot()?;
+    // SAFETY: `token` is the task `callback` expects, and the wait's guard deletes `ev` before
+    // the wait returns or unwinds, so the task outlives the pending event.
+    let listed = unsafe { st.enlist_once(ev, what, callback, token) }?;
+    *state = Some(st);
+    Ok(listed)
+}
+
+/// `EBADF` when the fd a one-shot wait was for was closed while it waited: the event that
+/// ended it (poll's `POLLNVAL`, or readiness of a new fd with the number) can come before the
+/// close's own wake-up.
+fn gone_check(state: Option<&Rc<FdState>>) -> io::Result<()> {
+    if state.is_some_and(|s| s.is_stale()) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(())
 }
 
 /// Closes `fd`, first ending every wait on it with `EBADF` (closing an fd that epoll watches
@@ -244,10 +268,7 @@ fn wait_owned(
     let what = scheduler::wait_io(timeout, |cx| {
         let reactor = cx.reactor();
         if !reactor.edge_triggered() {
-            let state = reactor.state(fd);
-            let (ev, callback, token) = cx.oneshot()?;
-            // SAFETY: as in `wait_once`.
-            return unsafe { state.enlist_once(ev, dir, callback, token) };
+            return enlist_once(cx, fd, dir, st);
         }
         let state = match st.take() {
             Some(s) if s.is_registered() => s,
@@ -257,6 +278,8 @@ fn wait_owned(
         *st = Some(state);
         Ok(listed)
     })?;
+    // (An edge wait learns of a close through its own wake-up: `edge` checks the generation.)
+    gone_check(st.as_ref().filter(|s| !s.is_registered()))?;
     timed_out(what)
 }
 

@@ -266,6 +266,12 @@ impl FdState {
         }
     }
 
+    /// Whether the fd this state was made for is gone (closed, by evco or the hooks, on any
+    /// thread): a wait on it that ended anyway saw another fd's readiness, or a closed fd's.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.generation != fd_table::generation(self.fd)
+    }
+
     /// Whether the socket is registered (waits on it go through edges).
     pub(crate) fn is_registered(&self) -> bool {
         self.registered.get()

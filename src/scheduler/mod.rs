@@ -60,7 +60,7 @@ pub use spawn::{JoinHandle, SchedulerGuard, base, enter, live_coroutines, run, s
 #[cfg(all(feature = "hook", target_os = "linux"))]
 pub(crate) use task::in_scheduled_coroutine;
 pub use task::yield_now;
-pub(crate) use task::{Waker, block_outside, park, park_timeout, wait_io};
+pub(crate) use task::{WaitCtx, Waker, block_outside, park, park_timeout, wait_io};
 pub(crate) use timeouts::{prepare_timeouts, sleep};
 
 use task::{Blocked, Outcome, Task};
