@@ -1,0 +1,367 @@
+//! Per-fd state has one owner: a close on any thread, by any path, ends every wait on the fd
+//! and leaves nothing a later fd with the same number could meet; a hook that finds an fd's
+//! entry stale repairs it instead of failing the caller; the hooks never change an open file
+//! description others share; the hooked `poll` leaks nothing and blocks no thread.
+//!
+//! Each test that names a defect in its doc failed before the reactor redesign.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use common::{socketpair, watchdog, write_byte};
+use evco::io::{Interest, wait};
+
+/// The tests here close fds past the hooks and put other fds at the freed numbers: run alone,
+/// so that no other test's fd takes a number in between (and gets replaced).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Moves `fd` to the number `to` with the raw system call, past evco's hooks (as code that
+/// does not go through libc would), and returns `to`.
+fn raw_dup3(fd: RawFd, to: RawFd) -> RawFd {
+    if fd == to {
+        return to;
+    }
+    // SAFETY: dup3 on two fd numbers; `to` is free or ours to replace.
+    let r = unsafe { libc::syscall(libc::SYS_dup3, fd, to, libc::O_CLOEXEC) };
+    assert_eq!(
+        r,
+        to as libc::c_long,
+        "dup3: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `fd` is ours, now duplicated at `to`.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+    to
+}
+
+/// A pipe whose read end has the number `at` (which must be free): (read end, write end).
+fn pipe_at(at: RawFd) -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two fds into `fds`.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let r = raw_dup3(fds[0], at);
+    // SAFETY: both are open pipe ends owned by nothing else.
+    unsafe { (OwnedFd::from_raw_fd(r), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A wait on a thread's fd ends with `EBADF` when another thread closes the fd (`io::close`,
+/// evco's one close path), instead of sleeping until its timeout: the closer rings the waiting
+/// thread's reactor. Before, the waiter slept on (epoll forgets a closed description without a
+/// word) and the test's 5 s timeout ended it.
+#[test]
+fn a_close_on_another_thread_ends_a_wait_here_with_ebadf() {
+    let _serial = serial();
+    let _w = watchdog(30);
+    let (a, _b) = socketpair();
+    let fd = a.into_raw_fd();
+    evco::run(move || {
+        let waiter =
+            evco::spawn(move || wait(fd, Interest::READABLE, Some(Duration::from_secs(5))));
+        evco::yield_now().unwrap();
+        std::thread::spawn(move || evco::io::close(fd).unwrap())
+            .join()
+            .unwrap();
+        let e = waiter.join().unwrap().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        assert_eq!(common::added_events(), 0, "nothing left registered");
+    });
+}
+
+/// A socket that coroutines of thread A used (so A's reactor registered it under epoll),
+/// closed on thread B through the hooked `close`: a pipe that then gets the number is waited on
+/// normally on A. Before, A's stale edge registration was taken for the pipe's, epoll never
+/// reported the pipe, and `io::wait` timed out after 2 s with data waiting.
+#[test]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn a_pipe_reusing_a_socket_closed_on_another_thread_is_waited_on_normally() {
+    let _serial = serial();
+    use std::os::unix::net::UnixStream;
+    let _w = watchdog(30);
+    evco::run(|| {
+        let (s, _peer) = UnixStream::pair().unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        // A cooperative read that has to wait: the socket gets its registration.
+        let e = (&s).read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
+        let fd = s.as_raw_fd();
+        // std's sockets are Send: another thread closes it (libc's close: the hook).
+        std::thread::spawn(move || drop(s)).join().unwrap();
+        let (r, w) = pipe_at(fd);
+        // The data comes while the wait waits (a level check before it would hide the bug).
+        let waiter = evco::spawn(move || {
+            wait(
+                r.as_raw_fd(),
+                Interest::READABLE,
+                Some(Duration::from_secs(2)),
+            )
+            .map(|_| r)
+        });
+        evco::yield_now().unwrap();
+        write_byte(&w);
+        let r = waiter.join().unwrap().expect("the pipe is readable");
+        assert!(common::read_byte(&r));
+    });
+}
+
+/// A socket closed where the hooks cannot see it (the raw system call, `close_range`,
+/// `fclose(fdopen(fd))`) leaves its table entry; a file that then gets the number is written
+/// in full and a pipe read, inside coroutines. Before, the stale entry sent them down the
+/// socket path: `ENOTSOCK`, and a `write_all` to a log file was lost.
+#[test]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn a_file_reusing_a_socket_closed_behind_the_hooks_is_written_and_read_normally() {
+    let _serial = serial();
+    use std::fs::File;
+    use std::os::unix::net::UnixStream;
+    let _w = watchdog(30);
+    let dir = std::env::temp_dir().join(format!("evco-fd-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let closers: [(&str, fn(RawFd)); 3] = [
+        ("syscall(SYS_close)", |fd| {
+            // SAFETY: closes an fd this test owns, past the hooks.
+            assert_eq!(unsafe { libc::syscall(libc::SYS_close, fd) }, 0);
+        }),
+        ("close_range", |fd| {
+            // SAFETY: as above, a range of one fd.
+            let r = unsafe { libc::syscall(libc::SYS_close_range, fd, fd, 0) };
+            assert_eq!(r, 0, "close_range: {}", std::io::Error::last_os_error());
+        }),
+        ("fclose(fdopen(fd))", |fd| {
+            // SAFETY: wraps the fd in a stdio stream and closes both: glibc's fclose closes
+            // the fd with its internal call, which no hook sees.
+            unsafe {
+                let f = libc::fdopen(fd, c"r+".as_ptr());
+                assert!(!f.is_null(), "fdopen: {}", std::io::Error::last_os_error());
+                libc::fclose(f);
+            }
+        }),
+    ];
+    for (how, close) in closers {
+        let dir = dir.clone();
+        evco::run(move || {
+            let (s, peer) = UnixStream::pair().unwrap();
+            let fd = s.into_raw_fd();
+            assert!(
+                evco::hook::is_tracked(fd),
+                "{how}: a socket the hooks saw made"
+            );
+            close(fd);
+            drop(peer);
+            let path = dir.join(format!("log-{fd}"));
+            let file = File::create(&path).unwrap();
+            let at = raw_dup3(file.into_raw_fd(), fd);
+            // SAFETY: `at` is the open file, owned by nothing else.
+            let mut log = unsafe { File::from_raw_fd(at) };
+            let line = format!("written through fd {at} after {how}\n");
+            let writer = evco::spawn(move || log.write_all(line.as_bytes()).map(|()| line));
+            let line = writer
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{how}: {e}"));
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), line, "{how}");
+
+            // Once more with a pipe, read in a coroutine.
+            let (s, peer) = UnixStream::pair().unwrap();
+            let fd = s.into_raw_fd();
+            close(fd);
+            drop(peer);
+            let (r, w) = pipe_at(fd);
+            write_byte(&w);
+            let reader = evco::spawn(move || {
+                let mut f = File::from(r);
+                let mut b = [0u8; 1];
+                f.read(&mut b).map(|n| (n, b[0]))
+            });
+            let got = reader
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{how}: {e}"));
+            assert_eq!(got, (1, b'x'), "{how}");
+        });
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A coroutine's accept on a blocking listener never makes the listener's open file
+/// description non-blocking, which a `try_clone` shares with a plain thread blocking in
+/// `accept` on it (that thread got `WouldBlock`). An observer thread reads the description's
+/// flags throughout; before, it caught `O_NONBLOCK` set on every run.
+#[test]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn a_cooperative_accept_never_makes_the_shared_listener_non_blocking() {
+    let _serial = serial();
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let _w = watchdog(60);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clone = listener.try_clone().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicBool::new(false));
+    let observer = {
+        let (done, seen) = (done.clone(), seen.clone());
+        let fd = clone.as_raw_fd();
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                // SAFETY: F_GETFL only reads the description's status flags.
+                let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+                if fl != -1 && fl & libc::O_NONBLOCK != 0 {
+                    seen.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let n = 300;
+    evco::run(move || {
+        let server = evco::spawn(move || {
+            for _ in 0..n {
+                // Each accept waits first: the client connects only after it is parked.
+                listener.accept().unwrap();
+            }
+        });
+        for _ in 0..n {
+            evco::yield_now().unwrap();
+            drop(TcpStream::connect(addr).unwrap());
+        }
+        server.join().unwrap();
+    });
+    done.store(true, Ordering::Relaxed);
+    observer.join().unwrap();
+    assert!(
+        !seen.load(Ordering::Relaxed),
+        "the listener was made non-blocking"
+    );
+}
+
+/// Cancelling a coroutine blocked in a hooked `poll` over several sockets leaks nothing.
+/// Before, each cancel left the temporary epoll fd open (100 cancels: 100 fds more).
+#[test]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn cancelling_a_poll_over_several_sockets_leaks_no_fd() {
+    let _serial = serial();
+    let _w = watchdog(30);
+    evco::run(|| {
+        let (a, _pa) = socketpair_blocking();
+        let (b, _pb) = socketpair_blocking();
+        let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
+        let before = common::open_fds();
+        for _ in 0..100 {
+            let poller = evco::spawn(move || {
+                let mut fds = [
+                    libc::pollfd {
+                        fd: fa,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: fb,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: two valid pollfds.
+                unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) }
+            });
+            evco::yield_now().unwrap();
+            poller.cancel().unwrap();
+        }
+        assert_eq!(common::open_fds(), before, "no epoll fd left behind");
+    });
+}
+
+/// A hooked `poll` whose socket is closed during its wait reports `POLLNVAL` for it, as
+/// libc's reports a closed fd, instead of failing with `EBADF`.
+#[test]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn a_poll_whose_socket_is_closed_during_the_wait_reports_pollnval() {
+    let _serial = serial();
+    let _w = watchdog(30);
+    evco::run(|| {
+        let (a, _pa) = socketpair_blocking();
+        let fd = a.into_raw_fd();
+        let poller = evco::spawn(move || {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, 10_000) };
+            (n, p.revents, std::io::Error::last_os_error())
+        });
+        evco::yield_now().unwrap();
+        // SAFETY: `fd` is ours (the hooked close: evco's close path).
+        assert_eq!(unsafe { libc::close(fd) }, 0);
+        let (n, revents, err) = poller.join().unwrap();
+        assert_eq!((n, revents), (1, libc::POLLNVAL), "poll said {n} ({err})");
+    });
+}
+
+/// `poll(NULL, 0, -1)` in a coroutine suspends it, not the thread: another coroutine runs,
+/// and cancelling it ends the call with `ECANCELED`. Before, it blocked the thread for good
+/// (the child process's watchdog aborted it).
+#[test]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn poll_with_no_fds_and_no_timeout_suspends_only_its_coroutine() {
+    let _serial = serial();
+    if !common::is_child() {
+        let _w = watchdog(30);
+        common::child_passes(
+            "poll_with_no_fds_and_no_timeout_suspends_only_its_coroutine",
+            &[],
+        );
+        return;
+    }
+    let _w = watchdog(5);
+    let outcome = std::rc::Rc::new(std::cell::Cell::new(None));
+    let out = outcome.clone();
+    evco::run(move || {
+        let poller = evco::spawn(move || {
+            // SAFETY: no fds: poll reads nothing.
+            let r = unsafe { libc::poll(std::ptr::null_mut(), 0, -1) };
+            out.set(Some((r, std::io::Error::last_os_error().raw_os_error())));
+        });
+        let other = evco::spawn(|| 7);
+        assert_eq!(other.join().unwrap(), 7, "another coroutine ran");
+        poller.cancel().unwrap();
+        assert!(poller.is_finished());
+    });
+    // The cancelled call returned to its caller, which went on to its end.
+    assert_eq!(outcome.get(), Some((-1, Some(libc::ECANCELED))));
+    println!("child-finished");
+}
+
+/// A connected pair of blocking Unix stream sockets made through libc (so the hooks track
+/// them).
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn socketpair_blocking() -> (OwnedFd, OwnedFd) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    (a.into(), b.into())
+}
+
+/// A wait on an fd that is not a registered socket keeps its state only while it waits: after
+/// it, nothing of the fd is left added to the loop (not even the reactor's doorbell).
+#[test]
+fn an_fd_waited_on_and_closed_leaves_no_state_for_its_number() {
+    let _serial = serial();
+    let _w = watchdog(30);
+    evco::run(|| {
+        for _ in 0..3 {
+            let (a, b) = socketpair();
+            let fd = a.as_raw_fd();
+            let waiter = evco::spawn(move || wait(fd, Interest::READABLE, None).map(|_| a));
+            evco::yield_now().unwrap();
+            write_byte(&b);
+            let a = waiter.join().unwrap().unwrap();
+            drop(a);
+            assert_eq!(common::added_events(), 0, "no event, no doorbell left");
+        }
+    });
+}
