@@ -122,7 +122,8 @@ fn a_file_reusing_a_socket_closed_behind_the_hooks_is_written_and_read_normally(
     let _w = watchdog(30);
     let dir = std::env::temp_dir().join(format!("evco-fd-state-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let closers: [(&str, fn(RawFd)); 3] = [
+    type Closer = (&'static str, fn(RawFd));
+    let closers: [Closer; 3] = [
         ("syscall(SYS_close)", |fd| {
             // SAFETY: closes an fd this test owns, past the hooks.
             assert_eq!(unsafe { libc::syscall(libc::SYS_close, fd) }, 0);
