@@ -1,0 +1,312 @@
+//! The one close path, [`forget`], and how a close reaches another thread's reactor: its
+//! doorbell (see "A close on another thread" in the module docs), and the sweep that ends the
+//! states whose fds changed.
+
+use std::os::fd::RawFd;
+use std::os::raw::{c_short, c_void};
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use super::state::FdState;
+use super::{GONE, Reactor, with_current};
+use crate::fd_table::{self, SHARED};
+use crate::sys;
+
+/// Most reactors (threads with a scheduler) that can own fds at once; more still work, with
+/// their states in their own maps (`foreign`) and no doorbell.
+const MAX_REACTORS: usize = 1024;
+
+/// A reactor's cross-thread wake-up: an eventfd made on first use and kept for the process's
+/// life (see "A close on another thread").
+struct Doorbell {
+    claimed: AtomicBool,
+    /// Set by every ring, cleared by the sweep it asks for: a reactor about to make a new state
+    /// sweeps first when it is set, without waiting for its loop to read the eventfd.
+    rung: AtomicBool,
+    /// The eventfd plus one; 0 before it is made.
+    efd: AtomicI32,
+}
+
+static DOORBELLS: [Doorbell; MAX_REACTORS] = [const {
+    Doorbell {
+        claimed: AtomicBool::new(false),
+        rung: AtomicBool::new(false),
+        efd: AtomicI32::new(0),
+    }
+}; MAX_REACTORS];
+
+/// Gives doorbell `id` (eventfd `efd`) back for the next reactor, its counter emptied so that
+/// it starts without a stale ring. Nothing for id 0.
+pub(super) fn release_doorbell(id: u32, efd: RawFd) {
+    let Some(d) = (id as usize).checked_sub(1).and_then(|i| DOORBELLS.get(i)) else {
+        return;
+    };
+    let mut buf = 0u64;
+    // SAFETY: reads at most 8 bytes into `buf` from this doorbell's non-blocking eventfd.
+    unsafe { libc::read(efd, (&mut buf as *mut u64).cast(), 8) };
+    d.rung.store(false, Ordering::Release);
+    d.claimed.store(false, Ordering::Release);
+}
+
+/// Rings reactor `id`'s doorbell (async-signal-safe: one atomic load and one `write`).
+fn ring(id: u32) {
+    let Some(d) = (id as usize).checked_sub(1).and_then(|i| DOORBELLS.get(i)) else {
+        return;
+    };
+    d.rung.store(true, Ordering::Release);
+    let efd = d.efd.load(Ordering::Acquire) - 1;
+    if efd >= 0 {
+        let one = 1u64;
+        // SAFETY: `efd` is an eventfd this module made and never closes; the write of one
+        // 8-byte counter increment reads only `one`.
+        unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Rings every claimed doorbell but `except`'s (an fd several reactors keep state for).
+fn ring_all(except: u32) {
+    for (i, d) in DOORBELLS.iter().enumerate() {
+        let id = i as u32 + 1;
+        if id != except && d.claimed.load(Ordering::Acquire) {
+            ring(id);
+        }
+    }
+}
+
+/// Claims a doorbell: the reactor id (its index plus one) and its eventfd, or `(0, -1)` when
+/// none is free or no eventfd can be made (the reactor then owns no slots).
+pub(super) fn claim_doorbell() -> (u32, RawFd) {
+    for (i, d) in DOORBELLS.iter().enumerate() {
+        if d.claimed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        let mut efd = d.efd.load(Ordering::Acquire) - 1;
+        if efd < 0 {
+            // SAFETY: eventfd has no memory preconditions.
+            efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if efd < 0 {
+                d.claimed.store(false, Ordering::Release);
+                return (0, -1);
+            }
+            d.efd.store(efd + 1, Ordering::Release);
+        }
+        return (i as u32 + 1, efd);
+    }
+    (0, -1)
+}
+
+/// `fd` is being closed, or its number now names a new fd: the single close path. Every layer
+/// calls it before the fd goes (`io::close`, the `net` sockets' drop, the hooks' `close`,
+/// `dup2`/`dup3` over an open fd, and every fd the hooks see created): it clears the hooks'
+/// entry, bumps the generation, ends this thread's state of the fd (its waiters get `EBADF`,
+/// its registration goes) and rings the doorbell of any other reactor that keeps some.
+///
+/// Allocates nothing and takes no lock; from a signal handler that interrupted the reactor
+/// itself it leaves this thread's state for the generation check to find.
+pub(crate) fn forget(fd: RawFd) {
+    let Some(slot) = fd_table::get(fd) else {
+        // Beyond the table: only a map of this thread's can know it.
+        with_current(|r| r.forget_local(fd, None));
+        return;
+    };
+    slot.bits.store(0, Ordering::Relaxed);
+    slot.generation.fetch_add(1, Ordering::AcqRel);
+    let owner = slot.owner.swap(0, Ordering::AcqRel);
+    let shared = slot.flags.swap(0, Ordering::AcqRel) & SHARED != 0;
+    let owner_id = (owner >> 32) as u32;
+    let me = with_current(|r| {
+        let mine = owner != 0 && owner_id == r.id;
+        r.forget_local(fd, mine.then_some(owner as u32 as usize));
+        r.id
+    });
+    if owner != 0 && Some(owner_id) != me {
+        ring(owner_id);
+    }
+    if shared {
+        ring_all(me.unwrap_or(0));
+    }
+}
+
+impl Reactor {
+    /// Ends any state of `fd` this reactor keeps that is not current (made for an older fd of
+    /// the number).
+    pub(super) fn sweep_fd(&self, fd: RawFd) {
+        let stale = {
+            let states = self.states.borrow();
+            let local = fd_table::get(fd).and_then(|slot| {
+                let owner = slot.owner.load(Ordering::Acquire);
+                (self.id != 0 && owner >> 32 == u64::from(self.id))
+                    .then(|| states.get(owner as u32 as usize).cloned())
+                    .flatten()
+                    .filter(|s| s.fd == fd)
+            });
+            let foreign = self.foreign.borrow().get(&fd).cloned();
+            [local, foreign]
+        };
+        for st in stale.into_iter().flatten() {
+            self.end_state(&st);
+        }
+    }
+
+    /// Removes a state with nothing left on it (no registration, no waiter).
+    pub(super) fn drop_state(&self, st: &Rc<FdState>) {
+        self.unlink(st);
+    }
+
+    /// Takes `st` out of the reactor's lists and the fd table (if it is still there); its
+    /// memory goes with the last `Rc`.
+    pub(super) fn unlink(&self, st: &FdState) {
+        let index = st.index.replace(usize::MAX);
+        if index != usize::MAX {
+            let mut states = self.states.borrow_mut();
+            if states
+                .get(index)
+                .is_some_and(|s| std::ptr::eq(Rc::as_ptr(s), st))
+            {
+                let removed = states.swap_remove(index);
+                if let Some(slot) = fd_table::get(st.fd) {
+                    let word = (u64::from(self.id) << 32) | index as u64;
+                    let _ =
+                        slot.owner
+                            .compare_exchange(word, 0, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                if let Some(moved) = states.get(index) {
+                    // The last state took the freed index: tell its slot.
+                    let from = states.len();
+                    moved.index.set(index);
+                    if let Some(slot) = fd_table::get(moved.fd) {
+                        let id = u64::from(self.id) << 32;
+                        let _ = slot.owner.compare_exchange(
+                            id | from as u64,
+                            id | index as u64,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                    }
+                }
+                drop(states);
+                drop(removed);
+            }
+        } else {
+            let mut foreign = self.foreign.borrow_mut();
+            if foreign
+                .get(&st.fd)
+                .is_some_and(|s| std::ptr::eq(Rc::as_ptr(s), st))
+            {
+                foreign.remove(&st.fd);
+            }
+        }
+        self.doorbell_off_if_idle();
+    }
+
+    /// Ends a state: deletes its registration, takes it out of the lists and ends every wait
+    /// on it with `EBADF` (through the ready queue: nothing runs here).
+    pub(super) fn end_state(&self, st: &Rc<FdState>) {
+        if st.registered.replace(false) {
+            if let Some(ev) = st.ev.get() {
+                ev.del();
+            }
+        }
+        let st = st.clone();
+        self.unlink(&st);
+        let mut waiters = Vec::new();
+        st.readers.drain_into(&mut waiters);
+        st.writers.drain_into(&mut waiters);
+        st.once.drain_into(&mut waiters);
+        for t in waiters {
+            if let Some(t) = NonNull::new(t.cast_mut()) {
+                // SAFETY: a listed token is a task suspended in its wait (its guard takes it
+                // off before the wait returns or unwinds), hence alive; `end_wait` only queues.
+                unsafe { (self.end_wait)(t, GONE) };
+            }
+        }
+    }
+
+    /// Whether this reactor's doorbell rang since its last sweep (clearing it: the caller
+    /// sweeps).
+    pub(super) fn rung(&self) -> bool {
+        self.id != 0
+            && DOORBELLS[self.id as usize - 1]
+                .rung
+                .swap(false, Ordering::AcqRel)
+    }
+
+    /// Ends every state whose fd changed (the doorbell rang: a close elsewhere).
+    pub(super) fn sweep(&self) {
+        let stale: Vec<Rc<FdState>> = {
+            let states = self.states.borrow();
+            let foreign = self.foreign.borrow();
+            let me = u64::from(self.id) << 32;
+            let local = states.iter().enumerate().filter(|(i, st)| {
+                fd_table::get(st.fd).is_none_or(|slot| {
+                    slot.owner.load(Ordering::Acquire) != me | *i as u64
+                        || slot.generation.load(Ordering::Acquire) != st.generation
+                })
+            });
+            local
+                .map(|(_, st)| st.clone())
+                .chain(
+                    foreign
+                        .values()
+                        .filter(|st| fd_table::generation(st.fd) != st.generation)
+                        .cloned(),
+                )
+                .collect()
+        };
+        for st in &stale {
+            self.end_state(st);
+        }
+    }
+
+    /// `fd` is closing (or its number now names another fd): ends this reactor's state of it.
+    pub(super) fn forget_local(&self, fd: RawFd, index: Option<usize>) {
+        let local = index.and_then(|i| {
+            let states = self.states.try_borrow().ok()?;
+            states.get(i).filter(|s| s.fd == fd).cloned()
+        });
+        let foreign = match self.foreign.try_borrow() {
+            Ok(f) if !f.is_empty() => f.get(&fd).cloned(),
+            _ => None,
+        };
+        for st in [local, foreign].into_iter().flatten() {
+            self.end_state(&st);
+        }
+    }
+
+    pub(super) fn doorbell_on(&self) {
+        if self.efd >= 0 && !self.doorbell_added.get() && self.doorbell.add(None).is_ok() {
+            self.doorbell_added.set(true);
+        }
+    }
+
+    pub(super) fn doorbell_off_if_idle(&self) {
+        if self.doorbell_added.get() {
+            let idle = self.states.try_borrow().is_ok_and(|s| s.is_empty())
+                && self.foreign.try_borrow().is_ok_and(|f| f.is_empty());
+            if idle {
+                self.doorbell.del();
+                self.doorbell_added.set(false);
+            }
+        }
+    }
+}
+
+/// The doorbell's callback: a close on another thread changed an fd this reactor may keep
+/// state for.
+pub(super) unsafe extern "C" fn doorbell(
+    fd: sys::evutil_socket_t,
+    _what: c_short,
+    arg: *mut c_void,
+) {
+    let mut buf = 0u64;
+    // SAFETY: reads at most 8 bytes into `buf` from the doorbell's non-blocking eventfd.
+    unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
+    // SAFETY: `arg` is the reactor, which deletes this event before it drops.
+    let reactor = unsafe { &*(arg as *const Reactor) };
+    reactor.rung();
+    reactor.sweep();
+}
