@@ -298,4 +298,21 @@ mod tests {
             assert!(matches!(co.resume().expect("resume"), Status::Finished));
         }
     }
+
+    /// `GENERATOR_F_OFFSET` and the object's place at the top of its stack are generator
+    /// 0.8.12's private layout (Cargo.toml pins that version exactly): its boxed body, an
+    /// `Option<Box<dyn FnOnce>>`, is set before the first resume and taken by it.
+    #[test]
+    fn generators_private_layout_is_the_one_evco_reads() {
+        let bytes = 76 * 1024;
+        let mut stack = Stack::take(bytes, || {}).expect("stack");
+        let f = stack.object as usize + super::super::arch::GENERATOR_F_OFFSET;
+        // SAFETY: `object` is the live generator object, which spans more than the offset plus
+        // a word (the layout under test; a wrong guess reads other bytes of the same mapping).
+        let word = || unsafe { std::ptr::read_volatile(f as *const usize) };
+        assert_ne!(word(), 0, "a fresh generator holds its body at GENERATOR_F_OFFSET");
+        stack.gn.resume();
+        assert!(stack.gn.is_done());
+        assert_eq!(word(), 0, "the first resume took the body from GENERATOR_F_OFFSET");
+    }
 }
