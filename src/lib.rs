@@ -15,6 +15,22 @@
 //! thread that calls [`run`] (or a host program's `event_base_dispatch`) blocks in libevent's
 //! backend (epoll on Linux); every wake-up, timer and the ready queue go through the base.
 //!
+//! The layers, bottom up (each module's first paragraph says what it owns; none imports one
+//! above it):
+//!
+//! | module | owns |
+//! |---|---|
+//! | `sys` | libevent's FFI (pregenerated bindings) |
+//! | `fd_table` | the process-wide fd table: one slot of atomics per fd number (the hooks' bits, a generation, which thread's reactor keeps state), grown on demand |
+//! | `os` | the libc calls evco's I/O makes; `os::real`: libc's own functions past the hooks |
+//! | [`event`], `timer` | safe `event_base`/`event` owners; the scheduler's timer heap and alarm |
+//! | [`coroutine`] | stacks, switches, bare coroutines |
+//! | `reactor` | all per-fd state of a thread: registrations, waiter lists, the edge callback, one-shot fd waits, and the one close path `forget(fd)` that ends waits on any thread |
+//! | [`scheduler`] | tasks, the ready queue, parking, timeouts, spawn and join; owns the thread's reactor |
+//! | [`io`] | the retry loop every blocking call is, and the waits that glue reactor and scheduler |
+//! | [`net`], [`time`], [`sync`] | the cooperative API |
+//! | `hook` | interposed libc calls (feature `hook`) |
+//!
 //! # Example
 //!
 //! ```

@@ -290,7 +290,10 @@ fn cancelling_a_poll_over_several_sockets_leaks_no_fd() {
         // At most as many: the previous test's thread may close its scheduler's fds as it
         // exits, meanwhile; a leak would be 100 more.
         let after = common::open_fds();
-        assert!(after <= before, "no epoll fd left behind: {before} fds, then {after}");
+        assert!(
+            after <= before,
+            "no epoll fd left behind: {before} fds, then {after}"
+        );
     });
 }
 

@@ -28,7 +28,8 @@ pub(crate) struct Stack {
     /// generator's object, first thing at the top of this stack: resuming reads the registers
     /// it saved there (see [`Core::prefetch`](super::Core::prefetch)).
     pub(super) object: *const u8,
-    /// The one-shot wait event of whatever coroutine runs on this stack (see `scheduler`),
+    /// The one-shot wait event of whatever coroutine runs on this stack (see "What a wait
+    /// registers" in `scheduler::task`),
     /// made on the first one-shot wait on an fd: coroutines that only wait on registered
     /// sockets (evco's `net` types and hooked sockets on epoll) or only sleep never need one,
     /// and its 128 bytes (plus alignment) would be a fifth of an idle echo connection's heap.
@@ -310,9 +311,17 @@ mod tests {
         // SAFETY: `object` is the live generator object, which spans more than the offset plus
         // a word (the layout under test; a wrong guess reads other bytes of the same mapping).
         let word = || unsafe { std::ptr::read_volatile(f as *const usize) };
-        assert_ne!(word(), 0, "a fresh generator holds its body at GENERATOR_F_OFFSET");
+        assert_ne!(
+            word(),
+            0,
+            "a fresh generator holds its body at GENERATOR_F_OFFSET"
+        );
         stack.gn.resume();
         assert!(stack.gn.is_done());
-        assert_eq!(word(), 0, "the first resume took the body from GENERATOR_F_OFFSET");
+        assert_eq!(
+            word(),
+            0,
+            "the first resume took the body from GENERATOR_F_OFFSET"
+        );
     }
 }
