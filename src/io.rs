@@ -133,37 +133,39 @@ pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> 
 /// A one-shot wait of the running coroutine for `fd` (its own event, listed on the fd's state
 /// so that a close ends it).
 fn wait_once(fd: RawFd, what: What, timeout: Option<Duration>) -> io::Result<What> {
-    let mut state = None;
-    let woke = scheduler::wait_io(timeout, |cx| enlist_once(cx, fd, what, &mut state))?;
-    gone_check(state.as_ref())?;
-    Ok(woke)
+    let st = state_for_wait(fd, false)?;
+    once_on(&st, what, timeout)
 }
 
-/// Lists the running coroutine's one-shot wait for `what` on `fd` (see `wait_io`); `state` is
-/// set to the fd's state.
-fn enlist_once(
-    cx: &scheduler::WaitCtx<'_>,
-    fd: RawFd,
-    what: What,
-    state: &mut Option<Rc<FdState>>,
-) -> io::Result<reactor::Enlisted> {
-    let st = cx.reactor().state(fd);
-    let (ev, callback, token) = cx.oneshot()?;
-    // SAFETY: `token` is the task `callback` expects, and the wait's guard deletes `ev` before
-    // the wait returns or unwinds, so the task outlives the pending event.
-    let listed = unsafe { st.enlist_once(ev, what, callback, token) }?;
-    *state = Some(st);
-    Ok(listed)
+/// The running coroutine's state of `fd` for a wait (see `reactor::for_wait`); an error where
+/// no wait can run (outside a scheduled coroutine), before anything is made.
+fn state_for_wait(fd: RawFd, register: bool) -> io::Result<Rc<FdState>> {
+    scheduler::can_wait()?;
+    reactor::for_wait(fd, register).unwrap_or_else(|| {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no scheduler on this thread",
+        ))
+    })
 }
 
-/// `EBADF` when the fd a one-shot wait was for was closed while it waited: the event that
-/// ended it (poll's `POLLNVAL`, or readiness of a new fd with the number) can come before the
-/// close's own wake-up.
-fn gone_check(state: Option<&Rc<FdState>>) -> io::Result<()> {
-    if state.is_some_and(|s| s.is_stale()) {
+/// A one-shot wait for `what` on `st`'s fd. `EBADF` when the fd was closed while it waited:
+/// the event that ended the wait (poll's `POLLNVAL`, or readiness of a new fd with the number)
+/// can come before the close's own wake-up.
+fn once_on(st: &FdState, what: What, timeout: Option<Duration>) -> io::Result<What> {
+    let woke = scheduler::wait_io(timeout, |cx| {
+        let (ev, callback, token) = cx.oneshot()?;
+        // SAFETY: `token` is the task `callback` expects, and the wait's guard deletes `ev`
+        // before the wait returns or unwinds, so the task outlives the pending event.
+        unsafe { st.enlist_once(ev, what, callback, token) }
+    });
+    // A wait that could not start enlisted nothing, so nothing took the state out.
+    st.unlink_if_idle();
+    let woke = woke?;
+    if st.is_stale() {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    Ok(())
+    Ok(woke)
 }
 
 /// Closes `fd`, first ending every wait on it with `EBADF` (closing an fd that epoll watches
@@ -185,16 +187,18 @@ pub(crate) fn retry<T>(
 ) -> io::Result<T> {
     // A timeout too long for `Instant` is no timeout at all.
     let deadline = timeout.and_then(crate::event::deadline_after);
-    retry_until(fd, interest, deadline, &mut None, op)
+    let mut st = None;
+    let co = crate::coroutine::is_coroutine();
+    retry_until(fd, interest, deadline, co.then_some(&mut st), op)
 }
 
-/// [`retry`] until `deadline` (none: no limit). `st` is the fd's state when the caller looked
-/// it up already; a wait fills it in.
+/// [`retry`] until `deadline` (none: no limit). `st` is `None` outside a coroutine (waits are
+/// `poll(2)`), else the fd's state as far as the caller knows it; a wait fills it in.
 fn retry_until<T>(
     fd: RawFd,
     interest: Interest,
     deadline: Option<Instant>,
-    st: &mut Option<Rc<FdState>>,
+    mut st: Option<&mut Option<Rc<FdState>>>,
     mut op: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
     loop {
@@ -203,7 +207,11 @@ fn retry_until<T>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             result => return result,
         }
-        wait_owned(fd, interest, remaining(deadline)?, st)?;
+        let left = remaining(deadline)?;
+        match st.as_deref_mut() {
+            Some(st) => wait_owned(fd, interest, left, st)?,
+            None => crate::os::poll(fd, interest.is_readable(), interest.is_writable(), left)?,
+        }
     }
 }
 
@@ -220,66 +228,83 @@ fn remaining(deadline: Option<Instant>) -> io::Result<Option<Duration>> {
     }
 }
 
+/// Where a socket type keeps its fd's state between calls (`net`'s `Sock`), so that its reads
+/// find it without a lookup: valid while the state is registered (a state that was ended,
+/// because the fd was closed or handed out, is not).
+pub(crate) type StateCache = std::cell::Cell<Option<Rc<FdState>>>;
+
 /// A read on an evco-owned stream socket: [`retry`], but when the socket's last read came back
 /// short and no readable edge arrived since, wait for one first instead of paying for a `recv`
 /// that would say `EAGAIN` (request/response loops save a syscall per message). `len` is the
-/// space offered. `timeout` bounds the whole read, that first wait included.
+/// space offered. `timeout` bounds the whole read, that first wait included. `cache`, when the
+/// socket has one, saves looking its state up.
 pub(crate) fn read_owned(
     fd: RawFd,
+    cache: Option<&StateCache>,
     timeout: Option<Duration>,
     len: usize,
     op: impl FnMut() -> io::Result<usize>,
 ) -> io::Result<usize> {
     let deadline = timeout.and_then(crate::event::deadline_after);
-    let mut st = if crate::coroutine::is_coroutine() {
-        reactor::find(fd)
-    } else {
-        None
-    };
-    if st.as_ref().is_some_and(|s| !s.maybe_readable()) {
-        wait_owned(fd, Interest::READABLE, timeout, &mut st)?;
+    if !crate::coroutine::is_coroutine() {
+        return retry_until(fd, Interest::READABLE, deadline, None, op);
     }
-    let n = retry_until(fd, Interest::READABLE, deadline, &mut st, op)?;
+    let mut st = match cache.and_then(StateCache::take) {
+        Some(s) if s.is_registered() => Some(s),
+        _ => reactor::find(fd),
+    };
+    let r = read_with(fd, &mut st, deadline, timeout, len, op);
+    if let Some(c) = cache {
+        c.set(st.filter(|s| s.is_registered()));
+    }
+    r
+}
+
+/// [`read_owned`] inside a coroutine, with the socket's state if known (filled in by a wait).
+fn read_with(
+    fd: RawFd,
+    st: &mut Option<Rc<FdState>>,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    len: usize,
+    op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    if st.as_ref().is_some_and(|s| !s.maybe_readable()) {
+        wait_owned(fd, Interest::READABLE, timeout, st)?;
+    }
+    let n = retry_until(fd, Interest::READABLE, deadline, Some(st), op)?;
     if n > 0 && n < len {
-        if let Some(s) = &st {
+        if let Some(s) = st {
             s.note_drained();
         }
     }
     Ok(n)
 }
 
-/// One readiness wait after `EAGAIN` on an evco-owned socket: for the next edge of its
-/// registration inside a scheduled coroutine (a one-shot wait without edge triggering),
-/// `poll(2)` elsewhere. `st` is the socket's state if known; it is filled in.
+/// One readiness wait of the running coroutine after `EAGAIN` on an evco-owned socket: for the
+/// next edge of its registration (a one-shot wait where the backend has no edge triggering).
+/// `st` is the socket's state if known; it is filled in.
 fn wait_owned(
     fd: RawFd,
     interest: Interest,
     timeout: Option<Duration>,
     st: &mut Option<Rc<FdState>>,
 ) -> io::Result<()> {
-    if !crate::coroutine::is_coroutine() {
-        return crate::os::poll(fd, interest.is_readable(), interest.is_writable(), timeout);
-    }
     let dir = if interest.is_writable() {
         What::WRITE
     } else {
         What::READ
     };
-    let what = scheduler::wait_io(timeout, |cx| {
-        let reactor = cx.reactor();
-        if !reactor.edge_triggered() {
-            return enlist_once(cx, fd, dir, st);
-        }
-        let state = match st.take() {
-            Some(s) if s.is_registered() => s,
-            _ => reactor.registration(fd)?,
-        };
-        let listed = state.enlist_edge(dir, cx.token());
-        *st = Some(state);
-        Ok(listed)
-    })?;
-    // (An edge wait learns of a close through its own wake-up: `edge` checks the generation.)
-    gone_check(st.as_ref().filter(|s| !s.is_registered()))?;
+    let state = match st {
+        Some(s) if s.is_registered() => s,
+        _ => st.insert(state_for_wait(fd, true)?),
+    };
+    let what = if state.is_registered() {
+        // (An edge wait learns of a close through its own wake-up: the close ends the state.)
+        scheduler::wait_io(timeout, |cx| Ok(state.enlist_edge(dir, cx.token())))?
+    } else {
+        once_on(state, dir, timeout)?
+    };
     timed_out(what)
 }
 

@@ -78,7 +78,7 @@ pub(super) fn coop_recv(
 ) -> io::Result<usize> {
     stop_cancellation(|| {
         if bits & table::TCP != 0 && !peek {
-            crate::io::read_owned(fd, timeout, len, op)
+            crate::io::read_owned(fd, None, timeout, len, op)
         } else {
             crate::io::retry(fd, Interest::READABLE, timeout, op)
         }

@@ -115,9 +115,13 @@ macro_rules! stream_io {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
                 let fd = std::os::fd::AsFd::as_fd(&*self.inner);
                 let len = buf.len();
-                crate::io::read_owned(self.fd(), self.timeouts.read.get(), len, || {
-                    crate::os::recv(fd, buf)
-                })
+                crate::io::read_owned(
+                    self.fd(),
+                    Some(self.inner.state_cache()),
+                    self.timeouts.read.get(),
+                    len,
+                    || crate::os::recv(fd, buf),
+                )
             }
             fn read_vectored(
                 &mut self,
@@ -125,9 +129,13 @@ macro_rules! stream_io {
             ) -> std::io::Result<usize> {
                 let mut inner = &*self.inner;
                 let len = bufs.iter().map(|b| b.len()).sum();
-                crate::io::read_owned(self.fd(), self.timeouts.read.get(), len, || {
-                    std::io::Read::read_vectored(&mut inner, bufs)
-                })
+                crate::io::read_owned(
+                    self.fd(),
+                    Some(self.inner.state_cache()),
+                    self.timeouts.read.get(),
+                    len,
+                    || std::io::Read::read_vectored(&mut inner, bufs),
+                )
             }
         }
         impl std::io::Write for &$ty {

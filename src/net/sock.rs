@@ -5,6 +5,8 @@ use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 
+use crate::io::StateCache;
+
 /// A std socket that evco owns, non-blocking, whose fd may carry a persistent edge-triggered
 /// registration in this thread's reactor (see "Registered sockets" in `crate::reactor`).
 ///
@@ -19,11 +21,20 @@ use std::os::fd::AsRawFd;
 /// `!Send`, and so is every `net` type: a registration lives in the reactor of the thread that
 /// made it, and is cheapest to remove there (a close elsewhere has to ring that thread's
 /// doorbell). Move a socket across threads with `into_std` and `from_std`.
-pub(crate) struct Sock<T: AsRawFd>(ManuallyDrop<T>, PhantomData<*mut ()>);
+pub(crate) struct Sock<T: AsRawFd>(ManuallyDrop<T>, StateCache, PhantomData<*mut ()>);
 
 impl<T: AsRawFd> Sock<T> {
     pub(crate) fn new(socket: T) -> Sock<T> {
-        Sock(ManuallyDrop::new(socket), PhantomData)
+        Sock(
+            ManuallyDrop::new(socket),
+            StateCache::default(),
+            PhantomData,
+        )
+    }
+
+    /// Where the socket's reads keep its fd's state between calls (see `io::read_owned`).
+    pub(crate) fn state_cache(&self) -> &StateCache {
+        &self.1
     }
 
     /// Hands the socket out (to std, or as a raw fd), without a registration.

@@ -152,11 +152,6 @@ impl Reactor {
         }
     }
 
-    /// Removes a state with nothing left on it (no registration, no waiter).
-    pub(super) fn drop_state(&self, st: &Rc<FdState>) {
-        self.unlink(st);
-    }
-
     /// Takes `st` out of the reactor's lists and the fd table (if it is still there); its
     /// memory goes with the last `Rc`.
     pub(super) fn unlink(&self, st: &FdState) {
@@ -229,10 +224,11 @@ impl Reactor {
     /// Whether this reactor's doorbell rang since its last sweep (clearing it: the caller
     /// sweeps).
     pub(super) fn rung(&self) -> bool {
-        self.id != 0
-            && DOORBELLS[self.id as usize - 1]
-                .rung
-                .swap(false, Ordering::AcqRel)
+        // A load first: the edge callback asks on every edge, and a ring is rare.
+        self.id != 0 && {
+            let rung = &DOORBELLS[self.id as usize - 1].rung;
+            rung.load(Ordering::Relaxed) && rung.swap(false, Ordering::AcqRel)
+        }
     }
 
     /// Ends every state whose fd changed (the doorbell rang: a close elsewhere).

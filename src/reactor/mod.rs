@@ -75,7 +75,7 @@ use crate::fd_table::{self, SHARED};
 use crate::sys;
 
 pub(crate) use close::forget;
-pub(crate) use state::{Enlisted, FdState};
+pub(crate) use state::FdState;
 
 use close::{claim_doorbell, doorbell, release_doorbell};
 use state::{Waiters, edge};
@@ -165,11 +165,6 @@ impl Reactor {
             };
         }
         CURRENT.with(|c| c.set(self));
-    }
-
-    /// Whether waits on sockets can use edge-triggered registrations.
-    pub(crate) fn edge_triggered(&self) -> bool {
-        self.edge
     }
 
     /// `fd`'s state, if this reactor has a current one (made under the fd's generation).
@@ -263,7 +258,7 @@ impl Reactor {
             unsafe { ev.assign(self.base, fd, what, edge, arg) };
             if let Err(e) = ev.add(None) {
                 if st.once.is_empty() && st.readers.is_empty() && st.writers.is_empty() {
-                    self.drop_state(&st);
+                    self.unlink(&st);
                 }
                 return Err(e);
             }
@@ -341,6 +336,19 @@ impl Drop for Reactor {
 #[inline]
 pub(crate) fn find(fd: RawFd) -> Option<Rc<FdState>> {
     with_current(|r| r.find(fd)).flatten()
+}
+
+/// This thread's state of `fd` for a wait of the running coroutine, made on first use: with its
+/// edge-triggered registration when `register` and the backend does edge triggering (a socket
+/// evco owns), else a plain one for a one-shot wait. `None` without a scheduler.
+pub(crate) fn for_wait(fd: RawFd, register: bool) -> Option<io::Result<Rc<FdState>>> {
+    with_current(|r| {
+        if register && r.edge {
+            r.registration(fd)
+        } else {
+            Ok(r.state(fd))
+        }
+    })
 }
 
 /// Drops this thread's state of `fd`, which stays open (see [`Reactor::release`]).

@@ -7,7 +7,6 @@ use std::io;
 use std::os::fd::RawFd;
 use std::os::raw::{c_short, c_void};
 use std::ptr::NonNull;
-use std::rc::Rc;
 
 use super::Reactor;
 use crate::event::{RawCallback, RawEvent, What};
@@ -29,21 +28,35 @@ pub(crate) struct Waiters {
 }
 
 impl Waiters {
+    #[inline]
     pub(super) fn push(&self, token: *const ()) {
         if self.first.get().is_null() {
             self.first.set(token);
         } else {
-            let mut rest = self.rest.take().unwrap_or_default();
-            rest.push(token);
-            self.rest.set(Some(rest));
+            self.push_rest(token);
         }
     }
 
+    #[cold]
+    #[inline(never)]
+    fn push_rest(&self, token: *const ()) {
+        let mut rest = self.rest.take().unwrap_or_default();
+        rest.push(token);
+        self.rest.set(Some(rest));
+    }
+
+    #[inline]
     pub(super) fn remove(&self, token: *const ()) {
         if std::ptr::eq(self.first.get(), token) {
             self.first.set(std::ptr::null());
-            return;
+        } else {
+            self.remove_rest(token);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn remove_rest(&self, token: *const ()) {
         if let Some(mut rest) = self.rest.take() {
             if let Some(pos) = rest.iter().position(|&t| std::ptr::eq(t, token)) {
                 rest.swap_remove(pos);
@@ -53,13 +66,14 @@ impl Waiters {
     }
 
     /// Whether more than the first coroutine may be listed.
+    #[inline]
     pub(super) fn has_rest(&self) -> bool {
-        let rest = self.rest.take();
-        let some = rest.as_ref().is_some_and(|r| !r.is_empty());
-        self.rest.set(rest);
-        some
+        // SAFETY: a read through the cell's pointer: `Cell` never hands out references to its
+        // contents, and nothing writes the cell during this expression (one thread, no call).
+        unsafe { (*self.rest.as_ptr()).as_ref() }.is_some_and(|r| !r.is_empty())
     }
 
+    #[inline]
     pub(super) fn is_empty(&self) -> bool {
         self.first.get().is_null() && !self.has_rest()
     }
@@ -106,11 +120,29 @@ pub(crate) struct FdState {
 }
 
 impl FdState {
+    #[inline]
     pub(super) fn waiters(&self, dir: What) -> &Waiters {
         if dir.contains(What::WRITE) {
             &self.writers
         } else {
             &self.readers
+        }
+    }
+
+    /// Takes the state out of its reactor when nothing is left on it (no registration, no
+    /// waiter): what a one-shot wait does as it ends, or when it could not start.
+    #[inline]
+    pub(crate) fn unlink_if_idle(&self) {
+        if !self.registered.get()
+            && self.once.is_empty()
+            && self.readers.is_empty()
+            && self.writers.is_empty()
+        {
+            // SAFETY: the reactor outlives its states' waits (a wait is only entered, and its
+            // guard only dropped, while the scheduler that owns the reactor runs the coroutine;
+            // a coroutine leaked with its scheduler is never resumed again).
+            let reactor = unsafe { &*self.reactor };
+            reactor.unlink(self);
         }
     }
 
@@ -121,6 +153,7 @@ impl FdState {
     }
 
     /// Whether the socket is registered (waits on it go through edges).
+    #[inline]
     pub(crate) fn is_registered(&self) -> bool {
         self.registered.get()
     }
@@ -143,13 +176,14 @@ impl FdState {
 
     /// Lists `token` for the next `dir` edge (exactly one of READ or WRITE) until the guard
     /// goes. The caller just saw `EAGAIN`, so that direction is no longer ready.
-    pub(crate) fn enlist_edge(self: &Rc<Self>, dir: What, token: NonNull<()>) -> Enlisted {
+    #[inline]
+    pub(crate) fn enlist_edge(&self, dir: What, token: NonNull<()>) -> Enlisted<'_> {
         if self.ready.get() & What::CLOSED.bits() == 0 || dir != What::READ {
             self.ready.set(self.ready.get() & !dir.bits());
         }
         self.waiters(dir).push(token.as_ptr());
         Enlisted {
-            state: self.clone(),
+            state: self,
             token: token.as_ptr(),
             dir: Some(dir),
         }
@@ -163,12 +197,12 @@ impl FdState {
     /// `token` is what `callback` expects, and stays valid while the event is pending; the
     /// caller deletes `ev` before `token` can go (the scheduler's wait guard does).
     pub(crate) unsafe fn enlist_once(
-        self: &Rc<Self>,
+        &self,
         ev: &RawEvent,
         what: What,
         callback: RawCallback,
         token: NonNull<()>,
-    ) -> io::Result<Enlisted> {
+    ) -> io::Result<Enlisted<'_>> {
         // SAFETY: the reactor is alive while its states are used; its base outlives it.
         let base = unsafe { (*self.reactor).base };
         // SAFETY: the base is live and outlives the pending event (see above); the caller
@@ -183,52 +217,33 @@ impl FdState {
         }
         self.once.push(token.as_ptr());
         Ok(Enlisted {
-            state: self.clone(),
+            state: self,
             token: token.as_ptr(),
             dir: None,
         })
     }
 }
 
-impl FdState {
-    /// Another reference to this state (every state lives in an `Rc`).
-    pub(super) fn rc(&self) -> Rc<FdState> {
-        // SAFETY: every `FdState` is made by `Rc::new` in `Reactor::state`, and `&self` proves
-        // that allocation is alive for this call.
-        unsafe {
-            Rc::increment_strong_count(self);
-            Rc::from_raw(self)
-        }
-    }
-}
-
 /// A coroutine's place on an fd state's list, for the length of one wait: dropping it (the wait
-/// ended, or unwound) takes the coroutine off, and drops the state when nothing is left on it.
-pub(crate) struct Enlisted {
-    state: Rc<FdState>,
+/// ended, or unwound) takes the coroutine off, and drops the state from the reactor when
+/// nothing is left on it. It borrows the state from the waiter's `Rc`, which keeps it alive
+/// across the wait even if a close takes it out of the reactor meanwhile.
+pub(crate) struct Enlisted<'a> {
+    state: &'a FdState,
     token: *const (),
     /// `None` for a one-shot wait.
     dir: Option<What>,
 }
 
-impl Drop for Enlisted {
+impl Drop for Enlisted<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let st = &self.state;
+        let st = self.state;
         match self.dir {
             Some(dir) => st.waiters(dir).remove(self.token),
             None => st.once.remove(self.token),
         }
-        if !st.registered.get()
-            && st.once.is_empty()
-            && st.readers.is_empty()
-            && st.writers.is_empty()
-        {
-            // SAFETY: the reactor outlives its states' waits (a wait is only entered, and its
-            // guard only dropped, while the scheduler that owns the reactor runs the coroutine;
-            // a coroutine leaked with its scheduler is never resumed again).
-            let reactor = unsafe { &*st.reactor };
-            reactor.drop_state(st);
-        }
+        st.unlink_if_idle();
     }
 }
 
@@ -241,11 +256,14 @@ pub(super) unsafe extern "C" fn edge(_fd: sys::evutil_socket_t, what: c_short, a
     let st = unsafe { &*ptr };
     // SAFETY: a state's reactor outlives its pending events.
     let reactor = unsafe { &*st.reactor };
-    if st.generation != fd_table::generation(st.fd) {
-        // The fd closed elsewhere and its number was reused before this reactor's sweep: the
-        // edge is the new fd's, not for these waiters.
-        reactor.end_state(&st.rc());
-        return;
+    if reactor.rung() {
+        // A close on another thread may have made this state stale (its fd gone, the number
+        // perhaps a new fd's): sweep first, and end here if it was. (The closer rings before
+        // the fd is closed, so an edge seen before the ring was the old fd's own.)
+        reactor.sweep();
+        if !st.registered.get() {
+            return;
+        }
     }
     let what = What::from_bits(what);
     let mut bits = what.bits();

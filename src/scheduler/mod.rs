@@ -60,7 +60,7 @@ pub use spawn::{JoinHandle, SchedulerGuard, base, enter, live_coroutines, run, s
 #[cfg(all(feature = "hook", target_os = "linux"))]
 pub(crate) use task::in_scheduled_coroutine;
 pub use task::yield_now;
-pub(crate) use task::{WaitCtx, Waker, block_outside, park, park_timeout, wait_io};
+pub(crate) use task::{Waker, block_outside, can_wait, park, park_timeout, wait_io};
 pub(crate) use timeouts::{prepare_timeouts, sleep};
 
 use task::{Blocked, Outcome, Task};
@@ -166,11 +166,6 @@ impl Scheduler {
 
     pub(crate) fn base(&self) -> &EventBase {
         &self.base
-    }
-
-    /// This thread's per-fd state.
-    pub(crate) fn reactor(&self) -> &Reactor {
-        &self.reactor
     }
 
     fn insert(&self, task: &Rc<Task>) {

@@ -36,7 +36,6 @@ use std::time::Duration;
 use super::{Scheduler, misuse};
 use crate::coroutine::{self, Cancelled, Core, State};
 use crate::event::{RawCallback, RawEvent, What};
-use crate::reactor::Reactor;
 use crate::sys;
 use crate::timer::Timed;
 
@@ -238,18 +237,12 @@ pub(super) fn current_task() -> io::Result<(&'static Task, &'static Scheduler)> 
 /// reactor's lists, and its one-shot event with the callback that ends the wait.
 pub(crate) struct WaitCtx<'a> {
     task: &'a Task,
-    sched: &'a Scheduler,
 }
 
 impl WaitCtx<'_> {
     /// The token the reactor lists (its `EndWait` gets it back).
     pub(crate) fn token(&self) -> NonNull<()> {
         self.task.token()
-    }
-
-    /// The thread's reactor.
-    pub(crate) fn reactor(&self) -> &Reactor {
-        self.sched.reactor()
     }
 
     /// The running task's one-shot event (made on its first use), the callback to give it, and
@@ -300,7 +293,7 @@ pub(crate) fn wait_io<G>(
     }
     task.woke.set(0);
     task.closed.set(false);
-    let listed = match enlist(&WaitCtx { task, sched }) {
+    let listed = match enlist(&WaitCtx { task }) {
         Ok(g) => g,
         Err(e) => {
             sched.disarm(task);
@@ -317,6 +310,12 @@ pub(crate) fn wait_io<G>(
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
     Ok(What::from_bits(task.woke.get()))
+}
+
+/// `Ok` where [`wait_io`] can suspend: inside a scheduled coroutine that is not being
+/// cancelled; the error `wait_io` would give otherwise.
+pub(crate) fn can_wait() -> io::Result<()> {
+    current_task().map(drop)
 }
 
 /// Parks the running coroutine until woken; may return spuriously, so callers loop.
