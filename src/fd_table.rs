@@ -13,7 +13,7 @@
 //!   where in that reactor: `reactor id << 32 | index`, 0 for none. Only the owning reactor
 //!   reads the index; any thread may clear the word when it closes the fd, and then knows whose
 //!   doorbell to ring (`crate::reactor`). `SHARED` in `flags` says a second reactor keeps state
-//!   for the fd too.
+//!   for the fd too, `CLOSING` that it is being closed.
 //!
 //! # Layout
 //!
@@ -42,6 +42,9 @@ const CHUNKS: usize = MAX_FDS / CHUNK;
 
 /// `flags`: more than one reactor keeps state for this fd (its closer rings every doorbell).
 pub(crate) const SHARED: u32 = 1;
+/// `flags`: the fd is being closed (between `reactor::forget` and `reactor::closed`): a wait
+/// that starts now would wait on a dying fd.
+pub(crate) const CLOSING: u32 = 2;
 
 /// One fd number's entry. See the module docs.
 #[repr(C)]

@@ -99,7 +99,7 @@ pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> 
         // A socket registration for an fd that is no longer a socket: the socket was closed
         // where evco could not see it and the number reused. Its state is stale.
         Some(_) if !crate::os::is_socket(fd)? => {
-            reactor::forget(fd);
+            reactor::renumbered(fd);
             wait_once(fd, interest.0, timeout)?
         }
         Some(st) => {
@@ -172,7 +172,9 @@ fn once_on(st: &FdState, what: What, timeout: Option<Duration>) -> io::Result<Wh
 /// would otherwise leave its waiters asleep forever), on this thread or any other.
 pub fn close(fd: RawFd) -> io::Result<()> {
     reactor::forget(fd);
-    crate::os::close(fd)
+    let r = crate::os::close(fd);
+    reactor::closed(fd);
+    r
 }
 
 /// THE retry primitive every evco I/O call is: try the non-blocking operation; on

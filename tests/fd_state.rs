@@ -386,3 +386,155 @@ fn an_fd_waited_on_and_closed_leaves_no_state_for_its_number() {
         }
     });
 }
+
+/// A close on another thread that races the start of a wait (the closer's `forget` before the
+/// waiter's state claims the fd, the real close after) still ends the wait (with `EBADF`).
+/// Before (found in review), the waiter's state looked current, nobody rang its thread, and
+/// epoll dropped the closed fd silently: 14-28 of ~200,000 waits slept to their timeout. A
+/// stress test: 4 s of rounds, each close delayed by a random spin.
+#[test]
+fn a_close_racing_the_start_of_a_wait_on_another_thread_still_ends_it() {
+    use std::sync::mpsc;
+    use std::time::Instant;
+    let _serial = serial();
+    let _w = watchdog(60);
+    let (to_closer, from_waiter) = mpsc::channel::<RawFd>();
+    let closer = std::thread::spawn(move || {
+        let mut n = 0u32;
+        while let Ok(fd) = from_waiter.recv() {
+            n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            for _ in 0..(n >> 16) % 400 {
+                std::hint::spin_loop();
+            }
+            evco::io::close(fd).unwrap();
+        }
+    });
+    let (rounds, late) = evco::run(move || {
+        let start = Instant::now();
+        let (mut rounds, mut late) = (0, Vec::new());
+        while start.elapsed() < Duration::from_secs(4) {
+            let (a, b) = socketpair();
+            let fd = a.into_raw_fd();
+            let w = evco::spawn(move || wait(fd, Interest::READABLE, Some(Duration::from_secs(2))));
+            to_closer.send(fd).unwrap();
+            match w.join().unwrap() {
+                Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
+                // A readiness the close's race let through (about 1 in 80,000 here) is a
+                // spurious wake-up, which a readiness wait may have: the caller's next call on
+                // the fd says EBADF. What must not happen is the wait sleeping on.
+                Ok(_) => {}
+                other => late.push(format!("round {rounds}: {other:?}")),
+            }
+            // The number must not come back before the closer is done with it.
+            while common::fd_is_open(fd) {
+                evco::yield_now().unwrap();
+            }
+            drop(b);
+            rounds += 1;
+        }
+        drop(to_closer);
+        (rounds, late)
+    });
+    closer.join().unwrap();
+    assert!(rounds > 100, "only {rounds} rounds");
+    assert!(
+        late.is_empty(),
+        "{} of {rounds} waits did not end with EBADF: {late:?}",
+        late.len()
+    );
+}
+
+/// A doorbell eventfd closed behind evco's back (`close_range`, `closefrom`) whose number a
+/// program's pipe then takes never gets evco's 8 bytes when a close on another thread rings
+/// it. Before (found in review), the pipe received `[1, 0, 0, 0, 0, 0, 0, 0]`. Runs in a child:
+/// it closes the doorbell of the only other scheduler.
+#[test]
+fn a_doorbell_closed_behind_evcos_back_never_writes_into_its_successor() {
+    use std::sync::mpsc;
+    let _serial = serial();
+    if !common::is_child() {
+        let _w = watchdog(60);
+        common::child_passes(
+            "a_doorbell_closed_behind_evcos_back_never_writes_into_its_successor",
+            &[],
+        );
+        return;
+    }
+    let _w = watchdog(20);
+    let eventfds = || -> Vec<RawFd> {
+        let mut v: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("eventfd"))
+            })
+            .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = eventfds();
+    let (a, b) = socketpair();
+    let fd = a.into_raw_fd();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        evco::run(move || {
+            let w =
+                evco::spawn(move || wait(fd, Interest::READABLE, Some(Duration::from_millis(300))));
+            evco::yield_now().unwrap();
+            ready_tx.send(()).unwrap();
+            w.join().unwrap().map(drop)
+        })
+    });
+    ready_rx.recv().unwrap();
+    let new: Vec<RawFd> = eventfds()
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert_eq!(new.len(), 1, "the waiting thread's doorbell: {new:?}");
+    let efd = new[0];
+    let mut p = [0; 2];
+    // SAFETY: pipe2 writes two fds into `p`.
+    assert_eq!(
+        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) },
+        0
+    );
+    // SAFETY: closes the doorbell past the hooks, as closefrom would.
+    unsafe { libc::syscall(libc::SYS_close, efd) };
+    raw_dup3(p[1], efd);
+    // The close rings the waiting thread's doorbell: its number is now the pipe's write end.
+    evco::io::close(fd).unwrap();
+    let _ = waiter.join().unwrap();
+    let mut buf = [0u8; 64];
+    // SAFETY: reads at most 64 bytes into `buf` from the pipe's read end.
+    let n = unsafe { libc::read(p[0], buf.as_mut_ptr().cast(), 64) };
+    drop(b);
+    assert!(n <= 0, "evco wrote {n} bytes into an fd it does not own");
+    println!("child-finished");
+}
+
+/// A hooked `accept` on a socket that is no listener (a datagram socket, a connected stream)
+/// fails at once as libc's does, instead of waiting for a connection that never comes (found
+/// in review: it waited forever).
+#[test]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn a_hooked_accept_on_a_socket_that_is_no_listener_fails_at_once() {
+    let _serial = serial();
+    let _w = watchdog(20);
+    evco::run(|| {
+        let accept = |fd: RawFd| {
+            // SAFETY: accept with null address arguments.
+            let r = unsafe { libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut()) };
+            (r, std::io::Error::last_os_error().raw_os_error())
+        };
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (stream, _peer) = socketpair_blocking();
+        let h = evco::spawn(move || (accept(udp.as_raw_fd()), accept(stream.as_raw_fd())));
+        let ticker = evco::spawn(|| evco::time::sleep(Duration::from_millis(500)));
+        ticker.join().unwrap();
+        assert!(h.is_finished(), "still in accept after 500 ms");
+        let (on_udp, on_stream) = h.join().unwrap();
+        assert_eq!(on_udp, (-1, Some(libc::EOPNOTSUPP)));
+        assert_eq!(on_stream, (-1, Some(libc::EINVAL)));
+    });
+}

@@ -59,10 +59,11 @@ fn socket_bits(domain: c_int, ty: c_int) -> u64 {
 
 /// `fd` was just created (a socket, an accepted connection, a duplicate): whatever evco knew
 /// of an earlier fd with its number is forgotten (`reactor::forget`: normally `close` did that
-/// already; not when the earlier fd was closed where the hooks could not see), and the new
+/// already; not when the earlier fd was closed where the hooks could not see, or on another
+/// thread since, or by `dup2`), and the new
 /// entry recorded.
 fn fresh(fd: c_int, bits: u64) {
-    crate::reactor::forget(fd);
+    crate::reactor::renumbered(fd);
     table::set(fd, bits);
 }
 
@@ -165,6 +166,16 @@ fn accept_when_queued(fd: c_int, op: impl FnOnce() -> c_int) -> io::Result<usize
     let lock = accept_lock(fd)?;
     loop {
         if !queued(fd)? {
+            if sockopt(fd, libc::SO_ACCEPTCONN) != 1 {
+                // Not a listener (a datagram socket, a connected stream): no connection will
+                // ever be queued, and libc's accept fails at once (EINVAL, EOPNOTSUPP).
+                let r = op();
+                return if r < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(r as usize)
+                };
+            }
             return Err(io::ErrorKind::WouldBlock.into());
         }
         if lock
@@ -252,7 +263,7 @@ unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -
         Ok(_) => return 0,
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
-            crate::reactor::forget(fd);
+            crate::reactor::renumbered(fd);
             // SAFETY: the caller's arguments, passed on.
             return unsafe { real::connect(fd, addr, len) };
         }
@@ -289,7 +300,9 @@ unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -
 unsafe extern "C" fn close(fd: c_int) -> c_int {
     crate::reactor::forget(fd);
     // SAFETY: the caller's argument, passed on.
-    unsafe { real::close(fd) }
+    let r = unsafe { real::close(fd) };
+    crate::reactor::closed(fd);
+    r
 }
 
 /// Hook: the duplicate inherits the fd's table entry.

@@ -92,7 +92,9 @@
 //! - `close` (and `dup2`/`dup3` over an open fd) is evco's one close path,
 //!   `reactor::forget`: coroutines waiting on the fd get `EBADF`, on this thread or any other
 //!   (whose reactor's doorbell it rings), and its registration goes, so a reused fd number
-//!   never inherits a stale one. It allocates nothing and takes no lock.
+//!   never inherits a stale one. It takes no lock, but it is not yet safe to call from a signal
+//!   handler that interrupted evco on the same thread (it queues the waiters it ends): making
+//!   every hook a plain libc call inside handlers is the next hardening step.
 //! - An fd closed where the hooks cannot see it (`fclose(fdopen(fd))`, `close_range`,
 //!   `syscall(SYS_close)`) leaves its entry behind. A hook that finds the entry wrong (a
 //!   socket call on the number fails with `ENOTSOCK`: a file or pipe got it) clears it and
@@ -279,7 +281,7 @@ fn cooperative(fd: c_int) -> Option<u64> {
 /// or pipe got the number). The entry is cleared then, and the caller makes libc's own call.
 fn stale_entry(fd: c_int, r: isize) -> bool {
     if r == -1 && errno() == libc::ENOTSOCK {
-        crate::reactor::forget(fd);
+        crate::reactor::renumbered(fd);
         return true;
     }
     false

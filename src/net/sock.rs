@@ -55,8 +55,10 @@ impl<T: AsRawFd> Deref for Sock<T> {
 
 impl<T: AsRawFd> Drop for Sock<T> {
     fn drop(&mut self) {
-        crate::reactor::forget(self.0.as_raw_fd());
+        let fd = self.0.as_raw_fd();
+        crate::reactor::forget(fd);
         // SAFETY: dropped once, here; `self.0` is not touched afterwards.
         unsafe { ManuallyDrop::drop(&mut self.0) };
+        crate::reactor::closed(fd);
     }
 }

@@ -6,15 +6,17 @@ use std::os::fd::RawFd;
 use std::os::raw::{c_short, c_void};
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use super::state::FdState;
 use super::{GONE, Reactor, with_current};
-use crate::fd_table::{self, SHARED};
+use crate::fd_table::{self, CLOSING, SHARED};
 use crate::sys;
 
-/// Most reactors (threads with a scheduler) that can own fds at once; more still work, with
-/// their states in their own maps (`foreign`) and no doorbell.
+/// Most reactors (threads with a scheduler) that have a doorbell at once. More still work,
+/// with their states in their own maps (`foreign`) and no doorbell: a close on another thread
+/// does not reach them, so a wait of theirs on an fd closed elsewhere ends only by its timeout
+/// (or never), and a state of theirs goes stale until the number is met again.
 const MAX_REACTORS: usize = 1024;
 
 /// A reactor's cross-thread wake-up: an eventfd made on first use and kept for the process's
@@ -24,8 +26,11 @@ struct Doorbell {
     /// Set by every ring, cleared by the sweep it asks for: a reactor about to make a new state
     /// sweeps first when it is set, without waiting for its loop to read the eventfd.
     rung: AtomicBool,
-    /// The eventfd plus one; 0 before it is made.
+    /// The eventfd plus one; 0 before it is made (or once it was found closed).
     efd: AtomicI32,
+    /// The eventfd's device and inode (see `identity`), to tell it from an fd that took its
+    /// number.
+    ident: AtomicU64,
 }
 
 static DOORBELLS: [Doorbell; MAX_REACTORS] = [const {
@@ -33,6 +38,7 @@ static DOORBELLS: [Doorbell; MAX_REACTORS] = [const {
         claimed: AtomicBool::new(false),
         rung: AtomicBool::new(false),
         efd: AtomicI32::new(0),
+        ident: AtomicU64::new(0),
     }
 }; MAX_REACTORS];
 
@@ -42,26 +48,57 @@ pub(super) fn release_doorbell(id: u32, efd: RawFd) {
     let Some(d) = (id as usize).checked_sub(1).and_then(|i| DOORBELLS.get(i)) else {
         return;
     };
-    let mut buf = 0u64;
-    // SAFETY: reads at most 8 bytes into `buf` from this doorbell's non-blocking eventfd.
-    unsafe { libc::read(efd, (&mut buf as *mut u64).cast(), 8) };
+    let _ = drain_doorbell(d, efd);
     d.rung.store(false, Ordering::Release);
     d.claimed.store(false, Ordering::Release);
 }
 
-/// Rings reactor `id`'s doorbell (async-signal-safe: one atomic load and one `write`).
+/// Empties doorbell `d`'s counter if `efd` is still its eventfd (see `ring`); false if it is
+/// not.
+fn drain_doorbell(d: &Doorbell, efd: RawFd) -> bool {
+    if identity(efd) != Some(d.ident.load(Ordering::Acquire)) {
+        return false;
+    }
+    let mut buf = 0u64;
+    // SAFETY: reads at most 8 bytes into `buf` from this doorbell's non-blocking eventfd.
+    unsafe { libc::read(efd, (&mut buf as *mut u64).cast(), 8) };
+    true
+}
+
+/// Rings reactor `id`'s doorbell (async-signal-safe: atomics, `fstat` and `write`). The
+/// eventfd is checked to be the one claimed (its device and inode): a program that closed it
+/// behind evco's back (`close_range`, `closefrom`) may have another fd at its number, which must
+/// not get evco's 8 bytes; such a doorbell is retired and rings no more.
 fn ring(id: u32) {
     let Some(d) = (id as usize).checked_sub(1).and_then(|i| DOORBELLS.get(i)) else {
         return;
     };
     d.rung.store(true, Ordering::Release);
     let efd = d.efd.load(Ordering::Acquire) - 1;
-    if efd >= 0 {
-        let one = 1u64;
-        // SAFETY: `efd` is an eventfd this module made and never closes; the write of one
-        // 8-byte counter increment reads only `one`.
-        unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
+    if efd < 0 {
+        return;
     }
+    if identity(efd) != Some(d.ident.load(Ordering::Acquire)) {
+        // Not the eventfd made for it any more: never write there again. (Its reactor still
+        // sweeps on its rung flag when it next makes a state or sees an edge.)
+        d.efd.store(0, Ordering::Release);
+        return;
+    }
+    let one = 1u64;
+    // SAFETY: `efd` is the eventfd this module made (checked just above); the write of one
+    // 8-byte counter increment reads only `one`.
+    unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
+}
+
+/// An fd's device and inode folded into one word, `None` when it is not open.
+fn identity(fd: RawFd) -> Option<u64> {
+    // SAFETY: all-zero is a valid `stat` for fstat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid stat buffer; fstat is async-signal-safe.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some((st.st_dev as u64).rotate_left(32) ^ st.st_ino as u64)
 }
 
 /// Rings every claimed doorbell but `except`'s (an fd several reactors keep state for).
@@ -85,13 +122,20 @@ pub(super) fn claim_doorbell() -> (u32, RawFd) {
             continue;
         }
         let mut efd = d.efd.load(Ordering::Acquire) - 1;
+        if efd >= 0 && identity(efd) != Some(d.ident.load(Ordering::Acquire)) {
+            // Closed behind evco's back since its last user: the number is not ours (and is
+            // not closed here either); make a new one.
+            d.efd.store(0, Ordering::Release);
+            efd = -1;
+        }
         if efd < 0 {
             // SAFETY: eventfd has no memory preconditions.
             efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            if efd < 0 {
+            let Some(ident) = (efd >= 0).then(|| identity(efd)).flatten() else {
                 d.claimed.store(false, Ordering::Release);
                 return (0, -1);
-            }
+            };
+            d.ident.store(ident, Ordering::Release);
             d.efd.store(efd + 1, Ordering::Release);
         }
         return (i as u32 + 1, efd);
@@ -99,15 +143,34 @@ pub(super) fn claim_doorbell() -> (u32, RawFd) {
     (0, -1)
 }
 
-/// `fd` is being closed, or its number now names a new fd: the single close path. Every layer
-/// calls it before the fd goes (`io::close`, the `net` sockets' drop, the hooks' `close`,
-/// `dup2`/`dup3` over an open fd, and every fd the hooks see created): it clears the hooks'
-/// entry, bumps the generation, ends this thread's state of the fd (its waiters get `EBADF`,
-/// its registration goes) and rings the doorbell of any other reactor that keeps some.
+/// `fd` is about to be closed: the single close path. Every layer calls it before the fd goes
+/// (`io::close`, the `net` sockets' drop, the hooks' `close`), and [`closed`] after: it clears
+/// the hooks' entry, bumps the generation, marks the fd `CLOSING` (a wait that starts on it
+/// until `closed` fails `EBADF` instead of waiting on a dying fd), ends this thread's state of
+/// the fd (its waiters get `EBADF`, its registration goes) and rings the doorbell of any other
+/// reactor that keeps some.
 ///
-/// Allocates nothing and takes no lock; from a signal handler that interrupted the reactor
-/// itself it leaves this thread's state for the generation check to find.
+/// It takes no lock, but it is not async-signal-safe: ending this thread's waits queues their
+/// coroutines (see the hooks' docs on signal handlers).
 pub(crate) fn forget(fd: RawFd) {
+    forget_as(fd, CLOSING);
+}
+
+/// `fd` was just closed (see [`forget`]): waits on its number may start again.
+pub(crate) fn closed(fd: RawFd) {
+    if let Some(slot) = fd_table::get(fd) {
+        slot.flags.fetch_and(!CLOSING, Ordering::AcqRel);
+    }
+}
+
+/// A new fd has the number `fd` (one the hooks saw created, or a `dup2` target): whatever evco
+/// knew of an earlier fd with the number is forgotten, as by [`forget`], without `CLOSING`.
+pub(crate) fn renumbered(fd: RawFd) {
+    forget_as(fd, 0);
+}
+
+/// [`forget`] or [`renumbered`]: the slot's flags become `flags`.
+fn forget_as(fd: RawFd, flags: u32) {
     let Some(slot) = fd_table::get(fd) else {
         // Beyond the table: only a map of this thread's can know it.
         with_current(|r| r.forget_local(fd, None));
@@ -116,7 +179,7 @@ pub(crate) fn forget(fd: RawFd) {
     slot.bits.store(0, Ordering::Relaxed);
     slot.generation.fetch_add(1, Ordering::AcqRel);
     let owner = slot.owner.swap(0, Ordering::AcqRel);
-    let shared = slot.flags.swap(0, Ordering::AcqRel) & SHARED != 0;
+    let shared = slot.flags.swap(flags, Ordering::AcqRel) & SHARED != 0;
     let owner_id = (owner >> 32) as u32;
     let me = with_current(|r| {
         let mine = owner != 0 && owner_id == r.id;
@@ -274,7 +337,7 @@ impl Reactor {
     }
 
     pub(super) fn doorbell_on(&self) {
-        if self.efd >= 0 && !self.doorbell_added.get() && self.doorbell.add(None).is_ok() {
+        if self.efd.get() >= 0 && !self.doorbell_added.get() && self.doorbell.add(None).is_ok() {
             self.doorbell_added.set(true);
         }
     }
@@ -298,11 +361,20 @@ pub(super) unsafe extern "C" fn doorbell(
     _what: c_short,
     arg: *mut c_void,
 ) {
-    let mut buf = 0u64;
-    // SAFETY: reads at most 8 bytes into `buf` from the doorbell's non-blocking eventfd.
-    unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
     // SAFETY: `arg` is the reactor, which deletes this event before it drops.
     let reactor = unsafe { &*(arg as *const Reactor) };
+    if let Some(d) = (reactor.id as usize)
+        .checked_sub(1)
+        .and_then(|i| DOORBELLS.get(i))
+    {
+        if !drain_doorbell(d, fd) {
+            // The eventfd was closed behind evco's back and the number is another fd's: stop
+            // watching it (closes elsewhere reach this reactor through `rung` only, from now).
+            reactor.doorbell.del();
+            reactor.doorbell_added.set(false);
+            reactor.efd.set(-1);
+        }
+    }
     reactor.rung();
     reactor.sweep();
 }

@@ -48,10 +48,18 @@
 //! one whose fd changed ends its waits with `EBADF` (the `GONE` token) and deletes its
 //! registration. Without that, a waiter on A would never wake (epoll forgets a closed
 //! description silently), and A's registration would swallow the edges of the next socket with
-//! that number. The doorbells are a static array of eventfds, never closed: a ring that reaches
-//! a doorbell whose reactor went is a harmless sweep of its next user. The doorbell's event is
-//! added only while the reactor has states, so an idle scheduler's loop still reports that it
-//! has no events (the scheduler's deadlock detection relies on that).
+//! that number. The doorbells are a static array of 1,024 eventfds, never closed by evco: a ring
+//! that reaches a doorbell whose reactor went is a harmless sweep of its next user, and a ring
+//! checks the eventfd is still the one made (a program that closed it with `close_range` may
+//! have another fd at its number, which must not get 8 bytes). A scheduler beyond the 1,024th
+//! at once has no doorbell, and closes elsewhere do not reach it. The doorbell's event is added
+//! only while the reactor has states, so an idle scheduler's loop still reports that it has no
+//! events (the scheduler's deadlock detection relies on that).
+//!
+//! A close is two steps around the real one: `forget` (above) marks the slot `CLOSING`, and
+//! `closed` clears it. A state made meanwhile, on any thread, fails with `EBADF` (its maker
+//! checks the flags, the generation and that the fd is open after it claims the slot, so a
+//! close either sees the claim and rings, or the maker sees the close).
 //!
 //! An fd closed where evco cannot see it (`fclose(fdopen(fd))`, `close_range`, the raw system
 //! call) leaves its state until the number is met again: a hooked call on it that fails with
@@ -71,10 +79,10 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use crate::event::{RawEvent, What};
-use crate::fd_table::{self, SHARED};
+use crate::fd_table::{self, CLOSING, SHARED};
 use crate::sys;
 
-pub(crate) use close::forget;
+pub(crate) use close::{closed, forget, renumbered};
 pub(crate) use state::FdState;
 
 use close::{claim_doorbell, doorbell, release_doorbell};
@@ -116,7 +124,7 @@ pub(crate) struct Reactor {
     /// An empty waiter list with capacity, swapped with a state's list by `edge`.
     spare: RefCell<Vec<*const ()>>,
     /// Its doorbell's eventfd (-1 without one), watched while `states` or `foreign` has any.
-    efd: RawFd,
+    efd: Cell<RawFd>,
     doorbell: RawEvent,
     doorbell_added: Cell<bool>,
     base: *mut sys::event_base,
@@ -140,7 +148,7 @@ impl Reactor {
             states: RefCell::new(Vec::new()),
             foreign: RefCell::new(HashMap::new()),
             spare: RefCell::new(Vec::new()),
-            efd,
+            efd: Cell::new(efd),
             doorbell: RawEvent::new(),
             doorbell_added: Cell::new(false),
             base,
@@ -150,18 +158,14 @@ impl Reactor {
     /// Makes this the thread's reactor and points its doorbell event at it. Call once, after the
     /// reactor reached the address it keeps until it drops.
     pub(crate) fn start(&self) {
-        if self.efd >= 0 {
+        let efd = self.efd.get();
+        if efd >= 0 {
             let arg = self as *const Reactor as *mut c_void;
             // SAFETY: the base outlives the reactor (`new`'s contract); `arg` is the reactor,
             // which deletes the event when it drops and does not move before.
             unsafe {
-                self.doorbell.assign(
-                    self.base,
-                    self.efd,
-                    What::READ | What::PERSIST,
-                    doorbell,
-                    arg,
-                )
+                self.doorbell
+                    .assign(self.base, efd, What::READ | What::PERSIST, doorbell, arg)
             };
         }
         CURRENT.with(|c| c.set(self));
@@ -192,9 +196,9 @@ impl Reactor {
 
     /// `fd`'s state, made on first use (a stale one, made for an older fd of the number, is
     /// ended first: its waiters get `EBADF`).
-    pub(crate) fn state(&self, fd: RawFd) -> Rc<FdState> {
+    pub(crate) fn state(&self, fd: RawFd) -> io::Result<Rc<FdState>> {
         if let Some(st) = self.find(fd) {
-            return st;
+            return Ok(st);
         }
         if self.rung() {
             // A close elsewhere may have left a state of this very fd number.
@@ -228,6 +232,7 @@ impl Reactor {
         if owned {
             st.index.set(index);
             states.push(st.clone());
+            drop(states);
         } else {
             drop(states);
             if let Some(s) = slot {
@@ -237,14 +242,25 @@ impl Reactor {
             self.foreign.borrow_mut().insert(fd, st.clone());
         }
         self.doorbell_on();
-        st
+        // A close that began before the owner word was claimed has not seen this state (and
+        // will not ring for it): it shows in the flags or the generation, or, when it is over
+        // already, in the descriptor table. From here on, a close finds the owner word.
+        let closing = slot.is_some_and(|s| {
+            s.flags.load(Ordering::Acquire) & CLOSING != 0
+                || s.generation.load(Ordering::Acquire) != generation
+        });
+        if closing || !crate::os::fd_is_open(fd) {
+            self.unlink(&st);
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        Ok(st)
     }
 
     /// `fd`'s state with its persistent edge-triggered registration, made on first use (see
     /// "Registered sockets"). Only for sockets, and only where the backend does edge
     /// triggering.
     pub(crate) fn registration(&self, fd: RawFd) -> io::Result<Rc<FdState>> {
-        let st = self.state(fd);
+        let st = self.state(fd)?;
         if !st.registered.get() {
             let arg = Rc::as_ptr(&st) as *mut c_void;
             // EV_CLOSED (EPOLLRDHUP) marks the peer's FIN: a short read can leave an EOF behind
@@ -328,7 +344,7 @@ impl Drop for Reactor {
             }
             st.registered.set(false);
         }
-        release_doorbell(self.id, self.efd);
+        release_doorbell(self.id, self.efd.get());
     }
 }
 
@@ -346,7 +362,7 @@ pub(crate) fn for_wait(fd: RawFd, register: bool) -> Option<io::Result<Rc<FdStat
         if register && r.edge {
             r.registration(fd)
         } else {
-            Ok(r.state(fd))
+            r.state(fd)
         }
     })
 }

@@ -263,3 +263,9 @@ pub fn payload_kind(p: &Box<dyn std::any::Any + Send>) -> String {
         "(unknown payload)".into()
     }
 }
+
+/// Whether `fd` is an open descriptor.
+pub fn fd_is_open(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: F_GETFD only inspects the descriptor table.
+    (unsafe { libc::fcntl(fd, libc::F_GETFD) }) != -1
+}
