@@ -123,7 +123,7 @@ struct World {
     /// The waited end of each pair (closed through `io::close`), and the end that pokes it.
     fds: Vec<RawFd>,
     /// The evco stream owning `fds[p]` for the stream pairs; never dropped (`io::close` closes
-    /// its fd, and deregisters it).
+    /// its fd, and deregisters it): `World`'s drop hands each one's fd out instead.
     streams: Vec<Option<ManuallyDrop<UnixStream>>>,
     pokers: Vec<OwnedFd>,
     closed: Vec<Cell<bool>>,
@@ -182,6 +182,16 @@ impl World {
 struct Guard {
     world: Rc<World>,
     i: usize,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Each stream's fd was closed by `io::close`: take the streams apart without closing it
+        // again (their number may be another fd's by now), so that what they hold goes.
+        for s in self.streams.drain(..).flatten() {
+            let _ = ManuallyDrop::into_inner(s).into_raw_fd();
+        }
+    }
 }
 
 impl Drop for Guard {
