@@ -970,3 +970,33 @@ fn recvfrom_and_recvmsg_with_msg_waitall_wait_for_every_byte() {
     assert_eq!((n1, &first), (9, b"onetwosix"));
     assert_eq!((n2, &head, &tail), (9, b"tenr", b"edsky"));
 }
+
+/// `clock_nanosleep` in a coroutine on a clock it cannot sleep on (an unknown id, the calling
+/// thread's CPU-time clock) returns libc's error, as outside coroutines. Before, the hook slept
+/// cooperatively and returned 0.
+#[test]
+fn clock_nanosleep_on_a_clock_it_cannot_sleep_on_is_libcs_error_in_a_coroutine() {
+    let _w = watchdog(20);
+    let sleep_on = |clock: libc::clockid_t| {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        // SAFETY: a valid timespec; no remainder wanted.
+        unsafe { libc::clock_nanosleep(clock, 0, &ts, std::ptr::null_mut()) }
+    };
+    let outside = (sleep_on(12_345), sleep_on(libc::CLOCK_THREAD_CPUTIME_ID));
+    assert_eq!(outside, (libc::EINVAL, libc::EINVAL), "libc's own answers");
+    let inside = evco::run(move || {
+        let h = evco::spawn(move || (sleep_on(12_345), sleep_on(libc::CLOCK_THREAD_CPUTIME_ID)));
+        h.join().unwrap()
+    });
+    assert_eq!(inside, outside);
+    // A clock it can sleep on still sleeps cooperatively (and returns 0).
+    assert_eq!(
+        evco::run(move || evco::spawn(move || sleep_on(libc::CLOCK_MONOTONIC))
+            .join()
+            .unwrap()),
+        0
+    );
+}

@@ -81,7 +81,9 @@
 //!   until it is cancelled. This is what makes std's `connect_timeout` and C clients that wait
 //!   with `poll` cooperative.
 //! - `sleep`, `usleep`, `nanosleep` and `clock_nanosleep` inside a scheduled coroutine suspend
-//!   it on a timer ([`time::sleep`](crate::time::sleep)).
+//!   it on a timer ([`time::sleep`](crate::time::sleep)); `clock_nanosleep` only on the
+//!   realtime, monotonic, boottime and TAI clocks (on others it is libc's, which refuses the
+//!   calling thread's CPU clock and unknown ids with `EINVAL`).
 //! - Everywhere else every hook is a plain call of libc's function: outside coroutines, inside
 //!   a bare [`Coroutine`](crate::coroutine::Coroutine), on fds the process did not create as
 //!   sockets (stdin/stdout/stderr, files, pipes, inherited fds), and on sockets the program

@@ -56,7 +56,13 @@ unsafe extern "C" fn clock_nanosleep(
     req: *const timespec,
     rem: *mut timespec,
 ) -> c_int {
-    if scheduler::in_scheduled_coroutine() && !req.is_null() {
+    // Only the clocks a sleep can be measured on as a deadline: libc's answers the others
+    // (EINVAL for the calling thread's CPU clock or an unknown id, ENOTSUP, EPERM).
+    let plain_clock = matches!(
+        clock,
+        libc::CLOCK_REALTIME | libc::CLOCK_MONOTONIC | libc::CLOCK_BOOTTIME | libc::CLOCK_TAI
+    );
+    if plain_clock && scheduler::in_scheduled_coroutine() && !req.is_null() {
         // SAFETY: a non-null request is the caller's timespec.
         if let Some(mut d) = duration_of(unsafe { &*req }) {
             let mut ok = true;
