@@ -326,3 +326,75 @@ fn coroutines_yielding_in_a_loop_do_not_starve_io() {
         }
     });
 }
+
+/// A stack size past what can be rounded to a page (`usize::MAX`), or past `MAX_STACK_SIZE`,
+/// is an `InvalidInput` error from spawn and create. Before, `Builder::stack_size` overflowed:
+/// a panic in debug builds, a 0-byte request wrapped in release ones.
+#[test]
+fn a_stack_size_too_large_is_an_error_from_spawn_and_create_not_a_panic() {
+    let _w = watchdog(20);
+    for bytes in [
+        usize::MAX,
+        usize::MAX - 100,
+        evco::coroutine::MAX_STACK_SIZE + 1,
+    ] {
+        let e = Builder::new().stack_size(bytes).create(|| {}).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bytes}: {e}");
+        evco::run(move || {
+            let e = Builder::new().stack_size(bytes).spawn(|| {}).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bytes}: {e}");
+        });
+    }
+}
+
+thread_local! {
+    static PARKED_BARE: std::cell::RefCell<Option<evco::coroutine::Coroutine>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A thread that exits with a suspended bare coroutine in a thread-local frees it: the
+/// coroutine's stack cannot go back to the pool (a thread-local of its own, perhaps gone by
+/// then) and is freed instead. Before, `Stack::give_back` touched the dead pool and the
+/// process aborted (run in a child).
+#[test]
+fn a_thread_exiting_with_a_suspended_bare_coroutine_in_a_thread_local_ends_cleanly() {
+    if !is_child() {
+        let _w = watchdog(60);
+        child_passes(
+            "a_thread_exiting_with_a_suspended_bare_coroutine_in_a_thread_local_ends_cleanly",
+            &[],
+        );
+        return;
+    }
+    let _w = watchdog(20);
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = dropped.clone();
+    std::thread::spawn(move || {
+        // This thread-local first: thread-locals are torn down in the reverse order of their
+        // first use, so it goes after the stack pool, which the coroutine below first uses.
+        PARKED_BARE.with(|c| drop(c.borrow_mut().take()));
+        struct Flag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let mut co = evco::coroutine::Coroutine::new(move || {
+            let _flag = Flag(d);
+            evco::coroutine::suspend().unwrap();
+        })
+        .unwrap();
+        assert!(matches!(
+            co.resume().unwrap(),
+            evco::coroutine::Status::Suspended
+        ));
+        PARKED_BARE.with(|c| *c.borrow_mut() = Some(co));
+    })
+    .join()
+    .unwrap();
+    println!(
+        "thread exited; the coroutine's locals dropped: {}",
+        dropped.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    println!("child-finished");
+}

@@ -41,9 +41,16 @@ impl Builder {
         self
     }
 
-    /// Sets the stack size in bytes, rounded up to [`MIN_STACK_SIZE`] and to a 4 KiB page.
+    /// Sets the stack size in bytes, rounded up to [`MIN_STACK_SIZE`] and to a 4 KiB page; more
+    /// than [`MAX_STACK_SIZE`](super::MAX_STACK_SIZE) makes [`spawn`](Builder::spawn) and [`create`](Builder::create)
+    /// fail with [`io::ErrorKind::InvalidInput`].
     pub fn stack_size(mut self, bytes: usize) -> Builder {
-        self.stack_size = bytes.max(MIN_STACK_SIZE).next_multiple_of(4096);
+        // Beyond `MAX_STACK_SIZE` (rounding up near usize::MAX included), spawn and create
+        // report the error.
+        self.stack_size = bytes
+            .max(MIN_STACK_SIZE)
+            .checked_next_multiple_of(4096)
+            .unwrap_or(usize::MAX);
         self
     }
 

@@ -82,6 +82,9 @@ fn enter_body(scope: &mut generator::Scope<'_, 'static, (), ()>) {
 pub const DEFAULT_STACK_SIZE: usize = 64 * 1024;
 /// Smallest stack size [`Builder::stack_size`] accepts; smaller requests are rounded up.
 pub const MIN_STACK_SIZE: usize = 16 * 1024;
+/// Largest stack size a coroutine may have (1 GiB); a larger one is an `InvalidInput` error
+/// when the coroutine is spawned or created.
+pub const MAX_STACK_SIZE: usize = 1 << 30;
 
 thread_local! {
     static CURRENT: Cell<*const Core> = const { Cell::new(std::ptr::null()) };
@@ -137,6 +140,15 @@ impl Core {
         stack_size: usize,
         body: F,
     ) -> io::Result<Core> {
+        if stack_size > MAX_STACK_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a coroutine stack of {stack_size} bytes is larger than evco allows \
+                     (MAX_STACK_SIZE, {MAX_STACK_SIZE} bytes)"
+                ),
+            ));
+        }
         let stack = Stack::take(stack_size, body)?;
         Ok(Core {
             id: CoroutineId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),

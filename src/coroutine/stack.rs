@@ -131,7 +131,9 @@ impl Stack {
         if let Some(ev) = self.wait.get() {
             ev.reset();
         }
-        POOL.with(|p| {
+        // During the thread's exit the pool may be gone already (a bare coroutine in another
+        // thread-local, dropped after it): the stack is freed instead.
+        let _ = POOL.try_with(|p| {
             let mut p = p.borrow_mut();
             if p.len() < POOL_LIMIT {
                 p.push(self);
