@@ -203,13 +203,18 @@ fn sift_down<T: Timed>(e: &mut [Entry<T>], mut i: usize) {
 
 /// Wakes the loop at a deadline: calls its callback from the loop once the deadline passed.
 ///
+/// On Linux a timerfd (precise, no system call per loop turn); where there is none, or when
+/// the process is out of fds when the alarm is made, one libevent timer instead, which on a base
+/// with libevent's coarse clock may go off up to a tick early: the scheduler then finds nothing
+/// due and sets it again for what is left, so no wait ends early.
+///
 /// Its event is pending only between [`set`](Self::set) and [`disable`](Self::disable) or the
 /// callback; the callback must call [`fired`](Self::fired) first.
 pub(crate) struct Alarm {
     /// Declared before `fd`: the event is deleted before its fd is closed.
     ev: RawEvent,
-    #[cfg(target_os = "linux")]
-    fd: std::os::fd::OwnedFd,
+    /// The timerfd, or `None` for the libevent timer.
+    fd: Option<std::os::fd::OwnedFd>,
     /// The deadline the alarm is set for, until it goes off (`None`: not set).
     armed: Cell<Option<Instant>>,
     /// Whether `ev` is pending.
@@ -227,25 +232,13 @@ impl Alarm {
         callback: RawCallback,
         arg: *mut c_void,
     ) -> io::Result<Alarm> {
+        use std::os::fd::AsRawFd;
         let ev = RawEvent::new();
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-            // SAFETY: plain system call; the result is checked.
-            let fd = unsafe {
-                libc::timerfd_create(
-                    libc::CLOCK_MONOTONIC,
-                    libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `fd` was just created and nothing else owns it.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = timerfd();
+        match &fd {
             // SAFETY: the caller vouches for `base` and `arg`; the event is deleted (its drop)
             // before the fd is closed (field order).
-            unsafe {
+            Some(fd) => unsafe {
                 ev.assign(
                     base,
                     fd.as_raw_fd(),
@@ -253,65 +246,39 @@ impl Alarm {
                     callback,
                     arg,
                 )
-            };
-            Ok(Alarm {
-                ev,
-                fd,
-                armed: Cell::new(None),
-                enabled: Cell::new(false),
-            })
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
+            },
             // SAFETY: as above.
-            unsafe { ev.assign(base, -1, What::NONE, callback, arg) };
-            Ok(Alarm {
-                ev,
-                armed: Cell::new(None),
-                enabled: Cell::new(false),
-            })
+            None => unsafe { ev.assign(base, -1, What::NONE, callback, arg) },
         }
+        Ok(Alarm {
+            ev,
+            fd,
+            armed: Cell::new(None),
+            enabled: Cell::new(false),
+        })
     }
 
     /// Makes the alarm go off at `deadline` or before whatever it is set for now, whichever
     /// comes first (never before `deadline` if that is all it is set for).
     pub(crate) fn set(&self, deadline: Instant) -> io::Result<()> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            if !self.enabled.get() {
-                self.ev.add(None)?;
+        match &self.fd {
+            Some(fd) => {
+                if !self.enabled.get() {
+                    self.ev.add(None)?;
+                    self.enabled.set(true);
+                }
+                if self.armed.get().is_some_and(|a| a <= deadline) {
+                    return Ok(());
+                }
+                set_timerfd(fd, time_left(deadline))?;
+            }
+            None => {
+                if self.enabled.get() && self.armed.get().is_some_and(|a| a <= deadline) {
+                    return Ok(());
+                }
+                self.ev.add(Some(time_left(deadline)))?;
                 self.enabled.set(true);
             }
-            if self.armed.get().is_some_and(|a| a <= deadline) {
-                return Ok(());
-            }
-            let left = time_left(deadline);
-            let spec = libc::itimerspec {
-                it_interval: libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                },
-                it_value: libc::timespec {
-                    tv_sec: left.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
-                    tv_nsec: left.subsec_nanos() as _,
-                },
-            };
-            // SAFETY: a valid timerfd and a valid itimerspec; no old value asked for.
-            let rc = unsafe {
-                libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut())
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            if self.enabled.get() && self.armed.get().is_some_and(|a| a <= deadline) {
-                return Ok(());
-            }
-            self.ev.add(Some(time_left(deadline)))?;
-            self.enabled.set(true);
         }
         self.armed.set(Some(deadline));
         Ok(())
@@ -325,8 +292,9 @@ impl Alarm {
         if self.enabled.replace(false) {
             self.ev.del();
         }
-        #[cfg(not(target_os = "linux"))]
-        self.armed.set(None);
+        if self.fd.is_none() {
+            self.armed.set(None);
+        }
     }
 
     /// The alarm went off: the first thing its callback does.
@@ -336,10 +304,68 @@ impl Alarm {
     /// this) or disables it before the loop polls again, and a disabled alarm is set again
     /// before it is enabled.
     pub(crate) fn fired(&self) {
-        #[cfg(not(target_os = "linux"))]
-        self.enabled.set(false);
+        if self.fd.is_none() {
+            // A one-shot libevent timer is no longer pending once it fired.
+            self.enabled.set(false);
+        }
         self.armed.set(None);
     }
+}
+
+/// A non-blocking monotonic timerfd, or `None` where there is none or none can be made (out
+/// of fds: the alarm falls back to a libevent timer then).
+#[cfg(target_os = "linux")]
+fn timerfd() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain system call; the result is checked.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        log::debug!(
+            "evco: no timerfd ({}): timed waits use a libevent timer",
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn timerfd() -> Option<std::os::fd::OwnedFd> {
+    None
+}
+
+/// Sets the timerfd to go off once, `left` from now.
+#[cfg(target_os = "linux")]
+fn set_timerfd(fd: &std::os::fd::OwnedFd, left: Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: left.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+            tv_nsec: left.subsec_nanos() as _,
+        },
+    };
+    // SAFETY: a valid timerfd and a valid itimerspec; no old value asked for.
+    let rc = unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_timerfd(_fd: &std::os::fd::OwnedFd, _left: Duration) -> io::Result<()> {
+    // `timerfd` makes none here, so no alarm has one.
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 #[cfg(test)]

@@ -524,3 +524,51 @@ fn fds_numbered_above_100000_can_be_waited_on_used_and_closed() {
     });
     println!("child-finished");
 }
+
+/// `accept` under `EMFILE` on a scheduler that never made a timed wait before keeps the other
+/// coroutines running: its back-off sleeps suspend it. Before, the scheduler's timer was made on
+/// the first timed wait, which under `EMFILE` failed, `time::sleep` fell back to sleeping the
+/// thread, and the accept loop never yielded: the other coroutines froze (the child's watchdog
+/// ended it).
+#[test]
+fn accept_under_emfile_with_no_timed_wait_before_leaves_the_other_coroutines_running() {
+    let _w = watchdog(if is_child() { 20 } else { 40 });
+    if !is_child() {
+        child_passes(
+            "accept_under_emfile_with_no_timed_wait_before_leaves_the_other_coroutines_running",
+            &[],
+        );
+        return;
+    }
+    let got = evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        // Every fd the limit allows, taken.
+        let mut fillers = Vec::new();
+        loop {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => fillers.push(f),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                    break;
+                }
+            }
+        }
+        let acceptor = evco::spawn(move || listener.accept().map(|_| ()));
+        let ticker = evco::spawn(move || {
+            let mut ticks = 0u32;
+            while ticks < 100 {
+                evco::yield_now().unwrap();
+                ticks += 1;
+            }
+            drop(fillers);
+            ticks
+        });
+        let ticks = ticker.join().unwrap();
+        acceptor.join().unwrap().unwrap();
+        ticks
+    });
+    assert_eq!(got, 100);
+    println!("child-finished");
+}

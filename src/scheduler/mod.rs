@@ -87,7 +87,8 @@ pub(crate) struct Scheduler {
     reactor: Reactor,
     /// The deadlines of timed waits (see `timeouts`).
     timers: TimerHeap<Task>,
-    /// What wakes the loop at the earliest of them, made on first use. Declared before `base`.
+    /// What wakes the loop at the earliest of them, made with the scheduler (or on first use if
+    /// that failed). Declared before `base`.
     alarm: RefCell<Option<Alarm>>,
     /// This thread's name resolvers (`net::dns`). Declared before `base`.
     resolvers: Resolvers,
@@ -135,6 +136,10 @@ impl Scheduler {
                 .assign(sched.base.as_raw(), -1, What::NONE, drain, arg)
         };
         sched.reactor.start();
+        // Made now, while fds are likely to be had (a timed wait under EMFILE would otherwise
+        // find none; the alarm falls back to a libevent timer then anyway). Its event is added
+        // only while a deadline is pending.
+        let _ = sched.make_alarm();
         SCHED.with(|s| s.set(Rc::as_ptr(&sched)));
         OWNER.with(|o| *o.borrow_mut() = Some(sched.clone()));
         sched

@@ -120,7 +120,7 @@ impl Scheduler {
 }
 
 /// Makes sure a timed wait of the running coroutine can be armed without a new resource (the
-/// timer alarm is made on first use): for callers that must fail before they give something
+/// timer alarm is made with the scheduler, or on first use if that failed): for callers that must fail before they give something
 /// up, as `Condvar::wait_timeout` before it unlocks. Setting an existing alarm cannot fail with
 /// valid arguments.
 pub(crate) fn prepare_timeouts() -> io::Result<()> {
