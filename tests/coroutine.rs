@@ -398,3 +398,55 @@ fn a_thread_exiting_with_a_suspended_bare_coroutine_in_a_thread_local_ends_clean
     );
     println!("child-finished");
 }
+
+/// A coroutine's stack overflow on a thread made with `pthread_create` (no alternate signal
+/// stack, unlike std's threads) is reported as `StackOverflow` through its join handle: the
+/// scheduler gives such a thread an alternate stack. Before, generator's overflow handler ran
+/// on the overflowed stack and the kernel killed the process with SIGSEGV (run in a child).
+#[test]
+fn a_stack_overflow_on_a_pthread_created_thread_is_reported_not_fatal() {
+    if !is_child() {
+        let _w = watchdog(60);
+        child_passes(
+            "a_stack_overflow_on_a_pthread_created_thread_is_reported_not_fatal",
+            &[],
+        );
+        return;
+    }
+    let _w = watchdog(20);
+    extern "C" fn thread(_: *mut libc::c_void) -> *mut libc::c_void {
+        #[inline(never)]
+        fn recurse(n: u64) -> u64 {
+            let buf = [n as u8; 1024];
+            std::hint::black_box(&buf);
+            if n == u64::MAX {
+                return 0;
+            }
+            recurse(n + 1).wrapping_add(buf[7] as u64)
+        }
+        let reported = evco::run(|| {
+            let h = Builder::new()
+                .stack_size(32 * 1024)
+                .spawn(|| recurse(0))
+                .unwrap();
+            h.join()
+                .unwrap_err()
+                .downcast_ref::<StackOverflow>()
+                .is_some()
+        });
+        reported as usize as *mut libc::c_void
+    }
+    let mut tid: libc::pthread_t = 0;
+    // SAFETY: `thread` is a valid start routine taking no argument; default attributes.
+    let rc =
+        unsafe { libc::pthread_create(&mut tid, std::ptr::null(), thread, std::ptr::null_mut()) };
+    assert_eq!(rc, 0);
+    let mut ret: *mut libc::c_void = std::ptr::null_mut();
+    // SAFETY: joins the thread made above, once.
+    assert_eq!(unsafe { libc::pthread_join(tid, &mut ret) }, 0);
+    assert_eq!(
+        ret as usize, 1,
+        "the overflow was reported as StackOverflow"
+    );
+    println!("child-finished");
+}

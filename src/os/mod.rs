@@ -183,3 +183,90 @@ fn pollfd(fd: RawFd, read: bool, write: bool) -> libc::pollfd {
         revents: 0,
     }
 }
+
+/// An alternate signal stack installed for a thread that had none, for as long as this lives.
+///
+/// generator reports a coroutine's stack overflow from its `SIGSEGV` handler, which runs with
+/// `SA_ONSTACK`: on a thread without an alternate stack (one made with `pthread_create`, or
+/// by any runtime but std's) the handler would run on the overflowed stack itself, and the
+/// kernel kills the process. The scheduler installs one of these on such a thread.
+#[derive(Debug)]
+pub(crate) struct AltStack {
+    /// The mapping: a guard page, then the stack.
+    map: *mut libc::c_void,
+    len: usize,
+}
+
+impl AltStack {
+    /// Installs an alternate signal stack on the calling thread if it has none; `None` when it
+    /// has one already, or none can be made (then nothing changed).
+    pub(crate) fn install_if_missing() -> Option<AltStack> {
+        // SAFETY: all-zero is a valid stack_t for sigaltstack to fill.
+        let mut old: libc::stack_t = unsafe { std::mem::zeroed() };
+        // SAFETY: queries this thread's alternate stack into `old`.
+        if unsafe { libc::sigaltstack(std::ptr::null(), &mut old) } != 0
+            || old.ss_flags & libc::SS_DISABLE == 0
+        {
+            return None;
+        }
+        let page = 4096;
+        let size = libc::SIGSTKSZ.max(64 * 1024);
+        let len = size + page;
+        // SAFETY: an anonymous private mapping with no address hint.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return None;
+        }
+        let alt = AltStack { map, len };
+        // SAFETY: the lowest page of the mapping just made becomes its guard.
+        if unsafe { libc::mprotect(map, page, libc::PROT_NONE) } != 0 {
+            return None;
+        }
+        let new = libc::stack_t {
+            ss_sp: map.wrapping_byte_add(page),
+            ss_flags: 0,
+            ss_size: size,
+        };
+        // SAFETY: `new` describes the mapping above the guard page, which lives as long as
+        // `alt`, whose drop takes it out of use before unmapping it.
+        if unsafe { libc::sigaltstack(&new, std::ptr::null_mut()) } != 0 {
+            return None;
+        }
+        Some(alt)
+    }
+}
+
+impl Drop for AltStack {
+    fn drop(&mut self) {
+        // SAFETY: all-zero is a valid stack_t for sigaltstack to fill.
+        let mut cur: libc::stack_t = unsafe { std::mem::zeroed() };
+        // SAFETY: queries this thread's alternate stack.
+        let ok = unsafe { libc::sigaltstack(std::ptr::null(), &mut cur) } == 0;
+        let ours = ok && cur.ss_sp.wrapping_byte_sub(4096) == self.map;
+        if ours {
+            if cur.ss_flags & libc::SS_ONSTACK != 0 {
+                // Dropped from a handler running on it: leave it (and the mapping) in place.
+                return;
+            }
+            let off = libc::stack_t {
+                ss_sp: std::ptr::null_mut(),
+                ss_flags: libc::SS_DISABLE,
+                ss_size: 0,
+            };
+            // SAFETY: disables this thread's alternate stack, which is ours and not in use.
+            unsafe { libc::sigaltstack(&off, std::ptr::null_mut()) };
+        }
+        // SAFETY: the mapping made in `install_if_missing`, no longer this thread's alternate
+        // stack (disabled above, or replaced by another since, which leaves ours unused).
+        unsafe { libc::munmap(self.map, self.len) };
+    }
+}

@@ -52,6 +52,7 @@ use std::time::Duration;
 
 use crate::coroutine::{Resumed, State};
 use crate::event::{EventBase, LoopExit, RawEvent, What};
+use crate::os::AltStack;
 use crate::reactor::{GONE, Reactor};
 use crate::sys;
 use crate::timer::{Alarm, TimerHeap};
@@ -92,6 +93,10 @@ pub(crate) struct Scheduler {
     alarm: RefCell<Option<Alarm>>,
     /// This thread's name resolvers (`net::dns`). Declared before `base`.
     resolvers: Resolvers,
+    /// The alternate signal stack installed for this thread, if it had none (see
+    /// `os::AltStack`): a coroutine's stack overflow is reported from a signal handler. Held
+    /// for its drop, which removes it.
+    _alt_stack: Option<AltStack>,
     base: EventBase,
 }
 
@@ -122,6 +127,7 @@ impl Scheduler {
             timers: TimerHeap::new(),
             alarm: RefCell::new(None),
             resolvers: Resolvers::default(),
+            _alt_stack: AltStack::install_if_missing(),
             base,
         });
         let arg = Rc::as_ptr(&sched) as *mut c_void;
