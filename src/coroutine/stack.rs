@@ -114,12 +114,10 @@ impl Stack {
             Err(payload) => Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 format!(
-                    "cannot allocate a {} KiB coroutine stack ({}): each stack is two memory \
-                     mappings, so vm.max_map_count (see /proc/sys/vm/max_map_count; raise it with \
-                     `sysctl -w vm.max_map_count=N`) or the address-space limit (ulimit -v) has \
-                     been reached",
+                    "cannot allocate a {} KiB coroutine stack ({}): {}",
                     bytes / 1024,
-                    crate::event::panic_message(&*payload)
+                    crate::event::panic_message(&*payload),
+                    why_no_stack(bytes)
                 ),
             )),
         }
@@ -140,6 +138,59 @@ impl Stack {
             }
         });
     }
+}
+
+/// Which limit a stack of `bytes` that could not be mapped ran into, as far as this process
+/// can tell: the mapping count (`vm.max_map_count`; each stack is two mappings), the
+/// address-space limit (`RLIMIT_AS`), or else the system's memory.
+#[cold]
+// `rlim_t` is not `u64` on every target evco builds for.
+#[allow(clippy::unnecessary_cast)]
+fn why_no_stack(bytes: usize) -> String {
+    let read_num = |path: &str, key: Option<&str>| -> Option<u64> {
+        let s = std::fs::read_to_string(path).ok()?;
+        match key {
+            None => s.trim().parse().ok(),
+            Some(k) => s
+                .lines()
+                .find(|l| l.starts_with(k))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok(),
+        }
+    };
+    let maps = std::fs::read_to_string("/proc/self/maps").map_or(0, |m| m.lines().count() as u64);
+    if let Some(max) = read_num("/proc/sys/vm/max_map_count", None) {
+        if maps + 2 > max {
+            return format!(
+                "the process has {maps} of the {max} memory mappings vm.max_map_count allows \
+                 (each stack is two; raise it with `sysctl -w vm.max_map_count=N`)"
+            );
+        }
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`.
+    let limited = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0
+        && lim.rlim_cur != libc::RLIM_INFINITY;
+    if limited {
+        let used = read_num("/proc/self/status", Some("VmSize:")).unwrap_or(0) * 1024;
+        if used + bytes as u64 > lim.rlim_cur as u64 {
+            return format!(
+                "the address-space limit (RLIMIT_AS, `ulimit -v`) is {} KiB and the process \
+                 uses {} KiB of it",
+                lim.rlim_cur as u64 / 1024,
+                used / 1024
+            );
+        }
+    }
+    format!(
+        "neither vm.max_map_count ({maps} mappings in use) nor an address-space limit is the \
+         cause: the system is out of memory for it (overcommit settings, cgroup limits)"
+    )
 }
 
 /// Giving back the page generator touches at the bottom of every new stack.

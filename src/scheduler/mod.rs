@@ -368,12 +368,15 @@ impl Resolvers {
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        self.resolvers.free_with(&self.base);
+        // First: from here on nothing may form a `&Scheduler` from the thread-local while this
+        // `&mut` is alive (dropping what tasks hold, a panic payload say, can run user code).
+        let me: *const Scheduler = self;
         let _ = SCHED.try_with(|s| {
-            if std::ptr::eq(s.get(), self) {
+            if std::ptr::eq(s.get(), me) {
                 s.set(std::ptr::null());
             }
         });
+        self.resolvers.free_with(&self.base);
         // Normally `shutdown` ran first and nothing is left. When the thread exits with
         // coroutines still parked (a spawn that was never driven), unwinding them here is not
         // possible (generator's own thread-locals may be gone): delete their events and leak
