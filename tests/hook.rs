@@ -1000,3 +1000,83 @@ fn clock_nanosleep_on_a_clock_it_cannot_sleep_on_is_libcs_error_in_a_coroutine()
         0
     );
 }
+
+/// A signal handler that calls hooked sleeps (`usleep`, `nanosleep`, `sleep(0)`: all
+/// async-signal-safe in POSIX) while the thread runs coroutines does not switch coroutines out
+/// of a context that is not one. Another thread signals the scheduler's thread every ~30 us
+/// for 2 s while 32 coroutines yield and sleep. Before, the process aborted within
+/// milliseconds ("yield from none generator context") or died of SIGSEGV: a handler that
+/// interrupted the scheduler's own code, or the middle of a switch, was taken for coroutine
+/// code (run in a child).
+#[test]
+fn hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    if !common::is_child() {
+        let _w = watchdog(60);
+        common::child_passes(
+            "hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context",
+            &[],
+        );
+        return;
+    }
+    let _w = watchdog(20);
+    static HANDLED: AtomicU64 = AtomicU64::new(0);
+    extern "C" fn on_usr1(_: libc::c_int) {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000,
+        };
+        // SAFETY: async-signal-safe sleeps with valid arguments.
+        unsafe {
+            libc::usleep(1);
+            libc::nanosleep(&ts, std::ptr::null_mut());
+            libc::sleep(0);
+        }
+        HANDLED.fetch_add(1, Ordering::Relaxed);
+    }
+    // SAFETY: installs a handler for SIGUSR1 in this child process (SA_RESTART: interrupted
+    // system calls resume).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_usr1 as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let signaller = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            // SAFETY: signals a thread of this process that lives until `stop`.
+            unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+            std::thread::sleep(Duration::from_micros(30));
+        }
+    });
+    let rounds = evco::run(|| {
+        let start = std::time::Instant::now();
+        let hs: Vec<_> = (0..32)
+            .map(|i| {
+                evco::spawn(move || {
+                    let mut n = 0u64;
+                    while start.elapsed() < Duration::from_secs(2) {
+                        if i % 2 == 0 {
+                            evco::yield_now().unwrap();
+                        } else {
+                            evco::time::sleep(Duration::from_micros(50));
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+    });
+    stop.store(true, Ordering::Relaxed);
+    signaller.join().unwrap();
+    let handled = HANDLED.load(Ordering::Relaxed);
+    println!("rounds {rounds}, signals handled {handled}");
+    assert!(handled > 100, "only {handled} signals handled");
+    println!("child-finished");
+}

@@ -72,10 +72,47 @@ type Scope = generator::Scope<'static, 'static, (), ()>;
 /// The first thing every body does: tells its core where its yield handle is.
 #[inline(always)]
 fn enter_body(scope: &mut generator::Scope<'_, 'static, (), ()>) {
-    if let Some(core) = current_core() {
+    let core = CURRENT.with(|c| c.get());
+    // SAFETY: as in `current_core`: the core being resumed, alive while it runs.
+    if let Some(core) = unsafe { core.as_ref() } {
         core.scope
             .set((scope as *mut generator::Scope<'_, 'static, (), ()>).cast());
     }
+    BODY.with(|b| b.set(IN_BODY));
+}
+
+/// `BODY`'s flag: the thread runs a coroutine's own code.
+const IN_BODY: u32 = 1 << 31;
+
+/// Marks the running coroutine as inside evco's own code until dropped (see `BODY`).
+pub(crate) struct Busy(());
+
+impl Busy {
+    #[inline(always)]
+    pub(crate) fn enter() -> Busy {
+        BODY.with(|b| b.set(b.get() + 1));
+        Busy(())
+    }
+}
+
+impl Drop for Busy {
+    #[inline(always)]
+    fn drop(&mut self) {
+        BODY.with(|b| {
+            let v = b.get();
+            if v & !IN_BODY != 0 {
+                b.set(v - 1);
+            }
+        });
+    }
+}
+
+/// Whether the thread runs a coroutine's own code, outside evco's (where a hook may suspend
+/// it): not in the scheduler, not mid-switch, not inside one of evco's waits.
+#[inline]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+pub(crate) fn in_plain_body() -> bool {
+    BODY.with(|b| b.get()) == IN_BODY
 }
 
 /// Default stack size of a coroutine: 64 KiB (only the pages it touches are resident).
@@ -88,6 +125,17 @@ pub const MAX_STACK_SIZE: usize = 1 << 30;
 
 thread_local! {
     static CURRENT: Cell<*const Core> = const { Cell::new(std::ptr::null()) };
+    /// Whether the thread runs a coroutine's own code right now: set where a switch lands on
+    /// the coroutine's stack, cleared where it leaves (and while the resumer's side of a switch
+    /// runs). A signal handler that interrupts evco between the two (the scheduler's drain,
+    /// the middle of a switch) sees it clear, so the hooks make libc's calls there instead of
+    /// switching coroutines out of a context that is not one.
+    ///
+    /// Below that flag (`IN_BODY`), how deep the running coroutine is in evco's own code (its
+    /// waits, which borrow the scheduler's state): a hook called from a signal handler that
+    /// interrupted it there makes libc's call too. One word, saved and restored by every switch,
+    /// so the depth is each coroutine's own.
+    static BODY: Cell<u32> = const { Cell::new(0) };
     static QUIET_PANICS: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -256,7 +304,9 @@ impl Core {
         debug_assert_eq!(self.state.get(), State::Suspended);
         self.state.set(State::Running);
         let prev = CURRENT.with(|c| c.replace(self));
+        let prev_body = BODY.with(|b| b.replace(0));
         let r = f(self.generator());
+        BODY.with(|b| b.set(prev_body));
         CURRENT.with(|c| c.set(prev));
         r
     }
@@ -336,6 +386,8 @@ impl Core {
         // `cancel` resumes the body with a `Cancel` panic that generator catches on the
         // coroutine's stack (a destructor that panics during that unwind aborts, as in std).
         let clean = self.switch_in(|gn| {
+            // The unwinding runs the coroutine's own code (its destructors) on its stack.
+            BODY.with(|b| b.set(IN_BODY));
             gn.cancel();
             gn.is_done() && gn.get_panic_data().is_none()
         });
@@ -380,7 +432,8 @@ impl Drop for Core {
     }
 }
 
-/// The core of the coroutine running on this thread right now, if any.
+/// The core of the coroutine running on this thread right now, if any. (A signal handler that
+/// interrupted evco mid-switch may see one too: the hooks also ask [`in_plain_body`].)
 #[inline]
 pub(crate) fn current_core() -> Option<&'static Core> {
     let p = CURRENT.with(|c| c.get());
@@ -405,10 +458,14 @@ pub(crate) fn current_core() -> Option<&'static Core> {
 pub(crate) fn switch_out(core: &Core) {
     let scope = core.scope.get();
     debug_assert!(!scope.is_null(), "switch_out outside a running body");
+    // Left as the resumer's (`switch_in` restores it); back here, this coroutine's again. (A
+    // cancellation's unwinding does not come back through here: `Core::cancel` sets it.)
+    let body = BODY.with(|b| b.replace(0));
     // SAFETY: `core` is running, so its body has started and `enter_body` stored the handle of
     // its first frame, which lives until the body returns (after this call). Only the running
     // coroutine touches it, and it is not borrowed anywhere else during the switch.
     unsafe { (*scope).yield_with(()) };
+    BODY.with(|b| b.set(body));
 }
 
 /// [`switch_out`] for a coroutine about to wait for an event: records where its frames are,

@@ -72,6 +72,11 @@
 //! - A signal does not interrupt a cooperative wait: its handler runs and the call goes on
 //!   waiting, as if every handler had `SA_RESTART`; a program that relies on `EINTR` to
 //!   break out of a blocking call does not get it inside a coroutine.
+//! - A hook called from a signal handler is cooperative only if the handler interrupted the
+//!   coroutine's own code: one that interrupted the scheduler, the middle of a switch or one
+//!   of evco's waits (where the scheduler's state is mid-change) makes libc's call. (A handler
+//!   that interrupted the coroutine's own code and sleeps suspends the coroutine inside the
+//!   handler; the signal stays blocked on the thread until the handler returns.)
 //! - `poll` inside a scheduled coroutine, when every fd it lists is a socket this process
 //!   created polled for `POLLIN` and/or `POLLOUT`, waits for the first one to become ready
 //!   (one fd: evco's wait on it; several: a temporary epoll instance over them, waited on as
@@ -95,8 +100,8 @@
 //!   `reactor::forget`: coroutines waiting on the fd get `EBADF`, on this thread or any other
 //!   (whose reactor's doorbell it rings), and its registration goes, so a reused fd number
 //!   never inherits a stale one. It takes no lock, but it is not yet safe to call from a signal
-//!   handler that interrupted evco on the same thread (it queues the waiters it ends): making
-//!   every hook a plain libc call inside handlers is the next hardening step.
+//!   handler that interrupted evco's own code on the same thread (it queues the waiters it
+//!   ends, which may meet the scheduler's queue borrowed).
 //! - An fd closed where the hooks cannot see it (`fclose(fdopen(fd))`, `close_range`,
 //!   `syscall(SYS_close)`) leaves its entry behind. A hook that finds the entry wrong (a
 //!   socket call on the number fails with `ENOTSOCK`: a file or pipe got it) clears it and

@@ -213,7 +213,8 @@ unsafe extern "C" fn wake(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
 #[cfg(all(feature = "hook", target_os = "linux"))]
 #[inline]
 pub(crate) fn in_scheduled_coroutine() -> bool {
-    coroutine::current_core().is_some_and(|c| !c.owner.get().is_null())
+    coroutine::in_plain_body()
+        && coroutine::current_core().is_some_and(|c| !c.owner.get().is_null())
 }
 
 pub(super) fn current_task() -> io::Result<(&'static Task, &'static Scheduler)> {
@@ -287,6 +288,7 @@ pub(crate) fn wait_io<G>(
     timeout: Option<Duration>,
     enlist: impl FnOnce(&WaitCtx<'_>) -> io::Result<G>,
 ) -> io::Result<What> {
+    let _busy = coroutine::Busy::enter();
     let (task, sched) = current_task()?;
     if let Some(t) = timeout {
         sched.arm_timeout(task, t)?;
@@ -320,6 +322,7 @@ pub(crate) fn can_wait() -> io::Result<()> {
 
 /// Parks the running coroutine until woken; may return spuriously, so callers loop.
 pub(crate) fn park() -> io::Result<()> {
+    let _busy = coroutine::Busy::enter();
     let (task, _) = current_task()?;
     task.blocked.set(Blocked::Parked);
     coroutine::switch_out(&task.core);
@@ -341,6 +344,7 @@ impl Drop for ParkGuard<'_> {
 /// [`park`] for at most `timeout`: `Ok(true)` when the timeout ended it. Like `park`, it may
 /// return early, so callers loop on their condition and their deadline.
 pub(crate) fn park_timeout(timeout: Duration) -> io::Result<bool> {
+    let _busy = coroutine::Busy::enter();
     let (task, sched) = current_task()?;
     // Unpark, the guard and cancellation disarm it.
     sched.arm_timeout(task, timeout)?;
@@ -411,6 +415,7 @@ pub(crate) fn block_outside(
 
 /// Yields the running coroutine: it goes to the back of the ready queue.
 pub fn yield_now() -> io::Result<()> {
+    let _busy = coroutine::Busy::enter();
     let (task, sched) = current_task()?;
     sched.schedule(task.rc());
     coroutine::switch_out(&task.core);
