@@ -297,6 +297,46 @@ impl Alarm {
         }
     }
 
+    /// In a forked child: the timerfd is the parent's too (setting it would move the parent's
+    /// alarm), so take a new one, or the libevent timer if none can be made, and set it again.
+    ///
+    /// # Safety
+    ///
+    /// As for [`new`](Self::new), with the base and argument the alarm was made with.
+    pub(crate) unsafe fn after_fork(
+        &mut self,
+        base: *mut sys::event_base,
+        callback: RawCallback,
+        arg: *mut c_void,
+    ) {
+        use std::os::fd::AsRawFd;
+        if self.fd.is_none() {
+            return;
+        }
+        self.ev.del();
+        self.enabled.set(false);
+        // The parent's copy stays open in the parent; this one is the child's to close.
+        self.fd = timerfd();
+        self.ev.reset();
+        match &self.fd {
+            // SAFETY: the caller's contract, as in `new`.
+            Some(fd) => unsafe {
+                self.ev.assign(
+                    base,
+                    fd.as_raw_fd(),
+                    What::READ | What::PERSIST,
+                    callback,
+                    arg,
+                )
+            },
+            // SAFETY: as above.
+            None => unsafe { self.ev.assign(base, -1, What::NONE, callback, arg) },
+        }
+        if let Some(deadline) = self.armed.take() {
+            let _ = self.set(deadline);
+        }
+    }
+
     /// The alarm went off: the first thing its callback does.
     ///
     /// A timerfd stays readable until it is read or set again. It is not read here (a system

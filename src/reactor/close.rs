@@ -53,6 +53,35 @@ pub(super) fn release_doorbell(id: u32, efd: RawFd) {
     d.claimed.store(false, Ordering::Release);
 }
 
+/// In a forked child, on the thread that forked: the doorbells of the parent's other threads
+/// (which do not exist here) are released, the child's copies of their eventfds closed; `keep`'s
+/// eventfd is shared with the parent's thread, so it gets a new one. Returns that new eventfd
+/// (or -1 when none can be made: the reactor then goes without).
+pub(super) fn doorbells_after_fork(keep: u32) -> RawFd {
+    let mut new = -1;
+    for (i, d) in DOORBELLS.iter().enumerate() {
+        let efd = d.efd.load(Ordering::Acquire) - 1;
+        if efd >= 0 && identity(efd) == Some(d.ident.load(Ordering::Acquire)) {
+            // The child's copy of an eventfd evco made (the parent keeps its own).
+            let _ = crate::os::close(efd);
+        }
+        d.efd.store(0, Ordering::Release);
+        d.rung.store(false, Ordering::Release);
+        if i as u32 + 1 != keep {
+            d.claimed.store(false, Ordering::Release);
+            continue;
+        }
+        // SAFETY: eventfd has no memory preconditions.
+        let made = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if let Some(ident) = (made >= 0).then(|| identity(made)).flatten() {
+            d.ident.store(ident, Ordering::Release);
+            d.efd.store(made + 1, Ordering::Release);
+            new = made;
+        }
+    }
+    new
+}
+
 /// Empties doorbell `d`'s counter if `efd` is still its eventfd (see `ring`); false if it is
 /// not.
 fn drain_doorbell(d: &Doorbell, efd: RawFd) -> bool {

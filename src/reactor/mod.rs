@@ -311,6 +311,30 @@ impl Reactor {
     }
 }
 
+impl Reactor {
+    /// In a forked child, on the thread that forked (see `Scheduler::after_fork`): the
+    /// doorbells of threads that do not exist here go, and this reactor's gets an eventfd of
+    /// its own (the old one is the parent's thread's too).
+    pub(crate) fn after_fork(&self) {
+        let was_added = self.doorbell_added.replace(false);
+        self.doorbell.reset();
+        let efd = close::doorbells_after_fork(self.id);
+        self.efd.set(efd);
+        if efd >= 0 {
+            let arg = self as *const Reactor as *mut c_void;
+            // SAFETY: as in `start`: the base outlives the reactor, which deletes the event when
+            // it drops and does not move.
+            unsafe {
+                self.doorbell
+                    .assign(self.base, efd, What::READ | What::PERSIST, doorbell, arg)
+            };
+            if was_added {
+                self.doorbell_on();
+            }
+        }
+    }
+}
+
 impl Drop for Reactor {
     fn drop(&mut self) {
         self.doorbell.del();

@@ -142,6 +142,11 @@ impl Scheduler {
                 .assign(sched.base.as_raw(), -1, What::NONE, drain, arg)
         };
         sched.reactor.start();
+        static AT_FORK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registers a handler with no preconditions, once per process.
+        AT_FORK.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(after_fork_child));
+        });
         // Made now, while fds are likely to be had (a timed wait under EMFILE would otherwise
         // find none; the alarm falls back to a libevent timer then anyway). Its event is added
         // only while a deadline is pending.
@@ -301,6 +306,37 @@ impl Scheduler {
 
     fn live(&self) -> usize {
         self.live.get()
+    }
+}
+
+/// `pthread_atfork`'s child handler: the forking thread's scheduler gets state of its own.
+extern "C" fn after_fork_child() {
+    if let Some(s) = Scheduler::current() {
+        s.after_fork();
+    }
+}
+
+impl Scheduler {
+    /// In a forked child, on the thread that forked: the epoll instance, the timerfd and the
+    /// doorbell's eventfd are shared with the parent (whose loop would take this one's events,
+    /// and whose alarm this one's settings would move). libevent's base gets a new backend with
+    /// every added event in it (`event_reinit`; a host's base is the host's to reinit, as
+    /// libevent asks), the alarm a new timerfd, the reactor a new doorbell. Coroutines, their
+    /// waits and registrations carry on in the child; the parent's other threads do not exist
+    /// here, and their schedulers (and fds) are left as they were.
+    fn after_fork(&self) {
+        if self.base.is_owned() {
+            // SAFETY: the base is live; this is the child after fork, as event_reinit asks.
+            if unsafe { sys::event_reinit(self.base.as_raw()) } != 0 {
+                log::error!("evco: event_reinit failed in a forked child");
+            }
+        }
+        self.reactor.after_fork();
+        let arg = self as *const Scheduler as *mut c_void;
+        if let Some(alarm) = self.alarm.borrow_mut().as_mut() {
+            // SAFETY: the alarm was made with this base, `expire` and this scheduler.
+            unsafe { alarm.after_fork(self.base.as_raw(), expire, arg) };
+        }
     }
 }
 
