@@ -452,3 +452,78 @@ fn a_stack_overflow_on_a_pthread_created_thread_is_reported_not_fatal() {
     );
     println!("child-finished");
 }
+
+/// A frame that moves the stack pointer past the guard page in one step (C code built without
+/// `-fstack-clash-protection` and a 64 KiB local array; here, inline assembly writing 66 KiB
+/// below the stack pointer) faults in the guard gap below the stack and is reported as
+/// `StackOverflow`, and the coroutines whose stacks were mapped just below keep their data.
+/// Before, the write landed in a neighbour's stack: no fault at all, the neighbour's memory
+/// overwritten (run in a child).
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn a_frame_that_jumps_past_the_guard_page_is_an_overflow_not_a_neighbours_corruption() {
+    if !is_child() {
+        let _w = watchdog(60);
+        child_passes(
+            "a_frame_that_jumps_past_the_guard_page_is_an_overflow_not_a_neighbours_corruption",
+            &[],
+        );
+        return;
+    }
+    let _w = watchdog(20);
+    #[inline(never)]
+    fn c_like_frame() {
+        // SAFETY: writes one word 66 KiB below the stack pointer and restores the pointer, as
+        // a C function with a 66 KiB local array and no stack probes would on entry.
+        unsafe {
+            std::arch::asm!(
+                "sub rsp, {n}",
+                "mov qword ptr [rsp], 0x41",
+                "add rsp, {n}",
+                n = const 66 * 1024,
+            )
+        }
+    }
+    #[inline(never)]
+    fn descend(depth: u32) {
+        let buf = [depth as u8; 1024];
+        std::hint::black_box(&buf);
+        if depth == 0 {
+            c_like_frame();
+        } else {
+            descend(depth - 1);
+        }
+        std::hint::black_box(&buf);
+    }
+    let size = 64 * 1024;
+    evco::run(move || {
+        // Made first, so that the neighbours' stacks (made after) are mapped right below it.
+        let bad = Builder::new()
+            .stack_size(size)
+            .spawn(|| descend(12))
+            .unwrap();
+        let neighbours: Vec<_> = (0..8)
+            .map(|i| {
+                Builder::new()
+                    .stack_size(size)
+                    .spawn(move || {
+                        let mine = [0x5au8 ^ i as u8; 60 * 1024];
+                        std::hint::black_box(&mine);
+                        evco::yield_now().unwrap();
+                        evco::yield_now().unwrap();
+                        mine.iter().all(|&b| b == 0x5a ^ i as u8)
+                    })
+                    .unwrap()
+            })
+            .collect();
+        let payload = bad.join().expect_err("the jump faults");
+        assert!(
+            payload.downcast_ref::<StackOverflow>().is_some(),
+            "reported as a StackOverflow"
+        );
+        for (i, n) in neighbours.into_iter().enumerate() {
+            assert!(n.join().unwrap(), "neighbour {i}'s stack kept its data");
+        }
+    });
+    println!("child-finished");
+}

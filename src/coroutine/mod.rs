@@ -61,6 +61,8 @@ mod arch;
 mod bare;
 mod stack;
 
+pub use stack::GUARD_GAP;
+
 use arch::{GENERATOR_F_OFFSET, LINE, prefetch_lines, stack_pointer};
 pub use bare::{Builder, Coroutine, Status, suspend};
 use stack::Stack;
@@ -116,6 +118,13 @@ pub(crate) fn in_plain_body() -> bool {
 }
 
 /// Default stack size of a coroutine: 64 KiB (only the pages it touches are resident).
+///
+/// Below every stack lies a no-access [`GUARD_GAP`] of 64 KiB: a frame that jumps past a single
+/// guard page (C code built without `-fstack-clash-protection`, gcc's default, with a large
+/// local array) faults there and ends the coroutine with [`StackOverflow`] instead of writing
+/// into another coroutine's stack. Hooked C client libraries run in these 64 KiB too: give
+/// coroutines that call deep C code more with [`Builder::stack_size`], and build C code with
+/// `-fstack-clash-protection` where a single frame can be larger than the gap.
 pub const DEFAULT_STACK_SIZE: usize = 64 * 1024;
 /// Smallest stack size [`Builder::stack_size`] accepts; smaller requests are rounded up.
 pub const MIN_STACK_SIZE: usize = 16 * 1024;

@@ -2,6 +2,21 @@
 //! that goes with it), the per-thread pool finished stacks go back to, and `sentinel`, which
 //! hands the bottom page of every new stack back to the kernel. The pool's invariants are in the
 //! `coroutine` module docs, the bottom page's in `sentinel`'s.
+//!
+//! # The guard gap
+//!
+//! generator puts one 4 KiB guard page below each stack. Code built with stack probes (Rust,
+//! and C with `-fstack-clash-protection`) touches every page of a large frame in turn and
+//! faults in it; C code without them (gcc's default here) can move its stack pointer past a
+//! whole page at once, and a frame with a 64 KiB array jumped over the guard into whatever
+//! was mapped below, another coroutine's stack. So evco maps every stack [`GUARD_GAP`] larger
+//! and makes its lowest `GUARD_GAP` no-access: a frame of up to that size that starts in the
+//! stack faults in the gap, which generator's handler takes for an overflow of this stack (it
+//! reports faults anywhere in the stack's mapping), and the coroutine ends with
+//! `StackOverflow`. The gap costs address space, not memory, and no extra mapping (it merges
+//! with the guard page). Larger frames still need `-fstack-clash-protection`. The gap is only
+//! made where `sentinel` confirmed the stack's layout; it is opened again before generator's
+//! drop reads the stack's bottom.
 
 use std::cell::{OnceCell, RefCell};
 use std::io;
@@ -38,10 +53,27 @@ pub(crate) struct Stack {
     /// The lowest usable page, when its sentinel words were handed back to the kernel (see
     /// `sentinel`); they are written back before generator's drop reads them.
     released_bottom: *mut usize,
+    /// The start of the guard gap (see "The guard gap"), or null when there is none.
+    gap: *mut u8,
 }
+
+/// The no-access gap at the bottom of every stack (see "The guard gap").
+pub const GUARD_GAP: usize = 64 * 1024;
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if !self.gap.is_null() {
+            // SAFETY: `gap` is the start of this stack's mapping's lowest GUARD_GAP bytes (see
+            // `guard_gap`), still mapped: made accessible again for the sentinel and for
+            // generator's drop, which read them.
+            unsafe {
+                libc::mprotect(
+                    self.gap.cast(),
+                    GUARD_GAP,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                )
+            };
+        }
         if let Some(pattern) = sentinel::PATTERN.get().and_then(|p| p.as_deref()) {
             // SAFETY: `released_bottom` is null or the first word of this stack's lowest usable
             // page (validated in `sentinel::release`), mapped read-write until the generator
@@ -82,7 +114,7 @@ impl Stack {
         // generator panics when mmap/mprotect fail; turn that into an error that names the limit.
         QUIET_PANICS.with(|q| q.set(true));
         let made = panic::catch_unwind(AssertUnwindSafe(|| {
-            generator::Gn::<()>::new_scoped_opt(words(bytes), move |mut scope| {
+            generator::Gn::<()>::new_scoped_opt(words(bytes + GUARD_GAP), move |mut scope| {
                 let body = body;
                 enter_body(&mut scope);
                 (body.0)()
@@ -102,13 +134,17 @@ impl Stack {
                 // reclaimed exactly once, here; the address stays valid as long as `gn` lives
                 // (the object sits on its own stack and never moves).
                 let gn = unsafe { Gen::from_raw(object) };
+                // Measured before the bottom page is released (reading it would map it again).
+                let (stack_words, _) = gn.stack_usage();
                 let released_bottom = sentinel::release(&gn, object);
+                let gap = guard_gap(stack_words, object);
                 Ok(Stack {
                     gn,
                     object: object.cast_const().cast(),
                     wait: OnceCell::new(),
                     bytes,
                     released_bottom,
+                    gap,
                 })
             }
             Err(payload) => Err(io::Error::new(
@@ -138,6 +174,30 @@ impl Stack {
             }
         });
     }
+}
+
+/// Makes the lowest [`GUARD_GAP`] bytes of a fresh stack of `words` words (generator's object
+/// at `object`, at its top) no-access (see "The guard gap") and returns where they start; null, and nothing changed, unless `sentinel` confirmed the layout
+/// (the bottom computed here is then the mapping's start, checked against /proc/self/maps).
+fn guard_gap(words: usize, object: *mut usize) -> *mut u8 {
+    if !sentinel::PATTERN.get().is_some_and(|p| p.is_some()) {
+        return std::ptr::null_mut();
+    }
+    let top = (object as usize + 1).next_multiple_of(4096);
+    let Some(bottom) = top.checked_sub(words * std::mem::size_of::<usize>()) else {
+        return std::ptr::null_mut();
+    };
+    if bottom % 4096 != 0 || top - bottom < 2 * GUARD_GAP {
+        return std::ptr::null_mut();
+    }
+    let gap = bottom as *mut u8;
+    // SAFETY: `bottom..bottom + GUARD_GAP` is the low end of this fresh stack's read-write
+    // mapping (the layout `sentinel` checked), which nothing runs on yet; the stack's drop makes
+    // it accessible again before generator's drop reads it.
+    if unsafe { libc::mprotect(gap.cast(), GUARD_GAP, libc::PROT_NONE) } != 0 {
+        return std::ptr::null_mut();
+    }
+    gap
 }
 
 /// Which limit a stack of `bytes` that could not be mapped ran into, as far as this process
