@@ -1080,3 +1080,50 @@ fn hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context
     assert!(handled > 100, "only {handled} signals handled");
     println!("child-finished");
 }
+
+/// A listening socket the process inherited (made here with raw system calls, past the hooks,
+/// as socket activation or a parent would hand it over) is adopted by its first `accept` in a
+/// coroutine: the accept suspends the coroutine, and the one that connects runs. Before, the
+/// accept blocked the thread and the connecting coroutine never ran (the child's watchdog
+/// ended it).
+#[test]
+fn accept_on_an_inherited_listener_suspends_the_coroutine_not_the_thread() {
+    use std::os::fd::FromRawFd;
+    if !common::is_child() {
+        let _w = watchdog(60);
+        common::child_passes(
+            "accept_on_an_inherited_listener_suspends_the_coroutine_not_the_thread",
+            &[],
+        );
+        return;
+    }
+    let _w = watchdog(10);
+    // SAFETY: raw socket, bind and listen system calls on a fresh fd and a local sockaddr_in.
+    let fd = unsafe {
+        let fd = libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0) as i32;
+        assert!(fd >= 0);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::syscall(libc::SYS_bind, fd, &sin as *const _, len), 0);
+        assert_eq!(libc::syscall(libc::SYS_listen, fd, 16), 0);
+        fd
+    };
+    assert!(!evco::hook::is_tracked(fd), "the hooks did not see it made");
+    // SAFETY: `fd` is an open listening socket owned by nothing else.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let addr = listener.local_addr().unwrap();
+    evco::run(move || {
+        let acceptor = evco::spawn(move || {
+            let accepted = listener.accept().map(|(s, _)| s.peer_addr().is_ok());
+            assert!(evco::hook::is_tracked(fd), "adopted");
+            accepted
+        });
+        evco::yield_now().unwrap();
+        let client = TcpStream::connect(addr).unwrap();
+        assert!(acceptor.join().unwrap().unwrap());
+        drop(client);
+    });
+    println!("child-finished");
+}

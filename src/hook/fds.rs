@@ -122,7 +122,7 @@ unsafe extern "C" fn accept4(
     len: *mut socklen_t,
     flags: c_int,
 ) -> c_int {
-    let listener = table::get(fd);
+    let listener = adopt_listener(fd);
     let new = match cooperative(fd) {
         None => {
             // SAFETY: the caller's arguments, passed on.
@@ -157,6 +157,28 @@ unsafe extern "C" fn accept4(
         fresh(new, bits);
     }
     new
+}
+
+/// `fd`'s entry, after adopting it when it is a listening socket the process did not create
+/// (inherited: socket activation, a parent's listener) and the caller is a scheduled coroutine:
+/// its accepts then suspend the coroutine like those on a listener the process made, instead
+/// of blocking the thread. One `getsockopt` on an accept of an unknown fd in a coroutine.
+fn adopt_listener(fd: c_int) -> u64 {
+    let bits = table::get(fd);
+    if bits != 0 || !crate::scheduler::in_scheduled_coroutine() {
+        return bits;
+    }
+    if sockopt(fd, libc::SO_ACCEPTCONN) != 1 {
+        return bits;
+    }
+    let mut adopted = socket_bits(sockopt(fd, libc::SO_DOMAIN), sockopt(fd, libc::SO_TYPE));
+    // SAFETY: F_GETFL only reads the description's status flags.
+    let fl = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    if fl != -1 && fl & libc::O_NONBLOCK != 0 {
+        adopted |= table::NONBLOCK;
+    }
+    table::set(fd, adopted);
+    adopted
 }
 
 /// One cooperative `accept` attempt without touching the listener's `O_NONBLOCK` (see

@@ -36,7 +36,8 @@
 //! Only what a program could not tell apart from blocking:
 //!
 //! - **Inside a scheduled coroutine, on a blocking socket this process created** (through
-//!   `socket`, `socketpair` or `accept`, also on a listener it inherited), a call that would
+//!   `socket`, `socketpair` or `accept`; a listening socket it inherited, from socket
+//!   activation or a parent, is adopted by its first `accept` in a coroutine), a call that would
 //!   block makes a non-blocking attempt instead, and on `EAGAIN` waits for readiness through
 //!   evco's reactor: the coroutine suspends, the thread runs others. It is evco's own retry
 //!   loop (`io::retry`, `io::read_owned`), so hooked sockets get the same persistent
