@@ -418,3 +418,41 @@ fn evco_panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_default()
 }
+
+/// A panic of `run`'s root coroutine ends the run at once, as a panic in `main` ends a program:
+/// the coroutines still alive are cancelled (their destructors run) and the panic reaches
+/// `run`'s caller. Before, `run` waited for every other coroutine (here, one sleeping an hour)
+/// before it re-raised the panic (the child's watchdog ended it).
+#[test]
+fn a_panic_of_runs_root_ends_the_run_and_cancels_the_rest() {
+    if !common::is_child() {
+        let _w = watchdog(60);
+        common::child_passes(
+            "a_panic_of_runs_root_ends_the_run_and_cancels_the_rest",
+            &[],
+        );
+        return;
+    }
+    let _w = watchdog(10);
+    let drops = Rc::new(Cell::new(0));
+    let d = drops.clone();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        evco::run(move || {
+            evco::spawn(move || {
+                let _f = DropCount(d);
+                evco::time::sleep(Duration::from_secs(3600));
+            });
+            evco::yield_now().unwrap();
+            panic!("root gives up");
+        })
+    }));
+    let payload = r.expect_err("run re-raises the root's panic");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"root gives up"));
+    assert_eq!(
+        drops.get(),
+        1,
+        "the sleeper was cancelled and its destructors ran"
+    );
+    assert_eq!(evco::scheduler::live_coroutines(), 0);
+    println!("child-finished");
+}

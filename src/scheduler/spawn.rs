@@ -89,9 +89,10 @@ where
 ///
 /// # Panics
 ///
-/// Re-raises a panic of `f`. Panics when called from inside a coroutine, when no event base can
-/// be created, and on a deadlock (coroutines parked with no event that could wake them: they are
-/// cancelled first).
+/// Re-raises a panic of `f`, as soon as it happens: like a panic in `main`, it ends the run;
+/// the coroutines still alive are cancelled first (their destructors run). Panics when called
+/// from inside a coroutine, when no event base can be created, and on a deadlock (coroutines
+/// parked with no event that could wake them: they are cancelled first).
 pub fn run<F, T>(f: F) -> T
 where
     F: FnOnce() -> T + 'static,
@@ -107,9 +108,15 @@ where
     };
     let handle = spawn(f);
     handle.task.root.set(true);
-    if let Err(e) = sched.drive_until(|| sched.live() == 0) {
+    let root_panicked = || matches!(*handle.task.outcome.borrow(), Outcome::Panicked(_));
+    if let Err(e) = sched.drive_until(|| sched.live() == 0 || root_panicked()) {
         sched.shutdown(false);
         panic!("evco::run: {e}");
+    }
+    if root_panicked() {
+        // The rest would run on with nobody to report to: cancel them, as a panic in `main`
+        // ends a program's other threads.
+        sched.shutdown(false);
     }
     match handle.join() {
         Ok(v) => v,
