@@ -169,3 +169,58 @@ fn a_hundred_thousand_connect_echo_close_cycles_leave_rss_and_fds_flat() {
         before.0, after.0, before.1, after.1
     );
 }
+
+/// A thread that exits with coroutines suspended (its scheduler's guard never dropped) gives
+/// them up: their stacks are unmapped (the process's mappings do not grow with such threads)
+/// and they are counted. Before, each left its stack mapped for good (two mappings and the
+/// touched pages per coroutine).
+#[test]
+fn threads_exiting_with_suspended_coroutines_free_their_stacks_and_count_them() {
+    let _w = common::watchdog(60);
+    if !common::is_child() {
+        common::child_passes(
+            "threads_exiting_with_suspended_coroutines_free_their_stacks_and_count_them",
+            &[],
+        );
+        return;
+    }
+    let mappings = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let threads = 200;
+    let run_one = || {
+        std::thread::spawn(|| {
+            let base = evco::event::EventBase::new().unwrap();
+            let guard = evco::scheduler::enter(base.clone()).unwrap();
+            let (a, _b) = common::socketpair();
+            evco::spawn(move || {
+                let _ = evco::io::wait(a.as_raw_fd(), evco::io::Interest::READABLE, None);
+            });
+            base.loop_nonblock().unwrap();
+            assert_eq!(evco::scheduler::live_coroutines(), 1);
+            // Left installed: the thread exits with the coroutine suspended.
+            std::mem::forget(guard);
+        })
+        .join()
+        .unwrap();
+    };
+    // Warm up (thread stacks, pools, lazily made mappings), then measure.
+    for _ in 0..20 {
+        run_one();
+    }
+    let before = mappings();
+    let counted = evco::scheduler::abandoned_coroutines();
+    for _ in 0..threads {
+        run_one();
+    }
+    let after = mappings();
+    assert_eq!(evco::scheduler::abandoned_coroutines() - counted, threads);
+    assert!(
+        after < before + threads / 4,
+        "mappings {before} -> {after} over {threads} threads"
+    );
+    println!("child-finished: mappings {before} -> {after}");
+}

@@ -404,6 +404,22 @@ impl Core {
         Ok(())
     }
 
+    /// Gives up a suspended coroutine whose thread is going (see `Stack::abandon`): it is
+    /// marked finished without running anything on its stack. True when its stack memory was
+    /// freed.
+    pub(crate) fn abandon(&self) -> bool {
+        if self.state.get() != State::Suspended {
+            return false;
+        }
+        self.state.set(State::Finished);
+        self.scope.set(std::ptr::null_mut());
+        // SAFETY: suspended, so nothing borrows the stack.
+        match unsafe { (*self.stack.get()).take() } {
+            Some(stack) => stack.abandon(),
+            None => false,
+        }
+    }
+
     fn finish(&self, reusable: bool) {
         self.state.set(State::Finished);
         self.scope.set(std::ptr::null_mut());

@@ -13,8 +13,9 @@
 //! and makes its lowest `GUARD_GAP` no-access: a frame of up to that size that starts in the
 //! stack faults in the gap, which generator's handler takes for an overflow of this stack (it
 //! reports faults anywhere in the stack's mapping), and the coroutine ends with
-//! `StackOverflow`. The gap costs address space, not memory, and no extra mapping (it merges
-//! with the guard page). Larger frames still need `-fstack-clash-protection`. The gap is only
+//! `StackOverflow`. The gap costs address space, not memory, and no extra mapping (it and the
+//! guard page are remapped as one no-access mapping, so a stack stays two mappings against
+//! vm.max_map_count). Larger frames still need `-fstack-clash-protection`. The gap is only
 //! made where `sentinel` confirmed the stack's layout; it is opened again before generator's
 //! drop reads the stack's bottom.
 
@@ -59,6 +60,9 @@ pub(crate) struct Stack {
 
 /// The no-access gap at the bottom of every stack (see "The guard gap").
 pub const GUARD_GAP: usize = 64 * 1024;
+
+/// What `guard_gap` returns when remapping failed part-way (the stack is unusable).
+const GAP_FAILED: *mut u8 = usize::MAX as *mut u8;
 
 impl Drop for Stack {
     fn drop(&mut self) {
@@ -138,6 +142,14 @@ impl Stack {
                 let (stack_words, _) = gn.stack_usage();
                 let released_bottom = sentinel::release(&gn, object);
                 let gap = guard_gap(stack_words, object);
+                if gap == GAP_FAILED {
+                    // Its bottom may be gone: generator's drop would read it. Leak it.
+                    std::mem::forget(gn);
+                    return Err(io::Error::new(
+                        io::ErrorKind::OutOfMemory,
+                        "cannot map a coroutine stack's guard gap",
+                    ));
+                }
                 Ok(Stack {
                     gn,
                     object: object.cast_const().cast(),
@@ -157,6 +169,28 @@ impl Stack {
                 ),
             )),
         }
+    }
+
+    /// Frees a suspended coroutine's stack without unwinding it (its thread is going and
+    /// generator's own thread-locals may be gone): its wait event is deleted and freed, the
+    /// mapping unmapped where its layout is known (a guard gap was made), else left mapped. The
+    /// frames on it are never run again and their destructors never run. True when unmapped.
+    pub(super) fn abandon(self) -> bool {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: each field is read out exactly once and `me` is never dropped.
+        let (wait, gn) = unsafe { (std::ptr::read(&me.wait), std::ptr::read(&me.gn)) };
+        drop(wait);
+        // generator's drop would resume the body to unwind it: never run it.
+        std::mem::forget(gn);
+        if me.gap.is_null() {
+            return false;
+        }
+        let top = (me.object as usize + 1).next_multiple_of(4096);
+        let start = me.gap as usize - 4096;
+        // SAFETY: `start..top` is this stack's whole mapping, generator's guard page included
+        // (the layout `sentinel` checked against /proc/self/maps); nothing refers into it any
+        // more: the generator object on it was forgotten above and its frames are abandoned.
+        unsafe { libc::munmap(start as *mut libc::c_void, top - start) == 0 }
     }
 
     /// Returns a finished stack to the pool (or frees it when the pool is full).
@@ -191,11 +225,30 @@ fn guard_gap(words: usize, object: *mut usize) -> *mut u8 {
         return std::ptr::null_mut();
     }
     let gap = bottom as *mut u8;
-    // SAFETY: `bottom..bottom + GUARD_GAP` is the low end of this fresh stack's read-write
-    // mapping (the layout `sentinel` checked), which nothing runs on yet; the stack's drop makes
-    // it accessible again before generator's drop reads it.
-    if unsafe { libc::mprotect(gap.cast(), GUARD_GAP, libc::PROT_NONE) } != 0 {
-        return std::ptr::null_mut();
+    // Generator's guard page and the gap, remapped as one fresh no-access mapping: made with
+    // `mprotect`, the gap would be a mapping of its own (its pages were touched, the guard's
+    // were not, and the kernel does not merge the two), a third per stack against
+    // vm.max_map_count.
+    let start = gap.wrapping_sub(4096);
+    // SAFETY: `start..bottom + GUARD_GAP` is generator's guard page and the low end of this
+    // fresh stack's read-write mapping (the layout `sentinel` checked), which nothing runs on
+    // yet; replacing it keeps the range inside the stack's mapping, which generator's drop
+    // unmaps as a whole, and the stack's drop makes the gap accessible again before generator's
+    // drop reads its bottom.
+    let p = unsafe {
+        libc::mmap(
+            start.cast(),
+            GUARD_GAP + 4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p != start.cast() {
+        // A failed MAP_FIXED may have unmapped the range already: the stack's bottom can no
+        // longer be trusted to be there.
+        return GAP_FAILED;
     }
     gap
 }

@@ -100,6 +100,18 @@ pub(crate) struct Scheduler {
     base: EventBase,
 }
 
+/// Coroutines given up suspended when their scheduler went (see [`abandoned_coroutines`]).
+static ABANDONED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many coroutines this process has given up while they were suspended, because their
+/// thread's scheduler went with them still waiting (a thread that exits after `evco::run` left
+/// coroutines parked, or with a [`SchedulerGuard`] it never dropped). Their stacks are freed,
+/// but the values on them are never dropped: resources they own (sockets, files) stay open.
+/// `run`, [`shutdown`] and dropping the guard cancel coroutines properly instead.
+pub fn abandoned_coroutines() -> usize {
+    ABANDONED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 thread_local! {
     static SCHED: Cell<*const Scheduler> = const { Cell::new(std::ptr::null()) };
     static OWNER: RefCell<Option<Rc<Scheduler>>> = const { RefCell::new(None) };
@@ -415,10 +427,13 @@ impl Drop for Scheduler {
         self.resolvers.free_with(&self.base);
         // Normally `shutdown` ran first and nothing is left. When the thread exits with
         // coroutines still parked (a spawn that was never driven), unwinding them here is not
-        // possible (generator's own thread-locals may be gone): delete their events and leak
-        // their stacks, so nothing can fire into freed memory when the base goes. (The reactor,
-        // a field, deletes every fd state's event when it drops, including those a leaked
+        // possible (generator's own thread-locals may be gone): delete their events, give them
+        // up without running anything on their stacks (the memory is freed, the values on them
+        // are never dropped), count them (`abandoned_coroutines`), and keep their tasks, so
+        // nothing can fire into freed memory when the base goes. (The reactor, a field,
+        // deletes every fd state's event when it drops, including those an abandoned
         // coroutine's wait still holds.)
+        let mut abandoned = 0;
         for t in self.tasks.get_mut().drain(..).flatten() {
             if let Some(ev) = t.core.wait_event() {
                 ev.del();
@@ -427,13 +442,26 @@ impl Drop for Scheduler {
             // still run) must find nothing to do, and so never reach this scheduler.
             t.blocked.set(Blocked::No);
             if t.core.state() == State::Suspended {
+                // Its stack memory is freed where its layout is known; the task itself (a few
+                // hundred bytes, which wakers may still point at) is kept.
+                t.core.abandon();
+                abandoned += 1;
                 std::mem::forget(t);
             }
         }
         for t in self.ready.get_mut().drain(..) {
             if t.core.state() == State::Suspended {
+                t.core.abandon();
+                abandoned += 1;
                 std::mem::forget(t);
             }
+        }
+        if abandoned > 0 {
+            ABANDONED.fetch_add(abandoned, std::sync::atomic::Ordering::Relaxed);
+            log::warn!(
+                "evco: a scheduler went with {abandoned} coroutine(s) suspended: their \
+                 destructors never run (their stacks are freed)"
+            );
         }
     }
 }
