@@ -15,6 +15,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::event::What;
+use crate::fd_table;
 use crate::reactor::{self, FdState};
 use crate::scheduler;
 
@@ -88,6 +89,8 @@ impl fmt::Debug for Ready {
 /// waiting; [`io::ErrorKind::InvalidInput`] outside a scheduled coroutine.
 pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<Ready> {
     let fd = fd.as_raw_fd();
+    // Read first: a close after it, before the wait is listed, shows as a later generation.
+    let seen = Some(fd_table::generation(fd));
     // libevent's epoll changelist applies a registration at the next dispatch and only logs a
     // failure there, so a bad fd would never wake its waiter: check it here. (evco's own I/O
     // paths skip this syscall: they wait only after a call on the fd returned EAGAIN.)
@@ -100,7 +103,7 @@ pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> 
         // where evco could not see it and the number reused. Its state is stale.
         Some(_) if !crate::os::is_socket(fd)? => {
             reactor::renumbered(fd);
-            wait_once(fd, interest.0, timeout)?
+            wait_once(fd, interest.0, timeout, seen)?
         }
         Some(st) => {
             // An evco socket with a persistent edge-triggered event: an edge may already have
@@ -112,7 +115,7 @@ pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> 
                 return Ok(Ready(ready));
             }
             if interest.is_readable() && interest.is_writable() {
-                wait_once(fd, interest.0, timeout)?
+                wait_once(fd, interest.0, timeout, seen)?
             } else {
                 let dir = if interest.is_readable() {
                     What::READ
@@ -122,7 +125,7 @@ pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> 
                 scheduler::wait_io(timeout, |cx| Ok(st.enlist_edge(dir, cx.token())))?
             }
         }
-        None => wait_once(fd, interest.0, timeout)?,
+        None => wait_once(fd, interest.0, timeout, seen)?,
     };
     if what.contains(What::TIMEOUT) {
         return Err(io::Error::new(io::ErrorKind::TimedOut, "wait timed out"));
@@ -132,16 +135,22 @@ pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> 
 
 /// A one-shot wait of the running coroutine for `fd` (its own event, listed on the fd's state
 /// so that a close ends it).
-fn wait_once(fd: RawFd, what: What, timeout: Option<Duration>) -> io::Result<What> {
-    let st = state_for_wait(fd, false)?;
+fn wait_once(
+    fd: RawFd,
+    what: What,
+    timeout: Option<Duration>,
+    seen: Option<u32>,
+) -> io::Result<What> {
+    let st = state_for_wait(fd, false, seen)?;
     once_on(&st, what, timeout)
 }
 
-/// The running coroutine's state of `fd` for a wait (see `reactor::for_wait`); an error where
-/// no wait can run (outside a scheduled coroutine), before anything is made.
-fn state_for_wait(fd: RawFd, register: bool) -> io::Result<Rc<FdState>> {
+/// The running coroutine's state of `fd` for a wait (see `reactor::for_wait`; `seen`: the
+/// fd's generation before the caller last found it open); an error where no wait can run
+/// (outside a scheduled coroutine), before anything is made.
+fn state_for_wait(fd: RawFd, register: bool, seen: Option<u32>) -> io::Result<Rc<FdState>> {
     scheduler::can_wait()?;
-    reactor::for_wait(fd, register).unwrap_or_else(|| {
+    reactor::for_wait(fd, register, seen).unwrap_or_else(|| {
         Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "no scheduler on this thread",
@@ -204,6 +213,14 @@ fn retry_until<T>(
     mut op: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
     loop {
+        // Where a wait may have to make the fd's state, the generation before the attempt: a
+        // close between the attempt's EAGAIN and the wait shows in it (one atomic load, and
+        // none once the socket's registration is known).
+        let seen = match st.as_deref() {
+            Some(Some(s)) if s.is_registered() => None,
+            Some(_) => Some(fd_table::generation(fd)),
+            None => None,
+        };
         match op() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -211,7 +228,7 @@ fn retry_until<T>(
         }
         let left = remaining(deadline)?;
         match st.as_deref_mut() {
-            Some(st) => wait_owned(fd, interest, left, st)?,
+            Some(st) => wait_owned(fd, interest, left, st, seen)?,
             None => crate::os::poll(fd, interest.is_readable(), interest.is_writable(), left)?,
         }
     }
@@ -272,7 +289,8 @@ fn read_with(
     op: impl FnMut() -> io::Result<usize>,
 ) -> io::Result<usize> {
     if st.as_ref().is_some_and(|s| !s.maybe_readable()) {
-        wait_owned(fd, Interest::READABLE, timeout, st)?;
+        // (Only a registered state says not readable: nothing to make.)
+        wait_owned(fd, Interest::READABLE, timeout, st, None)?;
     }
     let n = retry_until(fd, Interest::READABLE, deadline, Some(st), op)?;
     if n > 0 && n < len {
@@ -285,12 +303,13 @@ fn read_with(
 
 /// One readiness wait of the running coroutine after `EAGAIN` on an evco-owned socket: for the
 /// next edge of its registration (a one-shot wait where the backend has no edge triggering).
-/// `st` is the socket's state if known; it is filled in.
+/// `st` is the socket's state if known; it is filled in (`seen`: as for `state_for_wait`).
 fn wait_owned(
     fd: RawFd,
     interest: Interest,
     timeout: Option<Duration>,
     st: &mut Option<Rc<FdState>>,
+    seen: Option<u32>,
 ) -> io::Result<()> {
     let dir = if interest.is_writable() {
         What::WRITE
@@ -299,7 +318,7 @@ fn wait_owned(
     };
     let state = match st {
         Some(s) if s.is_registered() => s,
-        _ => st.insert(state_for_wait(fd, true)?),
+        _ => st.insert(state_for_wait(fd, true, seen)?),
     };
     let what = if state.is_registered() {
         // (An edge wait learns of a close through its own wake-up: the close ends the state.)
@@ -314,7 +333,9 @@ fn wait_owned(
 /// the scheduler's inside a scheduled coroutine, `poll(2)` elsewhere.
 pub(crate) fn wait_for(fd: RawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<()> {
     if crate::coroutine::is_coroutine() {
-        timed_out(wait_once(fd, interest.0, timeout)?)
+        // The caller's last call on the fd came just before this.
+        let seen = Some(fd_table::generation(fd));
+        timed_out(wait_once(fd, interest.0, timeout, seen)?)
     } else {
         crate::os::poll(fd, interest.is_readable(), interest.is_writable(), timeout)
     }

@@ -195,8 +195,10 @@ impl Reactor {
     }
 
     /// `fd`'s state, made on first use (a stale one, made for an older fd of the number, is
-    /// ended first: its waiters get `EBADF`).
-    pub(crate) fn state(&self, fd: RawFd) -> io::Result<Rc<FdState>> {
+    /// ended first: its waiters get `EBADF`). `seen` is the fd's generation when the caller last
+    /// knew it open (read before its last call on it): a new state made under a later one is
+    /// `EBADF`, the fd was closed in between.
+    pub(crate) fn state(&self, fd: RawFd, seen: Option<u32>) -> io::Result<Rc<FdState>> {
         if let Some(st) = self.find(fd) {
             return Ok(st);
         }
@@ -206,7 +208,8 @@ impl Reactor {
         }
         self.sweep_fd(fd);
         let slot = fd_table::get_or_grow(fd);
-        let generation = slot.map_or(0, |s| s.generation.load(Ordering::Acquire));
+        let generation =
+            seen.unwrap_or_else(|| slot.map_or(0, |s| s.generation.load(Ordering::Acquire)));
         let st = Rc::new(FdState {
             ready: Cell::new((What::READ | What::WRITE).bits()),
             generation,
@@ -243,13 +246,14 @@ impl Reactor {
         }
         self.doorbell_on();
         // A close that began before the owner word was claimed has not seen this state (and
-        // will not ring for it): it shows in the flags or the generation, or, when it is over
-        // already, in the descriptor table. From here on, a close finds the owner word.
+        // will not ring for it): it shows in the flags, or in the generation, which every
+        // close bumps before it closes (one that is over already, since the caller last used
+        // the fd, too: `seen`). From here on, a close finds the owner word.
         let closing = slot.is_some_and(|s| {
             s.flags.load(Ordering::Acquire) & CLOSING != 0
                 || s.generation.load(Ordering::Acquire) != generation
         });
-        if closing || !crate::os::fd_is_open(fd) {
+        if closing {
             self.unlink(&st);
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
@@ -259,8 +263,8 @@ impl Reactor {
     /// `fd`'s state with its persistent edge-triggered registration, made on first use (see
     /// "Registered sockets"). Only for sockets, and only where the backend does edge
     /// triggering.
-    pub(crate) fn registration(&self, fd: RawFd) -> io::Result<Rc<FdState>> {
-        let st = self.state(fd)?;
+    pub(crate) fn registration(&self, fd: RawFd, seen: Option<u32>) -> io::Result<Rc<FdState>> {
+        let st = self.state(fd, seen)?;
         if !st.registered.get() {
             let arg = Rc::as_ptr(&st) as *mut c_void;
             // EV_CLOSED (EPOLLRDHUP) marks the peer's FIN: a short read can leave an EOF behind
@@ -297,7 +301,7 @@ impl Reactor {
         if !self.edge {
             return;
         }
-        if let Ok(st) = self.registration(fd) {
+        if let Ok(st) = self.registration(fd, None) {
             st.ready.set(What::WRITE.bits());
         }
     }
@@ -381,12 +385,16 @@ pub(crate) fn find(fd: RawFd) -> Option<Rc<FdState>> {
 /// This thread's state of `fd` for a wait of the running coroutine, made on first use: with its
 /// edge-triggered registration when `register` and the backend does edge triggering (a socket
 /// evco owns), else a plain one for a one-shot wait. `None` without a scheduler.
-pub(crate) fn for_wait(fd: RawFd, register: bool) -> Option<io::Result<Rc<FdState>>> {
+pub(crate) fn for_wait(
+    fd: RawFd,
+    register: bool,
+    seen: Option<u32>,
+) -> Option<io::Result<Rc<FdState>>> {
     with_current(|r| {
         if register && r.edge {
-            r.registration(fd)
+            r.registration(fd, seen)
         } else {
-            r.state(fd)
+            r.state(fd, seen)
         }
     })
 }
