@@ -113,18 +113,20 @@ fn dropping_a_suspended_coroutine_runs_its_destructors() {
     assert_eq!(drops.get(), 2);
 }
 
+/// Recurses with 1 KiB frames until the stack overflows (it never returns).
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let buf = [n as u8; 1024];
+    std::hint::black_box(&buf);
+    if n == u64::MAX {
+        return 0;
+    }
+    recurse(n + 1).wrapping_add(buf[7] as u64)
+}
+
 #[test]
 fn a_stack_overflow_is_a_clear_error_on_its_handle_and_the_rest_continue() {
     let _w = watchdog(30);
-    #[inline(never)]
-    fn recurse(n: u64) -> u64 {
-        let buf = [n as u8; 1024];
-        std::hint::black_box(&buf);
-        if n == u64::MAX {
-            return 0;
-        }
-        recurse(n + 1).wrapping_add(buf[7] as u64)
-    }
     let survivors = Rc::new(Cell::new(0));
     let s = survivors.clone();
     evco::run(move || {
@@ -360,15 +362,12 @@ thread_local! {
 /// process aborted (run in a child).
 #[test]
 fn a_thread_exiting_with_a_suspended_bare_coroutine_in_a_thread_local_ends_cleanly() {
-    if !is_child() {
-        let _w = watchdog(60);
-        child_passes(
-            "a_thread_exiting_with_a_suspended_bare_coroutine_in_a_thread_local_ends_cleanly",
-            &[],
-        );
+    let Some(_w) = common::in_child(
+        "a_thread_exiting_with_a_suspended_bare_coroutine_in_a_thread_local_ends_cleanly",
+        20,
+    ) else {
         return;
-    }
-    let _w = watchdog(20);
+    };
     let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let d = dropped.clone();
     std::thread::spawn(move || {
@@ -407,25 +406,13 @@ fn a_thread_exiting_with_a_suspended_bare_coroutine_in_a_thread_local_ends_clean
 /// on the overflowed stack and the kernel killed the process with SIGSEGV (run in a child).
 #[test]
 fn a_stack_overflow_on_a_pthread_created_thread_is_reported_not_fatal() {
-    if !is_child() {
-        let _w = watchdog(60);
-        child_passes(
-            "a_stack_overflow_on_a_pthread_created_thread_is_reported_not_fatal",
-            &[],
-        );
+    let Some(_w) = common::in_child(
+        "a_stack_overflow_on_a_pthread_created_thread_is_reported_not_fatal",
+        20,
+    ) else {
         return;
-    }
-    let _w = watchdog(20);
+    };
     extern "C" fn thread(_: *mut libc::c_void) -> *mut libc::c_void {
-        #[inline(never)]
-        fn recurse(n: u64) -> u64 {
-            let buf = [n as u8; 1024];
-            std::hint::black_box(&buf);
-            if n == u64::MAX {
-                return 0;
-            }
-            recurse(n + 1).wrapping_add(buf[7] as u64)
-        }
         let reported = evco::run(|| {
             let h = Builder::new()
                 .stack_size(32 * 1024)
@@ -462,15 +449,12 @@ fn a_stack_overflow_on_a_pthread_created_thread_is_reported_not_fatal() {
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn a_frame_that_jumps_past_the_guard_page_is_an_overflow_not_a_neighbours_corruption() {
-    if !is_child() {
-        let _w = watchdog(60);
-        child_passes(
-            "a_frame_that_jumps_past_the_guard_page_is_an_overflow_not_a_neighbours_corruption",
-            &[],
-        );
+    let Some(_w) = common::in_child(
+        "a_frame_that_jumps_past_the_guard_page_is_an_overflow_not_a_neighbours_corruption",
+        20,
+    ) else {
         return;
-    }
-    let _w = watchdog(20);
+    };
     #[inline(never)]
     fn c_like_frame() {
         // SAFETY: writes one word 66 KiB below the stack pointer and restores the pointer, as

@@ -332,15 +332,12 @@ fn a_poll_whose_socket_is_closed_during_the_wait_reports_pollnval() {
 #[cfg(all(feature = "hook", target_os = "linux"))]
 fn poll_with_no_fds_and_no_timeout_suspends_only_its_coroutine() {
     let _serial = serial();
-    if !common::is_child() {
-        let _w = watchdog(30);
-        common::child_passes(
-            "poll_with_no_fds_and_no_timeout_suspends_only_its_coroutine",
-            &[],
-        );
+    let Some(_w) = common::in_child(
+        "poll_with_no_fds_and_no_timeout_suspends_only_its_coroutine",
+        5,
+    ) else {
         return;
-    }
-    let _w = watchdog(5);
+    };
     let outcome = std::rc::Rc::new(std::cell::Cell::new(None));
     let out = outcome.clone();
     evco::run(move || {
@@ -452,15 +449,12 @@ fn a_close_racing_the_start_of_a_wait_on_another_thread_still_ends_it() {
 fn a_doorbell_closed_behind_evcos_back_never_writes_into_its_successor() {
     use std::sync::mpsc;
     let _serial = serial();
-    if !common::is_child() {
-        let _w = watchdog(60);
-        common::child_passes(
-            "a_doorbell_closed_behind_evcos_back_never_writes_into_its_successor",
-            &[],
-        );
+    let Some(_w) = common::in_child(
+        "a_doorbell_closed_behind_evcos_back_never_writes_into_its_successor",
+        20,
+    ) else {
         return;
-    }
-    let _w = watchdog(20);
+    };
     let eventfds = || -> Vec<RawFd> {
         let mut v: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
             .unwrap()

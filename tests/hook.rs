@@ -1011,15 +1011,12 @@ fn clock_nanosleep_on_a_clock_it_cannot_sleep_on_is_libcs_error_in_a_coroutine()
 #[test]
 fn hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    if !common::is_child() {
-        let _w = watchdog(60);
-        common::child_passes(
-            "hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context",
-            &[],
-        );
+    let Some(_w) = common::in_child(
+        "hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context",
+        20,
+    ) else {
         return;
-    }
-    let _w = watchdog(20);
+    };
     static HANDLED: AtomicU64 = AtomicU64::new(0);
     extern "C" fn on_usr1(_: libc::c_int) {
         let ts = libc::timespec {
@@ -1089,15 +1086,12 @@ fn hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context
 #[test]
 fn accept_on_an_inherited_listener_suspends_the_coroutine_not_the_thread() {
     use std::os::fd::FromRawFd;
-    if !common::is_child() {
-        let _w = watchdog(60);
-        common::child_passes(
-            "accept_on_an_inherited_listener_suspends_the_coroutine_not_the_thread",
-            &[],
-        );
+    let Some(_w) = common::in_child(
+        "accept_on_an_inherited_listener_suspends_the_coroutine_not_the_thread",
+        10,
+    ) else {
         return;
-    }
-    let _w = watchdog(10);
+    };
     // SAFETY: raw socket, bind and listen system calls on a fresh fd and a local sockaddr_in.
     let fd = unsafe {
         let fd = libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0) as i32;

@@ -425,15 +425,10 @@ fn evco_panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 /// before it re-raised the panic (the child's watchdog ended it).
 #[test]
 fn a_panic_of_runs_root_ends_the_run_and_cancels_the_rest() {
-    if !common::is_child() {
-        let _w = watchdog(60);
-        common::child_passes(
-            "a_panic_of_runs_root_ends_the_run_and_cancels_the_rest",
-            &[],
-        );
+    let Some(_w) = common::in_child("a_panic_of_runs_root_ends_the_run_and_cancels_the_rest", 10)
+    else {
         return;
-    }
-    let _w = watchdog(10);
+    };
     let drops = Rc::new(Cell::new(0));
     let d = drops.clone();
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {

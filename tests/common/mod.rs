@@ -157,6 +157,19 @@ pub fn report_lines(out: &str, marker: &str) {
     }
 }
 
+/// For a test that must run alone in a child process (it crashes or hangs when it fails, or
+/// changes process-wide state): in the parent, runs `test` in a child (see [`child_passes`],
+/// under a 60 s watchdog) and returns `None`; in the child, returns the child's own watchdog of
+/// `secs`. Use as `let Some(_w) = common::in_child("name", 20) else { return };`.
+pub fn in_child(test: &str, secs: u64) -> Option<Watchdog> {
+    if is_child() {
+        return Some(watchdog(secs));
+    }
+    let _w = watchdog(60);
+    child_passes(test, &[]);
+    None
+}
+
 /// Keeps the CPU busy for `d` without suspending or sleeping: stands for a coroutine's CPU work
 /// (a `thread::sleep` would suspend the coroutine instead, through evco's hooks).
 pub fn busy_for(d: Duration) {
