@@ -7,10 +7,15 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::sleep::coop_sleep;
-use super::{MAX_FDS, errno_of, stop_cancellation, table};
+use super::{errno_of, stop_cancellation, table};
 use crate::io::Interest;
 use crate::os::real::{self, set_errno};
 use crate::scheduler;
+
+/// Longest list the hook reads itself: the kernel's default `fs.nr_open`, above which libc's
+/// `poll` fails with `EINVAL` without reading the list (so must the hook: it reads the caller's
+/// array before any system call does).
+const MAX_POLL_FDS: libc::nfds_t = 1 << 20;
 
 /// Hook: a cooperative wait inside a scheduled coroutine when every listed fd is a socket this
 /// process created (see the module docs); libc's `poll` otherwise.
@@ -19,7 +24,7 @@ unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c
     if timeout != 0 && scheduler::in_scheduled_coroutine() {
         let list: &mut [libc::pollfd] = if nfds == 0 {
             &mut []
-        } else if !fds.is_null() && nfds <= MAX_FDS as libc::nfds_t {
+        } else if !fds.is_null() && nfds <= MAX_POLL_FDS {
             // SAFETY: poll's contract: `fds` points at `nfds` pollfds the caller owns.
             unsafe { std::slice::from_raw_parts_mut(fds, nfds as usize) }
         } else {
