@@ -243,13 +243,8 @@ fn queued(fd: c_int) -> io::Result<bool> {
 /// listeners' accepts, each of which returns at once).
 fn accept_lock(fd: c_int) -> io::Result<&'static AtomicBool> {
     static LOCKS: [AtomicBool; 64] = [const { AtomicBool::new(false) }; 64];
-    // SAFETY: all-zero is a valid `stat`, which fstat fills.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid stat buffer to write.
-    if unsafe { libc::fstat(fd, &mut st) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(&LOCKS[(st.st_ino as usize ^ st.st_dev as usize) % LOCKS.len()])
+    let id = crate::os::file_identity(fd).ok_or_else(io::Error::last_os_error)?;
+    Ok(&LOCKS[(id % LOCKS.len() as u64) as usize])
 }
 
 /// An int socket option at `SOL_SOCKET` (-1 when it cannot be read).

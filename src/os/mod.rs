@@ -98,6 +98,19 @@ pub(crate) fn fd_is_open(fd: RawFd) -> bool {
     fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1
 }
 
+/// What the open file description behind `fd` is, as one word (its device and inode folded
+/// together; `None` when `fd` is not open): the same for all its duplicates, and different for
+/// whatever fd later takes the number. Async-signal-safe (one `fstat`).
+pub(crate) fn file_identity(fd: RawFd) -> Option<u64> {
+    // SAFETY: all-zero is a valid `stat` for fstat to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid stat buffer to write.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some((st.st_dev as u64).rotate_left(32) ^ st.st_ino as u64)
+}
+
 /// Whether `fd` is an open socket: `Ok(false)` for another kind of open fd (`ENOTSOCK`), an
 /// error for a closed one.
 pub(crate) fn is_socket(fd: RawFd) -> io::Result<bool> {

@@ -28,7 +28,7 @@ struct Doorbell {
     rung: AtomicBool,
     /// The eventfd plus one; 0 before it is made (or once it was found closed).
     efd: AtomicI32,
-    /// The eventfd's device and inode (see `identity`), to tell it from an fd that took its
+    /// The eventfd's device and inode (see `os::file_identity`), to tell it from an fd that took its
     /// number.
     ident: AtomicU64,
 }
@@ -61,7 +61,7 @@ pub(super) fn doorbells_after_fork(keep: u32) -> RawFd {
     let mut new = -1;
     for (i, d) in DOORBELLS.iter().enumerate() {
         let efd = d.efd.load(Ordering::Acquire) - 1;
-        if efd >= 0 && identity(efd) == Some(d.ident.load(Ordering::Acquire)) {
+        if efd >= 0 && crate::os::file_identity(efd) == Some(d.ident.load(Ordering::Acquire)) {
             // The child's copy of an eventfd evco made (the parent keeps its own).
             let _ = crate::os::close(efd);
         }
@@ -73,7 +73,10 @@ pub(super) fn doorbells_after_fork(keep: u32) -> RawFd {
         }
         // SAFETY: eventfd has no memory preconditions.
         let made = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if let Some(ident) = (made >= 0).then(|| identity(made)).flatten() {
+        if let Some(ident) = (made >= 0)
+            .then(|| crate::os::file_identity(made))
+            .flatten()
+        {
             d.ident.store(ident, Ordering::Release);
             d.efd.store(made + 1, Ordering::Release);
             new = made;
@@ -85,7 +88,7 @@ pub(super) fn doorbells_after_fork(keep: u32) -> RawFd {
 /// Empties doorbell `d`'s counter if `efd` is still its eventfd (see `ring`); false if it is
 /// not.
 fn drain_doorbell(d: &Doorbell, efd: RawFd) -> bool {
-    if identity(efd) != Some(d.ident.load(Ordering::Acquire)) {
+    if crate::os::file_identity(efd) != Some(d.ident.load(Ordering::Acquire)) {
         return false;
     }
     let mut buf = 0u64;
@@ -107,7 +110,7 @@ fn ring(id: u32) {
     if efd < 0 {
         return;
     }
-    if identity(efd) != Some(d.ident.load(Ordering::Acquire)) {
+    if crate::os::file_identity(efd) != Some(d.ident.load(Ordering::Acquire)) {
         // Not the eventfd made for it any more: never write there again. (Its reactor still
         // sweeps on its rung flag when it next makes a state or sees an edge.)
         d.efd.store(0, Ordering::Release);
@@ -117,17 +120,6 @@ fn ring(id: u32) {
     // SAFETY: `efd` is the eventfd this module made (checked just above); the write of one
     // 8-byte counter increment reads only `one`.
     unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
-}
-
-/// An fd's device and inode folded into one word, `None` when it is not open.
-fn identity(fd: RawFd) -> Option<u64> {
-    // SAFETY: all-zero is a valid `stat` for fstat to fill.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a valid stat buffer; fstat is async-signal-safe.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return None;
-    }
-    Some((st.st_dev as u64).rotate_left(32) ^ st.st_ino as u64)
 }
 
 /// Rings every claimed doorbell but `except`'s (an fd several reactors keep state for).
@@ -151,7 +143,7 @@ pub(super) fn claim_doorbell() -> (u32, RawFd) {
             continue;
         }
         let mut efd = d.efd.load(Ordering::Acquire) - 1;
-        if efd >= 0 && identity(efd) != Some(d.ident.load(Ordering::Acquire)) {
+        if efd >= 0 && crate::os::file_identity(efd) != Some(d.ident.load(Ordering::Acquire)) {
             // Closed behind evco's back since its last user: the number is not ours (and is
             // not closed here either); make a new one.
             d.efd.store(0, Ordering::Release);
@@ -160,7 +152,7 @@ pub(super) fn claim_doorbell() -> (u32, RawFd) {
         if efd < 0 {
             // SAFETY: eventfd has no memory preconditions.
             efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            let Some(ident) = (efd >= 0).then(|| identity(efd)).flatten() else {
+            let Some(ident) = (efd >= 0).then(|| crate::os::file_identity(efd)).flatten() else {
                 d.claimed.store(false, Ordering::Release);
                 return (0, -1);
             };
