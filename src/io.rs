@@ -213,14 +213,6 @@ fn retry_until<T>(
     mut op: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
     loop {
-        // Where a wait may have to make the fd's state, the generation before the attempt: a
-        // close between the attempt's EAGAIN and the wait shows in it (one atomic load, and
-        // none once the socket's registration is known).
-        let seen = match st.as_deref() {
-            Some(Some(s)) if s.is_registered() => None,
-            Some(_) => Some(fd_table::generation(fd)),
-            None => None,
-        };
         match op() {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -228,7 +220,7 @@ fn retry_until<T>(
         }
         let left = remaining(deadline)?;
         match st.as_deref_mut() {
-            Some(st) => wait_owned(fd, interest, left, st, seen)?,
+            Some(st) => wait_owned(fd, interest, left, st)?,
             None => crate::os::poll(fd, interest.is_readable(), interest.is_writable(), left)?,
         }
     }
@@ -289,8 +281,7 @@ fn read_with(
     op: impl FnMut() -> io::Result<usize>,
 ) -> io::Result<usize> {
     if st.as_ref().is_some_and(|s| !s.maybe_readable()) {
-        // (Only a registered state says not readable: nothing to make.)
-        wait_owned(fd, Interest::READABLE, timeout, st, None)?;
+        wait_owned(fd, Interest::READABLE, timeout, st)?;
     }
     let n = retry_until(fd, Interest::READABLE, deadline, Some(st), op)?;
     if n > 0 && n < len {
@@ -303,13 +294,15 @@ fn read_with(
 
 /// One readiness wait of the running coroutine after `EAGAIN` on an evco-owned socket: for the
 /// next edge of its registration (a one-shot wait where the backend has no edge triggering).
-/// `st` is the socket's state if known; it is filled in (`seen`: as for `state_for_wait`).
+/// `st` is the socket's state if known; it is filled in. A state made here reads the fd's
+/// generation as it is made, a few instructions after the caller's EAGAIN: a close on another
+/// thread that completes in that window goes unseen (reading the generation before every
+/// attempt instead cost ~20 instructions per message).
 fn wait_owned(
     fd: RawFd,
     interest: Interest,
     timeout: Option<Duration>,
     st: &mut Option<Rc<FdState>>,
-    seen: Option<u32>,
 ) -> io::Result<()> {
     let dir = if interest.is_writable() {
         What::WRITE
@@ -318,7 +311,7 @@ fn wait_owned(
     };
     let state = match st {
         Some(s) if s.is_registered() => s,
-        _ => st.insert(state_for_wait(fd, true, seen)?),
+        _ => st.insert(state_for_wait(fd, true, None)?),
     };
     let what = if state.is_registered() {
         // (An edge wait learns of a close through its own wake-up: the close ends the state.)
