@@ -1001,6 +1001,52 @@ fn clock_nanosleep_on_a_clock_it_cannot_sleep_on_is_libcs_error_in_a_coroutine()
     );
 }
 
+/// Signals the thread that starts it with SIGUSR1, handled by `handler` (with `SA_RESTART`:
+/// interrupted system calls resume), every ~30 us from another thread, until dropped. For
+/// child processes: the handler stays installed.
+struct SignalStorm {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    signaller: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SignalStorm {
+    fn start(handler: extern "C" fn(libc::c_int)) -> SignalStorm {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // SAFETY: installs a handler for SIGUSR1 in this (child) process.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
+        }
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let signaller = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                // SAFETY: signals a thread of this process, which joins this one (in `drop`)
+                // before it can end.
+                unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
+                std::thread::sleep(Duration::from_micros(30));
+            }
+        });
+        SignalStorm {
+            stop,
+            signaller: Some(signaller),
+        }
+    }
+}
+
+impl Drop for SignalStorm {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.signaller.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
 /// A signal handler that calls hooked sleeps (`usleep`, `nanosleep`, `sleep(0)`: all
 /// async-signal-safe in POSIX) while the thread runs coroutines does not switch coroutines out
 /// of a context that is not one. Another thread signals the scheduler's thread every ~30 us
@@ -1010,7 +1056,7 @@ fn clock_nanosleep_on_a_clock_it_cannot_sleep_on_is_libcs_error_in_a_coroutine()
 /// code (run in a child).
 #[test]
 fn hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU64, Ordering};
     let Some(_w) = common::in_child(
         "hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context",
         20,
@@ -1031,25 +1077,7 @@ fn hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context
         }
         HANDLED.fetch_add(1, Ordering::Relaxed);
     }
-    // SAFETY: installs a handler for SIGUSR1 in this child process (SA_RESTART: interrupted
-    // system calls resume).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_usr1 as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
-    }
-    // SAFETY: pthread_self has no preconditions.
-    let me = unsafe { libc::pthread_self() };
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let signaller = std::thread::spawn(move || {
-        while !s.load(Ordering::Relaxed) {
-            // SAFETY: signals a thread of this process that lives until `stop`.
-            unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
-            std::thread::sleep(Duration::from_micros(30));
-        }
-    });
+    let storm = SignalStorm::start(on_usr1);
     let rounds = evco::run(|| {
         let start = std::time::Instant::now();
         let hs: Vec<_> = (0..32)
@@ -1070,8 +1098,7 @@ fn hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
     });
-    stop.store(true, Ordering::Relaxed);
-    signaller.join().unwrap();
+    drop(storm);
     let handled = HANDLED.load(Ordering::Relaxed);
     println!("rounds {rounds}, signals handled {handled}");
     assert!(handled > 100, "only {handled} signals handled");
@@ -1119,5 +1146,121 @@ fn accept_on_an_inherited_listener_suspends_the_coroutine_not_the_thread() {
         assert!(acceptor.join().unwrap().unwrap());
         drop(client);
     });
+    println!("child-finished");
+}
+
+/// `close` (and `dup`) called from a signal handler, as POSIX allows, ends the waits on the
+/// closed socket with `EBADF` wherever the handler interrupted the thread: the scheduler, a
+/// switch, one of evco's waits or a coroutine's own code. Another thread signals the
+/// scheduler's thread every ~30 us for 2 s; its handler closes a socket that a coroutine waits
+/// to read (16 such coroutines, each making a new pair once its wait ended), while 16 others
+/// ping-pong over socket pairs. Every wait must end with `EBADF`, and the run must end. Before,
+/// a handler that interrupted evco's own code ended the waits itself: it met the scheduler's
+/// queue or the reactor's states borrowed (the process aborted) or skipped them (the wait never
+/// ended) (run in a child).
+#[test]
+fn close_in_a_signal_handler_ends_the_waits_on_the_socket_wherever_it_interrupted() {
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+    let Some(_w) = common::in_child(
+        "close_in_a_signal_handler_ends_the_waits_on_the_socket_wherever_it_interrupted",
+        30,
+    ) else {
+        return;
+    };
+    const VICTIMS: usize = 16;
+    static SLOTS: [AtomicI32; VICTIMS] = [const { AtomicI32::new(-1) }; VICTIMS];
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static CLOSED: AtomicU64 = AtomicU64::new(0);
+    extern "C" fn on_usr1(_: libc::c_int) {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed) as usize % VICTIMS;
+        let fd = SLOTS[i].swap(-1, Ordering::AcqRel);
+        // SAFETY: async-signal-safe calls; `fd` was published by a coroutine that owns it and
+        // never closes it itself once published (it takes it back with a swap first).
+        unsafe {
+            if fd >= 0 {
+                libc::close(fd);
+                CLOSED.fetch_add(1, Ordering::Relaxed);
+            }
+            let d = libc::dup(2);
+            if d >= 0 {
+                libc::close(d);
+            }
+        }
+    }
+    let storm = SignalStorm::start(on_usr1);
+    let (ended, other, pongs) = evco::run(|| {
+        let start = std::time::Instant::now();
+        let busy = move || start.elapsed() < Duration::from_secs(2);
+        let victims: Vec<_> = (0..VICTIMS)
+            .map(|i| {
+                evco::spawn(move || {
+                    let (mut ended, mut other) = (0u64, Vec::new());
+                    while busy() {
+                        let (mut a, _b) = UnixStream::pair().unwrap();
+                        SLOTS[i].store(a.as_raw_fd(), Ordering::Release);
+                        let r = a.read(&mut [0u8; 8]);
+                        // Still published: the handler has not closed it (the read can only
+                        // fail as below then, never succeed: nothing writes to `_b`).
+                        let mine = SLOTS[i].swap(-1, Ordering::AcqRel) >= 0;
+                        match r {
+                            Err(e) if e.raw_os_error() == Some(libc::EBADF) && !mine => ended += 1,
+                            r => other.push(format!("{r:?} (closed by the handler: {})", !mine)),
+                        }
+                        if mine {
+                            drop(a);
+                        } else {
+                            // The handler closed it: its number may be another fd's now.
+                            let _ = a.into_raw_fd();
+                        }
+                    }
+                    (ended, other)
+                })
+            })
+            .collect();
+        let pingers: Vec<_> = (0..16)
+            .map(|_| {
+                evco::spawn(move || {
+                    let (mut a, mut b) = UnixStream::pair().unwrap();
+                    let echo = evco::spawn(move || {
+                        let mut buf = [0u8; 1];
+                        while b.read(&mut buf).unwrap() == 1 {
+                            b.write_all(&buf).unwrap();
+                        }
+                    });
+                    let mut n = 0u64;
+                    while busy() {
+                        a.write_all(b"x").unwrap();
+                        a.read_exact(&mut [0u8; 1]).unwrap();
+                        n += 1;
+                    }
+                    drop(a);
+                    echo.join().unwrap();
+                    n
+                })
+            })
+            .collect();
+        let pongs: u64 = pingers.into_iter().map(|h| h.join().unwrap()).sum();
+        // Waits the handler did not reach before the end: ended by a close here.
+        for s in &SLOTS {
+            let fd = s.swap(-1, Ordering::AcqRel);
+            if fd >= 0 {
+                // SAFETY: a published fd, taken back from the slot: nothing else closes it.
+                unsafe { libc::close(fd) };
+            }
+        }
+        let (mut ended, mut other) = (0, Vec::new());
+        for h in victims {
+            let (e, o) = h.join().unwrap();
+            ended += e;
+            other.extend(o);
+        }
+        (ended, other, pongs)
+    });
+    drop(storm);
+    let closed = CLOSED.load(Ordering::Relaxed);
+    println!("waits ended by the handler's close: {ended}, closes {closed}, pongs {pongs}");
+    assert!(other.is_empty(), "waits that ended otherwise: {other:?}");
+    assert!(closed > 100, "only {closed} closes in the handler");
     println!("child-finished");
 }

@@ -113,7 +113,6 @@ impl Drop for Busy {
 /// Whether the thread runs a coroutine's own code, outside evco's (where a hook may suspend
 /// it): not in the scheduler, not mid-switch, not inside one of evco's waits.
 #[inline]
-#[cfg(all(feature = "hook", target_os = "linux"))]
 pub(crate) fn in_plain_body() -> bool {
     BODY.with(|b| b.get()) == IN_BODY
 }

@@ -100,9 +100,10 @@
 //! - `close` (and `dup2`/`dup3` over an open fd) is evco's one close path,
 //!   `reactor::forget`: coroutines waiting on the fd get `EBADF`, on this thread or any other
 //!   (whose reactor's doorbell it rings), and its registration goes, so a reused fd number
-//!   never inherits a stale one. It takes no lock, but it is not yet safe to call from a signal
-//!   handler that interrupted evco's own code on the same thread (it queues the waiters it
-//!   ends, which may meet the scheduler's queue borrowed).
+//!   never inherits a stale one. It takes no lock and is safe in a signal handler, as libc's
+//!   is: where the handler interrupted evco's own code (the scheduler, libevent, a switch, a
+//!   wait) rather than a coroutine's, the waits it ends on this thread end on the loop's next
+//!   turn, through the thread's doorbell, instead of at once.
 //! - An fd closed where the hooks cannot see it (`fclose(fdopen(fd))`, `close_range`,
 //!   `syscall(SYS_close)`) leaves its entry behind. A hook that finds the entry wrong (a
 //!   socket call on the number fails with `ENOTSOCK`: a file or pipe got it) clears it and

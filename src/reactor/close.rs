@@ -171,8 +171,15 @@ pub(super) fn claim_doorbell() -> (u32, RawFd) {
 /// the fd (its waiters get `EBADF`, its registration goes) and rings the doorbell of any other
 /// reactor that keeps some.
 ///
-/// It takes no lock, but it is not async-signal-safe: ending this thread's waits queues their
-/// coroutines (see the hooks' docs on signal handlers).
+/// It takes no lock, and it is async-signal-safe: a signal handler may close an fd (POSIX says
+/// it can) that a coroutine of the interrupted thread waits on, wherever the handler
+/// interrupted the thread. This thread's states are ended here only where that is safe: the
+/// thread runs a coroutine's own code, not evco's (see `coroutine::Busy`), and none of the
+/// reactor's lists is borrowed. Anywhere else (the scheduler's loop, libevent, a switch, one of
+/// evco's waits, plain thread code) `forget` leaves the slot's atomics changed and rings this
+/// reactor's own doorbell: its loop sweeps the state on its next turn, and the waiters get
+/// `EBADF` then. (A reactor without a doorbell, past the 1,024th, cannot be rung: its waits on
+/// an fd closed there end by their timeout.)
 pub(crate) fn forget(fd: RawFd) {
     forget_as(fd, CLOSING);
 }
@@ -198,9 +205,13 @@ fn forget_as(fd: RawFd, flags: u32) {
         return;
     };
     slot.bits.store(0, Ordering::Relaxed);
+    // `CLOSING` first, the owner word last: a state that claims the slot after this `forget`
+    // cleared it must see the mark (or the generation) in its check; with the mark set after
+    // the swap, one that read the new generation claimed the slot in between, saw neither, and
+    // its wait slept on a closed fd (1 wait in ~64,000 of the racing-close stress).
+    let shared = slot.flags.swap(flags, Ordering::AcqRel) & SHARED != 0;
     slot.generation.fetch_add(1, Ordering::AcqRel);
     let owner = slot.owner.swap(0, Ordering::AcqRel);
-    let shared = slot.flags.swap(flags, Ordering::AcqRel) & SHARED != 0;
     let owner_id = (owner >> 32) as u32;
     let me = with_current(|r| {
         let mine = owner != 0 && owner_id == r.id;
@@ -342,19 +353,39 @@ impl Reactor {
         }
     }
 
-    /// `fd` is closing (or its number now names another fd): ends this reactor's state of it.
+    /// `fd` is closing (or its number now names another fd): ends this reactor's state of it
+    /// (the one at `index` of its list, and any in `foreign`), now where that is safe, else
+    /// through the doorbell (see [`forget`]).
     pub(super) fn forget_local(&self, fd: RawFd, index: Option<usize>) {
-        let local = index.and_then(|i| {
-            let states = self.states.try_borrow().ok()?;
-            states.get(i).filter(|s| s.fd == fd).cloned()
-        });
         let foreign = match self.foreign.try_borrow() {
-            Ok(f) if !f.is_empty() => f.get(&fd).cloned(),
-            _ => None,
+            Ok(f) => !f.is_empty() && f.contains_key(&fd),
+            // Borrowed: the caller interrupted evco's own code; it may hold one.
+            Err(_) => true,
         };
+        if index.is_none() && !foreign {
+            return;
+        }
+        if !self.may_end_now() {
+            ring(self.id);
+            return;
+        }
+        let local = index.and_then(|i| self.states.borrow().get(i).filter(|s| s.fd == fd).cloned());
+        let foreign = foreign
+            .then(|| self.foreign.borrow().get(&fd).cloned())
+            .flatten();
         for st in [local, foreign].into_iter().flatten() {
             self.end_state(&st);
         }
+    }
+
+    /// Whether states can be ended on this thread right now, even from a signal handler: it
+    /// interrupted a coroutine's own code (not the scheduler, libevent, a switch or evco's own
+    /// code, which mark themselves `Busy`), and no list of the reactor is borrowed.
+    fn may_end_now(&self) -> bool {
+        crate::coroutine::in_plain_body()
+            && self.states.try_borrow_mut().is_ok()
+            && self.foreign.try_borrow_mut().is_ok()
+            && self.spare.try_borrow_mut().is_ok()
     }
 
     pub(super) fn doorbell_on(&self) {

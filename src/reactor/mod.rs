@@ -61,6 +61,13 @@
 //! checks the flags, the generation and that the fd is open after it claims the slot, so a
 //! close either sees the claim and rings, or the maker sees the close).
 //!
+//! A close may come from a signal handler on the reactor's own thread, interrupting anything.
+//! `forget` ends this thread's states at once only when the handler interrupted a coroutine's
+//! own code with none of the reactor's lists borrowed; evco code that changes what `end_state`
+//! touches (the lists, libevent's events, the scheduler's ready queue) outside a wait marks
+//! itself `coroutine::Busy`. Otherwise `forget` changes only the slot's atomics and rings the
+//! reactor's own doorbell, and the sweep ends the state on the loop's next turn.
+//!
 //! An fd closed where evco cannot see it (`fclose(fdopen(fd))`, `close_range`, the raw system
 //! call) leaves its state until the number is met again: a hooked call on it that fails with
 //! `ENOTSOCK` repairs the table (`crate::hook`), [`io::wait`](crate::io::wait) checks a
@@ -202,6 +209,7 @@ impl Reactor {
         if let Some(st) = self.find(fd) {
             return Ok(st);
         }
+        let _busy = crate::coroutine::Busy::enter();
         if self.rung() {
             // A close elsewhere may have left a state of this very fd number.
             self.sweep();
@@ -266,6 +274,8 @@ impl Reactor {
     pub(crate) fn registration(&self, fd: RawFd, seen: Option<u32>) -> io::Result<Rc<FdState>> {
         let st = self.state(fd, seen)?;
         if !st.registered.get() {
+            // Inside libevent below: see `forget` on signal handlers.
+            let _busy = crate::coroutine::Busy::enter();
             let arg = Rc::as_ptr(&st) as *mut c_void;
             // EV_CLOSED (EPOLLRDHUP) marks the peer's FIN: a short read can leave an EOF behind
             // that no later edge announces, so `ready` keeps READ set for good once it is seen.
@@ -310,6 +320,7 @@ impl Reactor {
     /// and stays open): its waiters get `EBADF`, its registration goes.
     pub(crate) fn release(&self, fd: RawFd) {
         if let Some(st) = self.find(fd) {
+            let _busy = crate::coroutine::Busy::enter();
             self.end_state(&st);
         }
     }
