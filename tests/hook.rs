@@ -1264,3 +1264,22 @@ fn close_in_a_signal_handler_ends_the_waits_on_the_socket_wherever_it_interrupte
     assert!(closed > 100, "only {closed} closes in the handler");
     println!("child-finished");
 }
+
+/// As `urgent_data_does_not_stall_the_reader_at_the_mark` in tests/tcp.rs, for a hooked std
+/// `TcpStream` in a coroutine: before, its read at the mark left it waiting for its 5 s read
+/// timeout.
+#[test]
+fn urgent_data_does_not_stall_a_hooked_std_reader_at_the_mark() {
+    let _w = watchdog(20);
+    let peer = common::UrgentPeer::start();
+    let addr = peer.addr;
+    let got = evco::run(move || {
+        evco::spawn(move || {
+            let s = TcpStream::connect(addr).unwrap();
+            peer.read_past_the_mark(&s, |s, t| s.set_read_timeout(Some(t)).unwrap())
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(got.unwrap(), b"aaaacccc");
+}

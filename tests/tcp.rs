@@ -448,3 +448,22 @@ fn a_reader_and_a_writer_coroutine_share_one_stream() {
         assert_eq!(&reader.join().unwrap().unwrap(), b"pong");
     });
 }
+
+/// One urgent (`MSG_OOB`) byte in the stream does not stall the reader: the read that stops at
+/// the urgent mark comes back short, and the data behind the mark is read at once. Before, that
+/// short read counted as "receive queue drained", so the reader waited for an edge that never
+/// came (until the peer sent more or closed): here, its 5 s read timeout.
+#[test]
+fn urgent_data_does_not_stall_the_reader_at_the_mark() {
+    let _w = watchdog(20);
+    let peer = common::UrgentPeer::start();
+    let got = evco::run(move || {
+        let s = TcpStream::connect(peer.addr).unwrap();
+        let got = peer.read_past_the_mark(&s, |s, t| s.set_read_timeout(Some(t)).unwrap());
+        drop(s);
+        // The urgent watch leaves the loop with the last state, as the doorbell does.
+        assert_eq!(added_events(), 0);
+        got
+    });
+    assert_eq!(got.unwrap(), b"aaaacccc");
+}

@@ -250,6 +250,7 @@ impl Reactor {
     /// Takes `st` out of the reactor's lists and the fd table (if it is still there); its
     /// memory goes with the last `Rc`.
     pub(super) fn unlink(&self, st: &FdState) {
+        self.left_urgent_watch(st);
         let index = st.index.replace(usize::MAX);
         if index != usize::MAX {
             let mut states = self.states.borrow_mut();

@@ -75,6 +75,7 @@
 
 mod close;
 mod state;
+mod urgent;
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
@@ -134,6 +135,11 @@ pub(crate) struct Reactor {
     efd: Cell<RawFd>,
     doorbell: RawEvent,
     doorbell_added: Cell<bool>,
+    /// The urgent watch's epoll instance (-1 until first used; see `urgent`), its event, and
+    /// how many states are in it (the event is in the loop while any is).
+    urgent_fd: Cell<RawFd>,
+    urgent_ev: RawEvent,
+    watched: Cell<usize>,
     base: *mut sys::event_base,
 }
 
@@ -158,6 +164,9 @@ impl Reactor {
             efd: Cell::new(efd),
             doorbell: RawEvent::new(),
             doorbell_added: Cell::new(false),
+            urgent_fd: Cell::new(-1),
+            urgent_ev: RawEvent::new(),
+            watched: Cell::new(0),
             base,
         }
     }
@@ -321,6 +330,7 @@ impl Reactor {
     pub(crate) fn release(&self, fd: RawFd) {
         if let Some(st) = self.find(fd) {
             let _busy = crate::coroutine::Busy::enter();
+            st.unwatch_urgent();
             self.end_state(&st);
         }
     }
@@ -331,6 +341,7 @@ impl Reactor {
     /// doorbells of threads that do not exist here go, and this reactor's gets an eventfd of
     /// its own (the old one is the parent's thread's too).
     pub(crate) fn after_fork(&self) {
+        self.drop_urgent_watch();
         let was_added = self.doorbell_added.replace(false);
         self.doorbell.reset();
         let efd = close::doorbells_after_fork(self.id);
@@ -353,6 +364,11 @@ impl Reactor {
 impl Drop for Reactor {
     fn drop(&mut self) {
         self.doorbell.del();
+        self.urgent_ev.del();
+        let ep = self.urgent_fd.replace(-1);
+        if ep >= 0 {
+            let _ = crate::os::close(ep);
+        }
         let _ = CURRENT.try_with(|c| {
             if std::ptr::eq(c.get(), self) {
                 c.set(std::ptr::null());

@@ -91,6 +91,15 @@ impl Waiters {
     }
 }
 
+/// A bit of `FdState::ready` of evco's own (beside libevent's `What` bits): the socket's
+/// first short read tried to add it to its reactor's urgent watch (see `urgent`).
+pub(super) const TRIED: c_short = 0x1000;
+/// A bit of `FdState::ready`: the socket is in its reactor's urgent watch.
+pub(super) const WATCHED: c_short = 0x2000;
+/// A bit of `FdState::ready`: urgent data arrived on the socket, so a short read no longer
+/// means its receive queue is drained (see `urgent`).
+pub(super) const URGENT: c_short = 0x4000;
+
 /// What this thread knows about one fd. See the module docs.
 ///
 /// `repr(C)`, fields in the order an edge touches them: with the `Rc` counts in front, what an
@@ -100,7 +109,7 @@ pub(crate) struct FdState {
     /// Directions that may be ready: set by every edge, cleared when the socket said `EAGAIN`
     /// (a wait) or a read came back short (`note_drained`). With a clear bit, the next
     /// operation in that direction waits for an edge before it tries, saving a syscall that
-    /// would only return `EAGAIN`.
+    /// would only return `EAGAIN`. Also `TRIED`, `WATCHED` and `URGENT`.
     pub(super) ready: Cell<c_short>,
     /// The fd's generation when this was made (in the padding after `ready`).
     pub(super) generation: u32,
@@ -168,10 +177,16 @@ impl FdState {
     /// A read came back short: the receive queue is empty until the next edge.
     #[inline]
     pub(crate) fn note_drained(&self) {
-        // After the peer's FIN, reads never wait again: EOF is always there to be read.
-        if self.ready.get() & What::CLOSED.bits() == 0 {
-            self.ready.set(self.ready.get() & !What::READ.bits());
+        let ready = self.ready.get();
+        // After the peer's FIN, reads never wait again: EOF is always there to be read. After
+        // urgent data, a short read may have stopped at its mark (see `urgent`).
+        if ready & (What::CLOSED.bits() | URGENT) != 0 {
+            return;
         }
+        if ready & TRIED == 0 {
+            self.watch_urgent();
+        }
+        self.ready.set(self.ready.get() & !What::READ.bits());
     }
 
     /// Lists `token` for the next `dir` edge (exactly one of READ or WRITE) until the guard

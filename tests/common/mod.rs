@@ -282,3 +282,94 @@ pub fn fd_is_open(fd: std::os::fd::RawFd) -> bool {
     // SAFETY: F_GETFD only inspects the descriptor table.
     (unsafe { libc::fcntl(fd, libc::F_GETFD) }) != -1
 }
+
+/// A peer on a plain thread for the urgent-data tests: once told to go (the [`UrgentPeer`]'s
+/// `read_past_the_mark`), it sends `aaaa`, one urgent (`MSG_OOB`) byte `b`, then `cccc` to
+/// whoever connected to `addr` (with `TCP_NODELAY`: three segments, sent at once), and keeps
+/// the connection open until the other side closes it.
+pub struct UrgentPeer {
+    pub addr: std::net::SocketAddr,
+    go: mpsc::Sender<()>,
+    sent: mpsc::Receiver<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UrgentPeer {
+    pub fn start() -> UrgentPeer {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let (sent_tx, sent) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            if go_rx.recv().is_err() {
+                return;
+            }
+            s.write_all(b"aaaa").unwrap();
+            // SAFETY: sends one byte from a live buffer on an open socket.
+            let n = unsafe {
+                libc::send(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    b"b".as_ptr().cast(),
+                    1,
+                    libc::MSG_OOB,
+                )
+            };
+            assert_eq!(n, 1);
+            s.write_all(b"cccc").unwrap();
+            sent_tx.send(()).unwrap();
+            // Until the reader closes.
+            let _ = s.read(&mut [0u8; 16]);
+        });
+        UrgentPeer {
+            addr,
+            go,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    /// In a coroutine, with `r` connected to the peer: makes `r` wait once (a 1 ms read
+    /// timeout that expires, so the socket is registered and known drained, as a reader that
+    /// waited for the peer is), has the peer send, and once it has (on loopback a send has
+    /// reached the receiver's queue when it returns) reads every byte but the urgent one with
+    /// a 5 s read timeout (`set_timeout` sets `r`'s). The read that stops at the urgent mark
+    /// comes back short; the data behind the mark must still be read without waiting for more.
+    pub fn read_past_the_mark<R: std::io::Read>(
+        &self,
+        mut r: R,
+        set_timeout: impl Fn(&R, Duration),
+    ) -> std::io::Result<Vec<u8>> {
+        set_timeout(&r, Duration::from_millis(1));
+        let e = r.read(&mut [0u8; 8]).unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "{e}"
+        );
+        set_timeout(&r, Duration::from_secs(5));
+        self.go.send(()).unwrap();
+        while self.sent.try_recv().is_err() {
+            evco::yield_now().unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            let mut buf = [0u8; 64];
+            let n = r.read(&mut buf)?;
+            assert_ne!(n, 0, "EOF after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        Ok(got)
+    }
+}
+
+impl Drop for UrgentPeer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let (go, _) = mpsc::channel();
+            drop(std::mem::replace(&mut self.go, go));
+            t.join().unwrap();
+        }
+    }
+}
