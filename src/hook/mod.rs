@@ -70,6 +70,9 @@
 //!   it. A `read` of 0 bytes returns 0 at once, as the kernel's does on a socket (a `recv` of 0
 //!   bytes waits for data, as the kernel's does). A Unix-domain `connect` is libc's (it blocks
 //!   only while the listener's queue is full).
+//! - TCP urgent data (`MSG_OOB`) is the kernel's: a read stops short at the urgent mark, and
+//!   the next read returns the data behind it at once, without waiting (the reactor's urgent
+//!   watch, `reactor::urgent`); `recv(MSG_OOB)` is libc's call.
 //! - A signal does not interrupt a cooperative wait: its handler runs and the call goes on
 //!   waiting, as if every handler had `SA_RESTART`; a program that relies on `EINTR` to
 //!   break out of a blocking call does not get it inside a coroutine.
