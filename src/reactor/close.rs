@@ -370,6 +370,8 @@ impl Reactor {
             ring(self.id);
             return;
         }
+        // From here on, evco's own code: a handler that interrupts it defers.
+        let _busy = crate::coroutine::Busy::enter();
         let local = index.and_then(|i| self.states.borrow().get(i).filter(|s| s.fd == fd).cloned());
         let foreign = foreign
             .then(|| self.foreign.borrow().get(&fd).cloned())

@@ -216,9 +216,6 @@ impl Scheduler {
         if task.queued.replace(true) {
             return;
         }
-        // The queue and the drain event are mid-change: a signal handler's close here must
-        // leave the waits it ends to the loop (see `reactor::forget`).
-        let _busy = crate::coroutine::Busy::enter();
         self.ready.borrow_mut().push_back(task);
         self.arm();
     }

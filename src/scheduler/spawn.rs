@@ -53,6 +53,8 @@ where
         cold: Cell::new(false),
     });
     task.core.owner.set(Rc::as_ptr(&task) as *const ());
+    // The task table and the ready queue are mid-change (see `Scheduler::unpark`).
+    let _busy = coroutine::Busy::enter();
     sched.insert(&task);
     sched.schedule(task.clone());
     Ok(JoinHandle {

@@ -129,6 +129,11 @@ impl Task {
 
 impl Scheduler {
     pub(super) fn unpark(&self, task: &Rc<Task>) {
+        // Called from coroutine code (a sync primitive's wake-up): the ready queue and the
+        // drain event are mid-change below, so a signal handler's close must leave the waits it
+        // ends to the loop (see `reactor::forget`). (Callbacks and evco's waits are not
+        // coroutine code already.)
+        let _busy = coroutine::Busy::enter();
         match task.blocked.get() {
             Blocked::Parked => {}
             Blocked::ParkedTimed => self.disarm(task),
