@@ -11,8 +11,6 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=wrapper.h");
     knobs::declare();
-    #[cfg(feature = "hook")]
-    hook_shim::build();
     if cfg!(feature = "libevent-sys") {
         return;
     }
@@ -21,21 +19,6 @@ fn main() {
     bindings::generate(&include_dirs);
     #[cfg(not(feature = "bindgen"))]
     let _ = include_dirs;
-}
-
-/// The variadic `fcntl`/`ioctl` hooks, which stable Rust cannot define (see src/hook/shim.c).
-#[cfg(feature = "hook")]
-mod hook_shim {
-    pub fn build() {
-        println!("cargo:rerun-if-changed=src/hook/shim.c");
-        if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
-            return;
-        }
-        cc::Build::new()
-            .file("src/hook/shim.c")
-            .warnings(true)
-            .compile("evco_hook_shim");
-    }
 }
 
 /// The environment variables this script reads; cargo sets the rest (`CARGO_*`, `OUT_DIR`).

@@ -1,6 +1,6 @@
 //! The hooks that create, configure, duplicate and close fds (`socket`, `socketpair`,
 //! `accept`, `accept4`, `connect`, `close`, `dup`, `dup2`, `dup3`, `setsockopt`, and the
-//! Rust side of the variadic `fcntl` and `ioctl` in `shim.c`), and the entries they keep.
+//! variadic `fcntl` and `ioctl`), and the entries they keep.
 
 use std::ffi::{c_int, c_void};
 use std::io;
@@ -390,9 +390,23 @@ unsafe extern "C" fn setsockopt(
     r
 }
 
-/// The Rust side of the `fcntl` hook (src/hook/shim.c): records `O_NONBLOCK` and duplicates.
+// `fcntl` and `ioctl` are variadic in C (`int fcntl(int, int, ...)`), which stable Rust cannot
+// define. They are defined here with their one optional argument as a fixed third one. On the
+// Linux ABIs evco's hooks build for (x86-64 System V, AArch64 AAPCS64, i386), a variadic
+// caller passes an integer or pointer argument exactly where a fixed one goes (x86-64 also sets
+// `%al`, which a non-variadic callee ignores), so libc's callers reach these unchanged; the
+// argument is read as the kernel reads it, an integer or a pointer. When the caller passed
+// none, the value is whatever the register held, and the kernel ignores it, as it ignores what
+// a C `va_arg` would have read. (Defining them in Rust, not C, puts them in libevco.so's
+// exports with the other hooks: rustc's version script for a cdylib exports only Rust items.)
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "x86")))]
+compile_error!(
+    "evco's fcntl/ioctl hooks assume a C ABI where variadic integer arguments go where fixed ones do"
+);
+
+/// Hook: records `O_NONBLOCK` and duplicates (see above for the signature).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn evco_hook_fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real::fcntl(fd, cmd, arg) };
     if r >= 0 {
@@ -405,13 +419,20 @@ unsafe extern "C" fn evco_hook_fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) 
     r
 }
 
-/// The Rust side of the `ioctl` hook (src/hook/shim.c): records `FIONBIO`.
+/// Hook: glibc 2.28+ also exports `fcntl64`. On 64-bit targets it is the same call (one
+/// struct flock), so it shares the hook; on 32-bit ones it takes struct flock64 where fcntl
+/// takes struct flock, and forwarding it to the real fcntl would misread record locks: there it
+/// stays libc's (and an O_NONBLOCK set through it is not seen by the hooks).
+#[cfg(target_pointer_width = "64")]
 #[unsafe(no_mangle)]
-unsafe extern "C" fn evco_hook_ioctl(
-    fd: c_int,
-    request: libc::c_ulong,
-    arg: libc::c_ulong,
-) -> c_int {
+unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    // SAFETY: the caller's arguments, passed on (same contract as `fcntl`).
+    unsafe { fcntl(fd, cmd, arg) }
+}
+
+/// Hook: records `FIONBIO` (see `fcntl` for the signature).
+#[unsafe(no_mangle)]
+unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real::ioctl(fd, request, arg) };
     if r == 0 && request == libc::FIONBIO && arg != 0 {
