@@ -50,6 +50,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod capi;
 pub mod coroutine;
 pub mod event;
 mod fd_table;

@@ -152,6 +152,11 @@ impl Coroutine {
     pub fn name(&self) -> Option<&str> {
         self.core.name()
     }
+
+    /// Its core (for the C ABI: its flags, its stack).
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
 }
 
 /// Suspends the running bare coroutine, returning control to whoever resumed it.

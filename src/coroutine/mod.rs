@@ -187,6 +187,12 @@ pub(crate) struct Core {
     stack_size: usize,
     /// The scheduler task that owns this core, or null for a bare coroutine.
     pub(crate) owner: Cell<*const ()>,
+    /// It runs C code (the C ABI's coroutines): it is never unwound. Cancelling it is
+    /// cooperative (its waits fail with `ECANCELED` until it returns), dropping it suspended
+    /// frees its stack without running anything on it.
+    pub(crate) c_frames: Cell<bool>,
+    /// The hooks are libc's calls in it (`evco_hook_set(0)`).
+    pub(crate) hooks_off: Cell<bool>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -217,6 +223,8 @@ impl Core {
             scope: Cell::new(std::ptr::null_mut()),
             sp: Cell::new(0),
             owner: Cell::new(std::ptr::null()),
+            c_frames: Cell::new(false),
+            hooks_off: Cell::new(false),
         })
     }
 
@@ -234,6 +242,34 @@ impl Core {
 
     pub(crate) fn is_cancelling(&self) -> bool {
         self.cancelling.get()
+    }
+
+    /// Marks it cancelled without unwinding anything: its waits fail with `ECANCELED` from
+    /// now on (the C ABI's cooperative cancellation; see `c_frames`).
+    pub(crate) fn cancel_cooperatively(&self) {
+        self.cancelling.set(true);
+    }
+
+    /// How many bytes of its stack it has touched (see `Stack::touched`); 0 without a stack.
+    pub(crate) fn stack_touched(&self) -> usize {
+        // SAFETY: a shared look at the stack's fields from the coroutine's own thread; nothing
+        // takes the stack out during this call.
+        unsafe { (*self.stack.get()).as_ref() }.map_or(0, Stack::touched)
+    }
+
+    /// Gives up a suspended coroutine that runs C code without touching its stack (see
+    /// `Stack::leak`): marked finished, never resumed. True when it was suspended.
+    pub(crate) fn leak(&self) -> bool {
+        if self.state.get() != State::Suspended {
+            return false;
+        }
+        self.state.set(State::Finished);
+        self.scope.set(std::ptr::null_mut());
+        // SAFETY: suspended, so nothing borrows the stack.
+        if let Some(stack) = unsafe { (*self.stack.get()).take() } {
+            stack.leak();
+        }
+        true
     }
 
     /// Starts loading what resuming this suspended coroutine reads first: the registers
@@ -442,6 +478,11 @@ impl Drop for Core {
         if self.state.get() == State::Suspended {
             if let Some(ev) = self.wait_event() {
                 ev.del();
+            }
+            if self.c_frames.get() {
+                // C frames are never unwound: its stack goes without running anything.
+                self.abandon();
+                return;
             }
             if std::thread::panicking() {
                 // Unwinding the coroutine now would be a panic during a panic (an abort): leak

@@ -193,6 +193,44 @@ impl Stack {
         unsafe { libc::munmap(start as *mut libc::c_void, top - start) == 0 }
     }
 
+    /// How many bytes of the stack have been touched (resident pages, from the lowest one up to
+    /// the top): a high-water mark to the page, which for a pooled stack includes the use of the
+    /// coroutines that ran on it before. 0 where the layout is unknown (no guard gap was made).
+    pub(super) fn touched(&self) -> usize {
+        if self.gap.is_null() {
+            return 0;
+        }
+        let top = (self.object as usize + 1).next_multiple_of(4096);
+        let bottom = self.gap as usize + GUARD_GAP;
+        let pages = (top - bottom) / 4096;
+        let mut resident = vec![0u8; pages];
+        // SAFETY: `bottom..top` is this stack's usable read-write mapping (the layout `sentinel`
+        // checked); mincore writes one byte per page into `resident`, which has `pages` bytes.
+        let r = unsafe {
+            libc::mincore(
+                bottom as *mut libc::c_void,
+                top - bottom,
+                resident.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return 0;
+        }
+        resident
+            .iter()
+            .position(|&b| b & 1 != 0)
+            .map_or(0, |lowest| (pages - lowest) * 4096)
+    }
+
+    /// Leaves a suspended coroutine's stack as it is, mapped, forever: its frames (C frames,
+    /// which must never be unwound) may hold addresses that other code still uses. Only its
+    /// wait event goes.
+    pub(super) fn leak(self) {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the wait event is read out exactly once and `me` is never dropped.
+        drop(unsafe { std::ptr::read(&me.wait) });
+    }
+
     /// Returns a finished stack to the pool (or frees it when the pool is full).
     pub(super) fn give_back(self) {
         // The pooled event must not remember a base that may be gone by its next use.

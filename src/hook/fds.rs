@@ -78,7 +78,7 @@ fn fresh(fd: c_int, bits: u64) {
 
 /// Hook: records the new socket in the fd table.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+pub(super) unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let fd = unsafe { real::socket(domain, ty, protocol) };
     if fd >= 0 {
@@ -89,7 +89,7 @@ unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int 
 
 /// Hook: records both sockets in the fd table.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn socketpair(
+pub(super) unsafe extern "C" fn socketpair(
     domain: c_int,
     ty: c_int,
     protocol: c_int,
@@ -109,14 +109,18 @@ unsafe extern "C" fn socketpair(
 
 /// Hook: `accept4` without flags.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+pub(super) unsafe extern "C" fn accept(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     unsafe { accept4(fd, addr, len, 0) }
 }
 
 /// Hook: cooperative on a blocking listener inside a coroutine; the new socket is recorded.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn accept4(
+pub(super) unsafe extern "C" fn accept4(
     fd: c_int,
     addr: *mut sockaddr,
     len: *mut socklen_t,
@@ -267,7 +271,7 @@ fn sockopt(fd: c_int, name: c_int) -> c_int {
 /// Hook: a blocking TCP connect inside a coroutine starts non-blocking and waits for the
 /// socket to become writable (bounded by `SO_SNDTIMEO`, then `EINPROGRESS` as the kernel's).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+pub(super) unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // A duplicated socket's description is not evco's alone: `O_NONBLOCK` set on it for the
     // attempt would show through the other fds (see "What a hook changes").
     let Some(bits) = cooperative(fd).filter(|b| b & (table::TCP | table::DUPED) == table::TCP)
@@ -314,7 +318,7 @@ unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -
 /// Hook: evco's one close path (`reactor::forget`: waiters on any thread get `EBADF`, the
 /// registration goes), then libc's close.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn close(fd: c_int) -> c_int {
+pub(super) unsafe extern "C" fn close(fd: c_int) -> c_int {
     crate::reactor::forget(fd);
     // SAFETY: the caller's argument, passed on.
     let r = unsafe { real::close(fd) };
@@ -324,7 +328,7 @@ unsafe extern "C" fn close(fd: c_int) -> c_int {
 
 /// Hook: the duplicate inherits the fd's table entry.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn dup(fd: c_int) -> c_int {
+pub(super) unsafe extern "C" fn dup(fd: c_int) -> c_int {
     // SAFETY: the caller's argument, passed on.
     let new = unsafe { real::dup(fd) };
     if new >= 0 {
@@ -336,7 +340,7 @@ unsafe extern "C" fn dup(fd: c_int) -> c_int {
 /// Hook: `new`, if it was open, is forgotten as by `close` (its waiters get `EBADF`, its
 /// registration goes); it inherits `fd`'s entry.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
+pub(super) unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real::dup2(fd, new) };
     replaced(fd, r);
@@ -345,7 +349,7 @@ unsafe extern "C" fn dup2(fd: c_int, new: c_int) -> c_int {
 
 /// Hook: as `dup2`.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
+pub(super) unsafe extern "C" fn dup3(fd: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real::dup3(fd, new, flags) };
     replaced(fd, r);
@@ -370,7 +374,7 @@ fn duplicated(fd: c_int, new: c_int) {
 
 /// Hook: records `SO_RCVTIMEO` and `SO_SNDTIMEO`.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn setsockopt(
+pub(super) unsafe extern "C" fn setsockopt(
     fd: c_int,
     level: c_int,
     name: c_int,
@@ -406,7 +410,7 @@ compile_error!(
 
 /// Hook: records `O_NONBLOCK` and duplicates (see above for the signature).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+pub(super) unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real::fcntl(fd, cmd, arg) };
     if r >= 0 {
@@ -425,14 +429,18 @@ unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
 /// stays libc's (and an O_NONBLOCK set through it is not seen by the hooks).
 #[cfg(target_pointer_width = "64")]
 #[unsafe(no_mangle)]
-unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+pub(super) unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: the caller's arguments, passed on (same contract as `fcntl`).
     unsafe { fcntl(fd, cmd, arg) }
 }
 
 /// Hook: records `FIONBIO` (see `fcntl` for the signature).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
+pub(super) unsafe extern "C" fn ioctl(
+    fd: c_int,
+    request: libc::c_ulong,
+    arg: libc::c_ulong,
+) -> c_int {
     // SAFETY: the caller's arguments, passed on.
     let r = unsafe { real::ioctl(fd, request, arg) };
     if r == 0 && request == libc::FIONBIO && arg != 0 {

@@ -328,3 +328,73 @@ fn cancelling() -> bool {
 // or does the same work cooperatively and reports the result the way libc does (-1 with
 // errno). None lets a panic or a coroutine's cancellation unwind out of it (`extern "C"` aborts
 // instead, and `stop_cancellation` turns a cancellation into an error first).
+
+/// The address of every hook, in one exported table (`evco_hook_table` in include/evco.h).
+///
+/// A C program linked with libevco.a gets from the archive only the members that resolve a
+/// symbol it references: the hooks, which nothing references by name (the program means libc's
+/// `read`), would silently stay out. Every `evco_sched_*` entry of the C ABI refers to this
+/// table, which refers to every hook, so the linker keeps them all, with `--gc-sections` too;
+/// a program that calls no such function can name the table itself (`-Wl,-u,evco_hook_table`).
+/// Null-terminated.
+#[repr(transparent)]
+#[derive(Debug)]
+pub struct HookTable([*const std::ffi::c_void; 29]);
+
+// SAFETY: the table is immutable and holds only addresses of functions, never dereferenced as
+// data by anyone.
+unsafe impl Sync for HookTable {}
+
+macro_rules! hook_table {
+    ($($f:path),* $(,)?) => {
+        HookTable([$($f as *const std::ffi::c_void,)* std::ptr::null()])
+    };
+}
+
+/// See [`HookTable`].
+#[unsafe(no_mangle)]
+pub static evco_hook_table: HookTable = hook_table![
+    fds::socket,
+    fds::socketpair,
+    fds::accept,
+    fds::accept4,
+    fds::connect,
+    fds::close,
+    fds::dup,
+    fds::dup2,
+    fds::dup3,
+    fds::setsockopt,
+    fds::fcntl,
+    fds::ioctl,
+    rw::read,
+    rw::write,
+    rw::recv,
+    rw::send,
+    rw::recvfrom,
+    rw::sendto,
+    rw::recvmsg,
+    rw::sendmsg,
+    rw::readv,
+    rw::writev,
+    sleep::nanosleep,
+    sleep::clock_nanosleep,
+    sleep::usleep,
+    sleep::sleep,
+    poll::poll,
+    fds::fcntl64,
+];
+
+/// Whether the process's `read`, `accept`, ... as the dynamic linker resolves them (for
+/// libevent and every shared library) are evco's hooks.
+pub(crate) fn active() -> bool {
+    ["read\0", "accept\0", "connect\0", "usleep\0"]
+        .iter()
+        .all(|name| {
+            // SAFETY: dlsym with a NUL-terminated name and the default scope; only compared.
+            let found = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr().cast()) };
+            evco_hook_table
+                .0
+                .iter()
+                .any(|&h| !h.is_null() && h == found.cast_const())
+        })
+}

@@ -20,7 +20,11 @@ const MAX_POLL_FDS: libc::nfds_t = 1 << 20;
 /// Hook: a cooperative wait inside a scheduled coroutine when every listed fd is a socket this
 /// process created (see the module docs); libc's `poll` otherwise.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+pub(super) unsafe extern "C" fn poll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: c_int,
+) -> c_int {
     if timeout != 0 && scheduler::in_scheduled_coroutine() {
         let list: &mut [libc::pollfd] = if nfds == 0 {
             &mut []

@@ -59,7 +59,7 @@ fn cooperative_send(fd: c_int, flags: c_int) -> Option<u64> {
 
 /// Hook: on a hooked socket in a coroutine, a cooperative `recv`.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
+pub(super) unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     // A read of nothing returns 0 at once on a socket, ready or not (unlike a recv of nothing,
     // which waits for data like any other).
     hooked(
@@ -74,7 +74,7 @@ unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t
 
 /// Hook: on a hooked socket in a coroutine, a cooperative `send` of everything.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
+pub(super) unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     hooked(
         fd,
         cooperative(fd),
@@ -87,7 +87,12 @@ unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssiz
 
 /// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int) -> ssize_t {
+pub(super) unsafe extern "C" fn recv(
+    fd: c_int,
+    buf: *mut c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
     hooked(
         fd,
         cooperative_recv(fd, flags),
@@ -100,7 +105,12 @@ unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, len: size_t, flags: c_int
 
 /// Hook: cooperative on a hooked socket in a coroutine.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_int) -> ssize_t {
+pub(super) unsafe extern "C" fn send(
+    fd: c_int,
+    buf: *const c_void,
+    len: size_t,
+    flags: c_int,
+) -> ssize_t {
     hooked(
         fd,
         cooperative_send(fd, flags),
@@ -113,7 +123,7 @@ unsafe extern "C" fn send(fd: c_int, buf: *const c_void, len: size_t, flags: c_i
 
 /// Hook: cooperative on a hooked socket in a coroutine (`MSG_WAITALL` waited out).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn recvfrom(
+pub(super) unsafe extern "C" fn recvfrom(
     fd: c_int,
     buf: *mut c_void,
     len: size_t,
@@ -133,7 +143,7 @@ unsafe extern "C" fn recvfrom(
 
 /// Hook: cooperative on a hooked socket in a coroutine (streams: until everything is queued).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn sendto(
+pub(super) unsafe extern "C" fn sendto(
     fd: c_int,
     buf: *const c_void,
     len: size_t,
@@ -264,7 +274,7 @@ unsafe fn coop_sendto(
 /// ancillary data, it ends after the first transfer (no descriptor can be lost to a transfer
 /// without room for it).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+pub(super) unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
     hooked(
         fd,
         cooperative_recv(fd, flags),
@@ -317,7 +327,7 @@ unsafe fn coop_recvmsg(fd: c_int, bits: u64, msg: *mut msghdr, flags: c_int) -> 
 /// byte is queued, as a blocking `sendmsg` does (the ancillary data goes with the first
 /// transfer only).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+pub(super) unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
     hooked(
         fd,
         cooperative_send(fd, flags),
@@ -371,7 +381,7 @@ fn iov_msg(iov: *const iovec, n: c_int) -> msghdr {
 
 /// Hook: on a hooked socket in a coroutine, a cooperative `recvmsg`.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+pub(super) unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
     hooked(
         fd,
         cooperative(fd).filter(|_| iov_count_ok(n)),
@@ -388,7 +398,7 @@ unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
 /// Hook: on a hooked socket in a coroutine, a cooperative `sendmsg`; on streams it goes on
 /// until every byte is queued, as a blocking `writev` does.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+pub(super) unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
     hooked(
         fd,
         cooperative(fd).filter(|_| iov_count_ok(n)),

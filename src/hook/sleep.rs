@@ -38,7 +38,7 @@ fn duration_of(ts: &timespec) -> Option<Duration> {
 
 /// Hook: a timer wait inside a scheduled coroutine.
 #[unsafe(no_mangle)]
-unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
+pub(super) unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
     // SAFETY: a non-null request is the caller's timespec.
     let d = unsafe { req.as_ref() }.and_then(duration_of);
     if d.is_some_and(coop_sleep) {
@@ -50,7 +50,7 @@ unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_in
 
 /// Hook: a timer wait inside a scheduled coroutine (relative, or absolute on the given clock).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn clock_nanosleep(
+pub(super) unsafe extern "C" fn clock_nanosleep(
     clock: libc::clockid_t,
     flags: c_int,
     req: *const timespec,
@@ -82,10 +82,16 @@ unsafe extern "C" fn clock_nanosleep(
     unsafe { real::clock_nanosleep(clock, flags, req, rem) }
 }
 
-/// Hook: a timer wait inside a scheduled coroutine.
+/// Hook: a timer wait inside a scheduled coroutine. In a cancelled coroutine it fails at once
+/// with `ECANCELED`: usleep may fail, and no caller of it loops on its result (unlike std's
+/// `thread::sleep` on nanosleep, see `coop_sleep`).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn usleep(us: libc::useconds_t) -> c_int {
+pub(super) unsafe extern "C" fn usleep(us: libc::useconds_t) -> c_int {
     if coop_sleep(Duration::from_micros(us as u64)) {
+        if cancelling() {
+            real::set_errno(libc::ECANCELED);
+            return -1;
+        }
         return 0;
     }
     // SAFETY: the caller's argument, passed on.
@@ -94,7 +100,7 @@ unsafe extern "C" fn usleep(us: libc::useconds_t) -> c_int {
 
 /// Hook: a timer wait inside a scheduled coroutine (whole seconds).
 #[unsafe(no_mangle)]
-unsafe extern "C" fn sleep(secs: c_uint) -> c_uint {
+pub(super) unsafe extern "C" fn sleep(secs: c_uint) -> c_uint {
     if coop_sleep(Duration::from_secs(secs as u64)) {
         return 0;
     }

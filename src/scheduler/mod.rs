@@ -57,6 +57,7 @@ use crate::reactor::{GONE, Reactor};
 use crate::sys;
 use crate::timer::{Alarm, TimerHeap};
 
+pub(crate) use spawn::wind_down;
 pub use spawn::{JoinHandle, SchedulerGuard, base, enter, live_coroutines, run, shutdown, spawn};
 #[cfg(all(feature = "hook", target_os = "linux"))]
 pub(crate) use task::in_scheduled_coroutine;
@@ -279,6 +280,9 @@ impl Scheduler {
     /// Cancels every suspended coroutine (running ones are up the stack and are left alone),
     /// except `run`'s root coroutine when `spare_root` is set.
     fn shutdown(&self, spare_root: bool) {
+        // Tasks that run C code are never unwound: those still suspended are left as they are
+        // (see `leak_c_tasks`).
+        self.leak_c_tasks();
         loop {
             let victims: Vec<Rc<Task>> = self
                 .tasks
@@ -296,6 +300,40 @@ impl Scheduler {
             }
         }
         self.ready.borrow_mut().retain(|t| !t.is_finished());
+    }
+
+    /// Gives up every suspended task that runs C code (`Core::c_frames`) without running
+    /// anything on its stack: it is taken out of the scheduler, marked finished, its wait
+    /// deleted, and its stack left mapped (its C frames may hold addresses others still use;
+    /// see `Core::leak`). Counted in [`abandoned_coroutines`]; returns how many.
+    pub(crate) fn leak_c_tasks(&self) -> usize {
+        let stuck: Vec<Rc<Task>> = self
+            .tasks
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|t| t.core.c_frames.get() && t.core.state() == State::Suspended)
+            .cloned()
+            .collect();
+        for t in &stuck {
+            if let Some(ev) = t.core.wait_event() {
+                ev.del();
+            }
+            self.disarm(t);
+            t.blocked.set(Blocked::No);
+            t.core.leak();
+            let id = t.core.id();
+            self.complete(
+                t,
+                Outcome::Panicked(Box::new(crate::coroutine::Cancelled { id })),
+            );
+        }
+        self.ready.borrow_mut().retain(|t| !t.is_finished());
+        let n = stuck.len();
+        if n > 0 {
+            ABANDONED.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        n
     }
 
     /// Runs the loop until `done()` holds. An error when nothing can make progress any more.

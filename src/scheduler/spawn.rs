@@ -205,6 +205,59 @@ impl<T> JoinHandle<T> {
         }
     }
 
+    /// Waits for the coroutine to finish, at most `timeout` (`None`: no limit), as `join`
+    /// waits; `Ok(false)` when the timeout passed first. For the C ABI's `evco_join`.
+    pub(crate) fn wait_timeout(&self, timeout: Option<std::time::Duration>) -> io::Result<bool> {
+        if self.task.is_finished() {
+            return Ok(true);
+        }
+        if !coroutine::is_coroutine() {
+            return match Scheduler::current() {
+                Some(s) if std::ptr::eq(s, self.task.sched) => {
+                    super::task::block_outside(|| self.task.is_finished(), timeout)
+                }
+                _ => Err(misuse(
+                    "join outside the coroutine's scheduler (it was shut down or uninstalled)",
+                )),
+            };
+        }
+        let (me, _) = current_task()?;
+        if std::ptr::eq(me, &*self.task) {
+            return Err(io::Error::new(
+                io::ErrorKind::Deadlock,
+                "a coroutine cannot join itself",
+            ));
+        }
+        /// Takes the joiner off the task however the wait ends.
+        struct Unlist<'a>(&'a Task);
+        impl Drop for Unlist<'_> {
+            fn drop(&mut self) {
+                self.0.joiner.borrow_mut().take();
+            }
+        }
+        *self.task.joiner.borrow_mut() = Some(me.rc());
+        let _unlist = Unlist(&self.task);
+        let deadline = timeout.and_then(crate::event::deadline_after);
+        while !self.task.is_finished() {
+            match deadline {
+                None => park()?,
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    super::task::park_timeout(left)?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The coroutine's core (for the C ABI: its flags, its stack).
+    pub(crate) fn core(&self) -> &Core {
+        &self.task.core
+    }
+
     /// Whether the coroutine has finished (returned, panicked, overflowed or was cancelled).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
@@ -305,6 +358,30 @@ pub fn shutdown() -> io::Result<()> {
         s.shutdown(true);
     }
     Ok(())
+}
+
+/// Winds this thread's scheduler down (the C ABI's `evco_sched_free`): cancels every
+/// coroutine (cooperatively those that run C code, see `Scheduler::cancel_cooperatively`), runs
+/// the loop until all have finished or `timeout` passes, and gives up the C coroutines left
+/// without running anything on their stacks (`Scheduler::leak_c_tasks`). Returns how many it
+/// gave up. Outside coroutines only.
+pub(crate) fn wind_down(timeout: Option<std::time::Duration>) -> io::Result<usize> {
+    if coroutine::is_coroutine() {
+        return Err(misuse(
+            "a scheduler cannot be freed from inside a coroutine",
+        ));
+    }
+    let Some(sched) = Scheduler::current() else {
+        return Ok(0);
+    };
+    let all: Vec<Rc<Task>> = sched.tasks.borrow().iter().flatten().cloned().collect();
+    for t in &all {
+        let _ = sched.cancel(t);
+    }
+    drop(all);
+    // A deadlock (nothing left that could wake the rest) ends the wait as a timeout would.
+    let _ = super::task::block_outside(|| sched.live() == 0, timeout);
+    Ok(sched.leak_c_tasks())
 }
 
 /// The number of coroutines on this thread's scheduler that have not finished.

@@ -143,8 +143,13 @@ impl Scheduler {
         self.schedule(task.clone());
     }
 
-    /// Deletes the task's wait, unwinds its stack and reports it cancelled.
+    /// Deletes the task's wait, unwinds its stack and reports it cancelled. A task that runs C
+    /// code is cancelled cooperatively instead (see [`Scheduler::cancel_cooperatively`]).
     pub(super) fn cancel(&self, task: &Rc<Task>) -> io::Result<()> {
+        if task.core.c_frames.get() {
+            self.cancel_cooperatively(task);
+            return Ok(());
+        }
         match task.core.state() {
             State::Finished => return Ok(()),
             State::Running => {
@@ -164,6 +169,33 @@ impl Scheduler {
         let id = task.core.id();
         self.complete(task, Outcome::Panicked(Box::new(Cancelled { id })));
         Ok(())
+    }
+
+    /// Cancels a task without unwinding anything (the C ABI's coroutines, whose stacks hold C
+    /// frames): its waits fail with `ECANCELED` from now on, and the one it is suspended in ends
+    /// now (it is queued), so the task runs on until its code returns. A running task (one that
+    /// cancels itself) finds out at its next wait.
+    pub(crate) fn cancel_cooperatively(&self, task: &Rc<Task>) {
+        if task.core.state() == State::Finished {
+            return;
+        }
+        task.core.cancel_cooperatively();
+        if task.core.state() != State::Suspended {
+            return;
+        }
+        match task.blocked.get() {
+            Blocked::Io => {
+                if let Some(ev) = task.core.wait_event() {
+                    ev.del();
+                }
+                self.disarm(task);
+                task.blocked.set(Blocked::No);
+                self.schedule(task.clone());
+            }
+            Blocked::Parked | Blocked::ParkedTimed => self.unpark(task),
+            // Queued already, or not started yet: its next wait fails.
+            Blocked::No => {}
+        }
     }
 
     /// The event a suspended task waited for came (`woke`: what it reported): end the wait and
@@ -214,12 +246,13 @@ unsafe extern "C" fn wake(_fd: sys::evutil_socket_t, what: c_short, arg: *mut c_
 }
 
 /// Whether the caller runs in a coroutine of a scheduler (not a bare `Coroutine`, not plain
-/// thread code): where a wait can suspend. One thread-local read.
+/// thread code) that has not turned the hooks off: where a hooked call suspends. One
+/// thread-local read.
 #[cfg(all(feature = "hook", target_os = "linux"))]
 #[inline]
 pub(crate) fn in_scheduled_coroutine() -> bool {
     coroutine::in_plain_body()
-        && coroutine::current_core().is_some_and(|c| !c.owner.get().is_null())
+        && coroutine::current_core().is_some_and(|c| !c.owner.get().is_null() && !c.hooks_off.get())
 }
 
 pub(super) fn current_task() -> io::Result<(&'static Task, &'static Scheduler)> {
@@ -312,6 +345,10 @@ pub(crate) fn wait_io<G>(
     coroutine::switch_out_waiting(&task.core);
     drop(guard);
     drop(listed);
+    if task.core.is_cancelling() {
+        // Cancelled cooperatively during the wait (a C coroutine's: see `cancel_cooperatively`).
+        return Err(coroutine::cancelling_error());
+    }
     if task.closed.get() {
         // The fd was closed under us: what a read on it would now say.
         return Err(io::Error::from_raw_os_error(libc::EBADF));
