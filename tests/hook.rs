@@ -1283,3 +1283,57 @@ fn urgent_data_does_not_stall_a_hooked_std_reader_at_the_mark() {
     });
     assert_eq!(got.unwrap(), b"aaaacccc");
 }
+
+/// A read of a pipe made in the process suspends only its coroutine: the writer, another
+/// coroutine on the same thread, runs and the read returns its bytes. Two readers of one pipe
+/// each wait: the one that finds the pipe empty after the other took the data waits again
+/// (instead of blocking the thread in libc's read), and gets EOF when the writer closes. Before,
+/// the first read blocked the thread, and the writer never ran (the watchdog ended it).
+#[test]
+fn a_pipe_read_suspends_only_its_coroutine_and_two_readers_share_a_pipe() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let _w = watchdog(20);
+    let (got, order) = evco::run(|| {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two fds into `fds`.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        assert!(evco::hook::is_piped(fds[0]), "the hook recorded the pipe");
+        // SAFETY: two fresh fds this coroutine owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let r = Rc::new(r);
+        let log: Log = Rc::default();
+        let readers: Vec<_> = (0..2)
+            .map(|i| {
+                let (r, log) = (r.clone(), log.clone());
+                evco::spawn(move || {
+                    note(&log, format!("reader {i} waits"));
+                    let mut b = [0u8; 8];
+                    // SAFETY: reads into a live buffer from an open pipe.
+                    let n = unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+                    note(&log, format!("reader {i} read {n}"));
+                    n
+                })
+            })
+            .collect();
+        let writer = evco::spawn(move || {
+            evco::yield_now().unwrap();
+            // SAFETY: writes 2 bytes from a live buffer to an open pipe.
+            assert_eq!(
+                unsafe { libc::write(w.as_raw_fd(), b"hi".as_ptr().cast(), 2) },
+                2
+            );
+            evco::yield_now().unwrap();
+            evco::yield_now().unwrap();
+            drop(w);
+        });
+        writer.join().unwrap();
+        let mut got: Vec<isize> = readers.into_iter().map(|h| h.join().unwrap()).collect();
+        got.sort();
+        (got, log.borrow().clone())
+    });
+    assert_eq!(
+        got,
+        vec![0, 2],
+        "one reader got the bytes, the other EOF: {order:?}"
+    );
+}

@@ -62,7 +62,7 @@ fn socket_bits(domain: c_int, ty: c_int) -> u64 {
 /// already; not when the earlier fd was closed where the hooks could not see, or on another
 /// thread since, or by `dup2`), and the new
 /// entry recorded.
-fn fresh(fd: c_int, bits: u64) {
+pub(super) fn fresh(fd: c_int, bits: u64) {
     crate::reactor::renumbered(fd);
     table::set(fd, bits);
 }
@@ -396,14 +396,14 @@ pub(super) unsafe extern "C" fn setsockopt(
 
 // `fcntl` and `ioctl` are variadic in C (`int fcntl(int, int, ...)`), which stable Rust cannot
 // define. They are defined here with their one optional argument as a fixed third one. On the
-// Linux ABIs evco's hooks build for (x86-64 System V, AArch64 AAPCS64, i386), a variadic
+// Linux ABIs evco's hooks build for (x86-64 System V, AArch64 AAPCS64), a variadic
 // caller passes an integer or pointer argument exactly where a fixed one goes (x86-64 also sets
 // `%al`, which a non-variadic callee ignores), so libc's callers reach these unchanged; the
 // argument is read as the kernel reads it, an integer or a pointer. When the caller passed
 // none, the value is whatever the register held, and the kernel ignores it, as it ignores what
 // a C `va_arg` would have read. (Defining them in Rust, not C, puts them in libevco.so's
 // exports with the other hooks: rustc's version script for a cdylib exports only Rust items.)
-#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "x86")))]
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!(
     "evco's fcntl/ioctl hooks assume a C ABI where variadic integer arguments go where fixed ones do"
 );

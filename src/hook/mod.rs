@@ -93,6 +93,9 @@
 //!   it on a timer ([`time::sleep`](crate::time::sleep)); `clock_nanosleep` only on the
 //!   realtime, monotonic, boottime and TAI clocks (on others it is libc's, which refuses the
 //!   calling thread's CPU clock and unknown ids with `EINVAL`).
+//! - `read`/`readv` of a blocking pipe end the process made (`pipe`, `pipe2`) inside a
+//!   scheduled coroutine wait cooperatively until the read would not block, then are libc's
+//!   (see `pipe`); writes to pipes are libc's.
 //! - Everywhere else every hook is a plain call of libc's function: outside coroutines, inside
 //!   a bare [`Coroutine`](crate::coroutine::Coroutine), on fds the process did not create as
 //!   sockets (stdin/stdout/stderr, files, pipes, inherited fds), and on sockets the program
@@ -163,6 +166,7 @@
 //! fds; `sleep` and `poll` theirs.
 
 mod fds;
+mod pipe;
 mod poll;
 mod rw;
 mod sleep;
@@ -186,6 +190,12 @@ pub fn is_tracked(fd: RawFd) -> bool {
     fd_table::bits(fd) & table::SOCKET != 0
 }
 
+/// Whether the hooks recorded `fd` as a pipe end this process made (`pipe`, `pipe2`), whose
+/// reads wait cooperatively inside coroutines.
+pub fn is_piped(fd: RawFd) -> bool {
+    fd_table::bits(fd) & table::PIPE != 0
+}
+
 /// The hooks' bits in an fd's slot (see "The fd table").
 mod table {
     use super::*;
@@ -197,6 +207,9 @@ mod table {
     pub(super) const TCP: u64 = 8;
     /// Duplicated (`dup`, `dup2`, `F_DUPFD`): its open file description has other fds.
     pub(super) const DUPED: u64 = 16;
+    /// A pipe end this process made (`pipe`, `pipe2`), never with `SOCKET`: reads of it wait
+    /// cooperatively (see `pipe`).
+    pub(super) const PIPE: u64 = 32;
     const RCV_SHIFT: u32 = 8;
     const SND_SHIFT: u32 = 36;
     /// Timeouts in milliseconds, 28 bits each (74 hours; longer ones are clamped).
@@ -212,11 +225,11 @@ mod table {
         }
     }
 
-    /// Sets `flag` on `fd`'s entry if it is a socket's.
+    /// Sets `flag` on `fd`'s entry if it is a socket's or a pipe's.
     pub(super) fn mark(fd: RawFd, flag: u64, on: bool) {
         if let Some(s) = fd_table::get(fd) {
             let bits = s.bits.load(Relaxed);
-            if bits & SOCKET != 0 {
+            if bits & (SOCKET | PIPE) != 0 {
                 s.bits
                     .store(if on { bits | flag } else { bits & !flag }, Relaxed);
             }
@@ -339,7 +352,7 @@ fn cancelling() -> bool {
 /// Null-terminated.
 #[repr(transparent)]
 #[derive(Debug)]
-pub struct HookTable([*const std::ffi::c_void; 29]);
+pub struct HookTable([*const std::ffi::c_void; 31]);
 
 // SAFETY: the table is immutable and holds only addresses of functions, never dereferenced as
 // data by anyone.
@@ -381,6 +394,8 @@ pub static evco_hook_table: HookTable = hook_table![
     sleep::usleep,
     sleep::sleep,
     poll::poll,
+    pipe::pipe,
+    pipe::pipe2,
     fds::fcntl64,
 ];
 

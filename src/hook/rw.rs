@@ -57,14 +57,35 @@ fn cooperative_send(fd: c_int, flags: c_int) -> Option<u64> {
     cooperative(fd)
 }
 
+/// Before libc's read of `fd`: on a blocking pipe end this process made, inside a scheduled
+/// coroutine, waits until the read would not block (see `pipe`). False (errno set) when the
+/// wait failed (`ECANCELED`).
+#[inline]
+fn pipe_ready(fd: c_int) -> bool {
+    if !super::pipe::cooperative_read(fd) {
+        return true;
+    }
+    match super::pipe::until_readable(fd) {
+        Ok(()) => true,
+        Err(e) => {
+            crate::os::real::set_errno(e);
+            false
+        }
+    }
+}
+
 /// Hook: on a hooked socket in a coroutine, a cooperative `recv`.
 #[unsafe(no_mangle)]
 pub(super) unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     // A read of nothing returns 0 at once on a socket, ready or not (unlike a recv of nothing,
     // which waits for data like any other).
+    let bits = cooperative(fd).filter(|_| count > 0);
+    if bits.is_none() && count > 0 && !pipe_ready(fd) {
+        return -1;
+    }
     hooked(
         fd,
-        cooperative(fd).filter(|_| count > 0),
+        bits,
         // SAFETY: the caller's buffer; on a socket, read is recv without flags.
         |bits| unsafe { coop_recv_buf(fd, bits, buf, count, 0) },
         // SAFETY: the caller's arguments, passed on.
@@ -382,9 +403,13 @@ fn iov_msg(iov: *const iovec, n: c_int) -> msghdr {
 /// Hook: on a hooked socket in a coroutine, a cooperative `recvmsg`.
 #[unsafe(no_mangle)]
 pub(super) unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
+    let bits = cooperative(fd).filter(|_| iov_count_ok(n));
+    if bits.is_none() && n > 0 && !pipe_ready(fd) {
+        return -1;
+    }
     hooked(
         fd,
-        cooperative(fd).filter(|_| iov_count_ok(n)),
+        bits,
         |bits| {
             let mut m = iov_msg(iov, n);
             // SAFETY: `m` points at the caller's iovecs; recvmsg on a socket is readv.

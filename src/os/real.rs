@@ -109,6 +109,8 @@ real_fns! {
     clock_nanosleep(clock: libc::clockid_t, flags: c_int, req: *const timespec, rem: *mut timespec) -> c_int;
     usleep(us: libc::useconds_t) -> c_int;
     poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int;
+    pipe(fds: *mut c_int) -> c_int;
+    pipe2(fds: *mut c_int, flags: c_int) -> c_int;
 }
 
 /// libc's `fcntl` and `ioctl` (variadic: not expressible in `real_fns!`).
