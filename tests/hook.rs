@@ -1002,7 +1002,7 @@ fn clock_nanosleep_on_a_clock_it_cannot_sleep_on_is_libcs_error_in_a_coroutine()
 }
 
 /// Signals the thread that starts it with SIGUSR1, handled by `handler` (with `SA_RESTART`:
-/// interrupted system calls resume), every ~30 us from another thread, until dropped. For
+/// interrupted system calls resume), every ~50 us from another thread, until dropped. For
 /// child processes: the handler stays installed.
 struct SignalStorm {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -1028,7 +1028,7 @@ impl SignalStorm {
                 // SAFETY: signals a thread of this process, which joins this one (in `drop`)
                 // before it can end.
                 unsafe { libc::pthread_kill(me, libc::SIGUSR1) };
-                std::thread::sleep(Duration::from_micros(30));
+                std::thread::sleep(Duration::from_micros(50));
             }
         });
         SignalStorm {
@@ -1049,8 +1049,8 @@ impl Drop for SignalStorm {
 
 /// A signal handler that calls hooked sleeps (`usleep`, `nanosleep`, `sleep(0)`: all
 /// async-signal-safe in POSIX) while the thread runs coroutines does not switch coroutines out
-/// of a context that is not one. Another thread signals the scheduler's thread every ~30 us
-/// for 2 s while 32 coroutines yield and sleep. Before, the process aborted within
+/// of a context that is not one. Another thread signals the scheduler's thread every ~50 us
+/// (5,000 signals, or 2 s) while 32 coroutines yield and sleep. Before, the process aborted within
 /// milliseconds ("yield from none generator context") or died of SIGSEGV: a handler that
 /// interrupted the scheduler's own code, or the middle of a switch, was taken for coroutine
 /// code (run in a child).
@@ -1084,7 +1084,10 @@ fn hooked_sleeps_in_a_signal_handler_never_switch_out_of_a_non_coroutine_context
             .map(|i| {
                 evco::spawn(move || {
                     let mut n = 0u64;
-                    while start.elapsed() < Duration::from_secs(2) {
+                    // Bounded by the signals handled (a loaded machine takes longer), and 2 s.
+                    while HANDLED.load(Ordering::Relaxed) < 5_000
+                        && start.elapsed() < Duration::from_secs(2)
+                    {
                         if i % 2 == 0 {
                             evco::yield_now().unwrap();
                         } else {
@@ -1152,7 +1155,7 @@ fn accept_on_an_inherited_listener_suspends_the_coroutine_not_the_thread() {
 /// `close` (and `dup`) called from a signal handler, as POSIX allows, ends the waits on the
 /// closed socket with `EBADF` wherever the handler interrupted the thread: the scheduler, a
 /// switch, one of evco's waits or a coroutine's own code. Another thread signals the
-/// scheduler's thread every ~30 us for 2 s; its handler closes a socket that a coroutine waits
+/// scheduler's thread every ~50 us (2,000 closes, or 2 s); its handler closes a socket that a coroutine waits
 /// to read (16 such coroutines, each making a new pair once its wait ended), while 16 others
 /// ping-pong over socket pairs. Every wait must end with `EBADF`, and the run must end. Before,
 /// a handler that interrupted evco's own code ended the waits itself: it met the scheduler's
@@ -1191,7 +1194,9 @@ fn close_in_a_signal_handler_ends_the_waits_on_the_socket_wherever_it_interrupte
     let storm = SignalStorm::start(on_usr1);
     let (ended, other, pongs) = evco::run(|| {
         let start = std::time::Instant::now();
-        let busy = move || start.elapsed() < Duration::from_secs(2);
+        let busy = move || {
+            CLOSED.load(Ordering::Relaxed) < 2_000 && start.elapsed() < Duration::from_secs(2)
+        };
         let victims: Vec<_> = (0..VICTIMS)
             .map(|i| {
                 evco::spawn(move || {
