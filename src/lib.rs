@@ -30,6 +30,7 @@
 //! | [`io`] | the retry loop every blocking call is, and the waits that glue reactor and scheduler |
 //! | [`net`], [`time`], [`sync`] | the cooperative API |
 //! | `hook` | interposed libc calls (feature `hook`) |
+//! | `capi` | the C ABI of include/evco.h: `evco_*` exports, each a panic boundary |
 //!
 //! # Example
 //!
