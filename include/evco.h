@@ -98,7 +98,8 @@ evco_t *evco_spawn(evco_sched_t *s, const evco_attr_t *a, void (*fn)(void *), vo
 
 /* Waits for a spawned coroutine to return (-1: no limit), and frees the handle: 0 on return,
  * -1 with ETIMEDOUT (the handle stays valid). Inside a coroutine it suspends the caller;
- * outside, it runs the loop. */
+ * outside, it runs the loop. Also -1, with the handle freed: ECANCELED when evco_sched_free
+ * gave the coroutine up, ENOTRECOVERABLE when it overflowed its stack. */
 int evco_join(evco_t *c, int timeout_ms);
 
 /* Gives up the handle of a spawned coroutine: it runs on, and is freed when it returns. */
@@ -107,15 +108,16 @@ int evco_detach(evco_t *c);
 /* Cancels the coroutine (see the conventions above). A coroutine may cancel itself. */
 int evco_cancel(evco_t *c);
 
-/* A coroutine that runs only when evco_resume'd (libco-style, symmetric to the caller): not
- * scheduled, its blocking calls are libc's unless it is resumed from a spawned coroutine. */
+/* A coroutine that runs only when evco_resume'd (libco-style): not scheduled, so its hooked
+ * calls are libc's (they block the thread) and evco_yield/evco_sleep_ms fail with EPERM in it. */
 evco_t *evco_create(evco_sched_t *s, const evco_attr_t *a, void (*fn)(void *), void *arg);
 
 /* Runs a created coroutine until it suspends (evco_suspend) or returns. EINVAL for a
  * coroutine that returned or is running. */
 int evco_resume(evco_t *c);
 
-/* From inside a created coroutine: back to whoever resumed it. */
+/* From inside a created coroutine: back to whoever resumed it. EPERM elsewhere (outside
+ * coroutines, in a spawned one); ECANCELED once it was cancelled. */
 int evco_suspend(void);
 
 /* Frees a created coroutine (NULL: nothing). One that has not returned is never resumed

@@ -235,7 +235,12 @@ fn deliver(b: &PostBox) {
     for p in posted {
         let arg = p.arg as *mut c_void;
         let f = p.f;
-        let _ = spawn_c(&Attr::default(), move || f(arg));
+        if let Err(e) = spawn_c(&Attr::default(), move || f(arg)) {
+            log::error!(
+                "evco: a posted function could not be spawned ({}): it is dropped",
+                io::Error::from_raw_os_error(e)
+            );
+        }
     }
 }
 
@@ -622,6 +627,11 @@ pub extern "C-unwind" fn evco_resume(c: *const Handle) -> c_int {
 pub extern "C-unwind" fn evco_suspend() -> c_int {
     boundary(|| {
         in_coroutine()?;
+        // In a spawned coroutine nothing would resume it: that is `EPERM` too.
+        let spawned = coroutine::current_core().is_some_and(|c| !c.owner.get().is_null());
+        if spawned {
+            return Err(libc::EPERM);
+        }
         os(coroutine::suspend())?;
         Ok(0)
     })
