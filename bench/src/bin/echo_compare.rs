@@ -1,21 +1,22 @@
 //! The runner behind `scripts/echo-compare`: evco's echo example against a raw C libevent echo
 //! server and a tokio current-thread one, side by side on the same load; with `--hooked`, also
 //! `examples/echo_hooked` (the same server on blocking std::net, made cooperative by evco's libc
-//! hooks).
+//! hooks), and with `--evco-c`, `examples/c/echo.c` (the same server in C on evco's C API, plain
+//! POSIX calls in coroutines).
 //!
 //! For each round, configuration (connections × message size) and server, in that nesting (so
 //! the servers alternate A B C A B C and share whatever the machine is doing), it starts a fresh
 //! server pinned to one CPU, runs `echo_client` pinned to another, and records the client's
 //! messages/s and latency, the server's CPU time (utime + stime from `/proc/<pid>/stat`, before
 //! and after; utime also on its own, for the user-space/kernel split of the summary) and its
-//! peak RSS (`VmHWM`). Ratios to the C server, and echo_hooked's to evco's
+//! peak RSS (`VmHWM`). Ratios to the C server, and echo_hooked's and echo.c's to evco's
 //! echo, are taken within one round and configuration, then the median over rounds is reported.
 //!
 //! Writes `<out>/echo.csv` (one row per run) and `<out>/echo.svg` (ratios to C, grouped bars),
-//! and prints a table of medians. Without `--hooked` the CSV, chart and table are those of the
-//! three-server comparison, so older result files stay comparable (the CSV's columns keep
-//! their order; files from before fec31f6 lack the last two, the user-space CPU). See
-//! `scripts/echo-compare --help` for the options.
+//! and prints a table of medians. Without `--hooked` and `--evco-c` the CSV, chart and table are
+//! those of the three-server comparison, so older result files stay comparable (the CSV's
+//! columns keep their order; files from before fec31f6 lack the last two, the user-space CPU).
+//! See `scripts/echo-compare --help` for the options.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -26,27 +27,48 @@ use std::time::{Duration, Instant};
 
 use plotters::prelude::*;
 
+/// How many server slots there are.
+const SLOTS: usize = 5;
 /// The server slots (the CSV's `server` column), in the order they run within a round; the
-/// first is the reference. `hooked` runs only when `--hooked` names its binary.
-const SERVERS: [&str; 4] = ["c", "evco", "hooked", "tokio"];
+/// first is the reference. `evco_c` and `hooked` run only when `--evco-c` and `--hooked` name
+/// their binaries.
+const SERVERS: [&str; SLOTS] = ["c", "evco", "evco_c", "hooked", "tokio"];
 /// Indices into [`SERVERS`] (and into the per-server arrays of [`Summary`]).
 const C: usize = 0;
 const EVCO: usize = 1;
-const HOOKED: usize = 2;
-const TOKIO: usize = 3;
+const EVCO_C: usize = 2;
+const HOOKED: usize = 3;
+const TOKIO: usize = 4;
+/// The optional slots, each reported against evco's echo in the target lines (>= 0.9): the
+/// slot, what it is (the table's note), its target-line label.
+const VS_EVCO: [(usize, &str, &str); 2] = [
+    (
+        EVCO_C,
+        "evco_c: examples/c/echo.c, evco's echo in C on evco's C API (plain accept/read/write \
+         in coroutines, the hooks making them cooperative)",
+        "evco_c/evco",
+    ),
+    (
+        HOOKED,
+        "hooked: examples/echo_hooked, evco's echo written against blocking std::net and made \
+         cooperative by evco's libc hooks",
+        "hooked/evco",
+    ),
+];
 
 /// Column headings of the tables, per server slot: messages/s, ratio to C, CPU per message,
 /// CPU use, peak RSS.
-const HEADINGS: [[&str; 5]; 4] = [
+const HEADINGS: [[&str; 5]; SLOTS] = [
     ["C msg/s", "", "C ns", "C%", "C MiB"],
     ["evco", "evco/C", "evco", "ev%", "evco"],
+    ["evco_c", "ec/C", "evco_c", "ec%", "evco_c"],
     ["hooked", "hook/C", "hooked", "hk%", "hooked"],
     ["tokio", "tok/C", "tokio", "tk%", "tokio"],
 ];
 
 struct Opts {
-    /// Per server slot, its binary; `None` for `hooked` without `--hooked`.
-    bins: [Option<PathBuf>; 4],
+    /// Per server slot, its binary; `None` for `evco_c` and `hooked` without their flags.
+    bins: [Option<PathBuf>; SLOTS],
     /// The slots that run (those with a binary), in [`SERVERS`] order.
     servers: Vec<usize>,
     client: PathBuf,
@@ -68,7 +90,11 @@ struct Opts {
 }
 
 const USAGE: &str = "\
-usage: echo_compare --c BIN --evco BIN --tokio BIN --client BIN [--hooked BIN] [options]
+usage: echo_compare --c BIN --evco BIN --tokio BIN --client BIN [--evco-c BIN] [--hooked BIN]
+                    [options]
+  --evco-c BIN       also run this server (examples/c/echo.c built on libevco.a) in every
+                     round and configuration, after evco (\"evco_c\" in the CSV); the table
+                     adds its columns and the targets its msgs/s ratio to evco (>= 0.9)
   --hooked BIN       also run this server (examples/echo_hooked) in every round and
                      configuration, between evco and tokio (\"hooked\" in the CSV); the table
                      adds its columns and the targets its msgs/s ratio to evco (>= 0.9)
@@ -137,6 +163,7 @@ fn parse() -> Opts {
         match a.as_str() {
             "--c" => o.bins[C] = Some(val().into()),
             "--evco" => o.bins[EVCO] = Some(val().into()),
+            "--evco-c" => o.bins[EVCO_C] = Some(val().into()),
             "--hooked" => o.bins[HOOKED] = Some(val().into()),
             "--tokio" => o.bins[TOKIO] = Some(val().into()),
             "--client" => client = Some(PathBuf::from(val())),
@@ -674,36 +701,36 @@ fn size_label(size: usize) -> String {
 }
 
 /// Medians of one configuration. The per-server arrays are indexed like [`SERVERS`]; a slot
-/// that did not run (`hooked` without `--hooked`) holds NaN (0 for `hwm`).
+/// that did not run (`evco_c` or `hooked` without its flag) holds NaN (0 for `hwm`).
 struct Summary {
     conns: usize,
     size: usize,
     /// Per server: median msgs/s, median CPU ns/msg, median server CPU use (0..1), max VmHWM KiB.
-    rate: [f64; 4],
-    cpu_ns: [f64; 4],
+    rate: [f64; SLOTS],
+    cpu_ns: [f64; SLOTS],
     /// Per server: median user-space CPU ns/msg (the rest of `cpu_ns` is the kernel's).
-    user_ns: [f64; 4],
-    util: [f64; 4],
-    hwm: [u64; 4],
+    user_ns: [f64; SLOTS],
+    util: [f64; SLOTS],
+    hwm: [u64; SLOTS],
     /// Median over rounds of the same-round ratio to the C server (index 0 is 1.0).
-    rate_vs_c: [f64; 4],
-    cpu_vs_c: [f64; 4],
+    rate_vs_c: [f64; SLOTS],
+    cpu_vs_c: [f64; SLOTS],
     /// Median over rounds of evco's messages per server-CPU-second relative to tokio's.
     evco_eff_vs_tokio: f64,
-    /// evco/C msgs/s, evco's efficiency against tokio's, and echo_hooked's msgs/s over evco's
-    /// echo's (NaN without `--hooked`), as geometric means of the per-round ratios with their
-    /// intervals (the target lines).
+    /// evco/C msgs/s, evco's efficiency against tokio's, and per server slot its msgs/s over
+    /// evco's echo's (NaN for a slot that did not run; used for those in [`VS_EVCO`]), as
+    /// geometric means of the per-round ratios with their intervals (the target lines).
     rate_vs_c_ci: Interval,
     evco_eff_vs_tokio_ci: Interval,
-    hooked_vs_evco_ci: Interval,
+    vs_evco_ci: [Interval; SLOTS],
     /// Median CPU use (0..1) of the load client over the configuration's runs.
     client_util: f64,
     /// Median CPU use (0..1, of one CPU) by anything else on the two CPUs during those runs.
     others_util: f64,
     /// Per server: median user-space instructions per message (with --cachegrind).
-    instr: [f64; 4],
+    instr: [f64; SLOTS],
     /// Per server: median simulated L1 data misses per message (with --cachegrind).
-    l1: [f64; 4],
+    l1: [f64; SLOTS],
     errors: u64,
 }
 
@@ -719,17 +746,17 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
             let mut sum = Summary {
                 conns,
                 size,
-                rate: [f64::NAN; 4],
-                cpu_ns: [f64::NAN; 4],
-                user_ns: [f64::NAN; 4],
-                util: [f64::NAN; 4],
-                hwm: [0; 4],
-                rate_vs_c: [f64::NAN; 4],
-                cpu_vs_c: [f64::NAN; 4],
+                rate: [f64::NAN; SLOTS],
+                cpu_ns: [f64::NAN; SLOTS],
+                user_ns: [f64::NAN; SLOTS],
+                util: [f64::NAN; SLOTS],
+                hwm: [0; SLOTS],
+                rate_vs_c: [f64::NAN; SLOTS],
+                cpu_vs_c: [f64::NAN; SLOTS],
                 evco_eff_vs_tokio: f64::NAN,
                 rate_vs_c_ci: Interval::of(&[]),
                 evco_eff_vs_tokio_ci: Interval::of(&[]),
-                hooked_vs_evco_ci: Interval::of(&[]),
+                vs_evco_ci: [Interval::of(&[]); SLOTS],
                 client_util: median(
                     runs.iter()
                         .filter(|r| r.conns == conns && r.size == size)
@@ -742,8 +769,8 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
                         .map(|r| r.others_cpu_s / r.wall_s)
                         .collect(),
                 ),
-                instr: [f64::NAN; 4],
-                l1: [f64::NAN; 4],
+                instr: [f64::NAN; SLOTS],
+                l1: [f64::NAN; SLOTS],
                 errors: 0,
             };
             // Per round: a ratio of two servers' figures, where both ran.
@@ -775,11 +802,13 @@ fn summarise(o: &Opts, runs: &[Run]) -> Vec<Summary> {
             let eff = per_round(EVCO, TOKIO, &|e, t| {
                 t.cpu_ns_per_msg(o.secs) / e.cpu_ns_per_msg(o.secs)
             });
-            let hooked_vs_evco = per_round(HOOKED, EVCO, &|h, e| h.msgs_per_sec / e.msgs_per_sec);
             sum.rate_vs_c_ci = Interval::of(&rate_vs_c);
             sum.evco_eff_vs_tokio = median(eff.clone());
             sum.evco_eff_vs_tokio_ci = Interval::of(&eff);
-            sum.hooked_vs_evco_ci = Interval::of(&hooked_vs_evco);
+            for &s in &o.servers {
+                let vs_evco = per_round(s, EVCO, &|a, e| a.msgs_per_sec / e.msgs_per_sec);
+                sum.vs_evco_ci[s] = Interval::of(&vs_evco);
+            }
             out.push(sum);
         }
     }
@@ -847,7 +876,11 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
     let all = &o.servers[..];
     // The servers with a ratio to C: all but the reference.
     let others = &o.servers[1..];
-    let hooked = o.bins[HOOKED].is_some();
+    // The optional servers that ran, each with its ratio to evco's echo in the target lines.
+    let vs_evco: Vec<_> = VS_EVCO
+        .iter()
+        .filter(|(slot, ..)| o.bins[*slot].is_some())
+        .collect();
     // Widths of the column groups (k columns of 9, 6 or 4 characters and the spaces between).
     let k = all.len();
     let (w_rate, w_ratio, w_cpu, w_util) = (10 * k - 1, 7 * k - 8, 7 * k - 1, 5 * k + 9);
@@ -927,12 +960,11 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    if hooked {
+    for (_, what, label) in &vs_evco {
         let _ = writeln!(
             t,
-            "hooked: examples/echo_hooked, evco's echo written against blocking std::net and made \
-             cooperative by evco's libc hooks.\nhooked/evco (target lines): its msgs/s over evco's \
-             echo's in the same round (target >= 0.9)."
+            "{what}.\n{label} (target lines): its msgs/s over evco's echo's in the same round \
+             (target >= 0.9)."
         );
     }
     let busy = sums.iter().filter(|s| s.others_util > 0.1).count();
@@ -965,11 +997,11 @@ fn table(o: &Opts, sums: &[Summary]) -> String {
             s.rate_vs_c_ci.against(0.95),
             s.evco_eff_vs_tokio_ci.against(1.0),
         );
-        if hooked {
+        for (slot, _, label) in &vs_evco {
             let _ = write!(
                 line,
-                ", hooked/evco msgs/s {}",
-                s.hooked_vs_evco_ci.against(0.9)
+                ", {label} msgs/s {}",
+                s.vs_evco_ci[*slot].against(0.9)
             );
         }
         let _ = writeln!(t, "{line}");
@@ -1015,9 +1047,15 @@ fn instruction_table(o: &Opts, sums: &[Summary]) -> String {
         o.secs
     );
     let all = &o.servers[..];
-    let hooked = o.bins[HOOKED].is_some();
-    // With echo_hooked, one more ratio after each group: its counts over evco's echo's.
-    let extra = |text: String| if hooked { text } else { String::new() };
+    // With echo.c or echo_hooked, one more ratio after each group for each: its counts over
+    // evco's echo's.
+    let extra = |cell: &dyn Fn(usize, &str) -> String| -> String {
+        VS_EVCO
+            .iter()
+            .filter(|(slot, ..)| o.bins[*slot].is_some())
+            .map(|(slot, _, label)| format!(" {}", cell(*slot, label)))
+            .collect()
+    };
     let _ = writeln!(
         t,
         "{:>5} {:>6} | {} | {:>6} {:>10}{} | {} | {:>10}{}",
@@ -1025,17 +1063,17 @@ fn instruction_table(o: &Opts, sums: &[Summary]) -> String {
         "size",
         cells(all, |s| format!(
             "{:>8}",
-            ["C", "evco", "hooked", "tokio"][s]
+            ["C", "evco", "evco_c", "hooked", "tokio"][s]
         )),
         "evco/C",
         "evco/tokio",
-        extra(format!(" {:>9}", "hook/evco")),
+        extra(&|_, label| format!("{label:>11}")),
         cells(all, |s| format!(
             "{:>6}",
-            ["C L1", "evco", "hooked", "tokio"][s]
+            ["C L1", "evco", "evco_c", "hooked", "tokio"][s]
         )),
         "evco/tokio",
-        extra(format!(" {:>9}", "hook/evco")),
+        extra(&|_, label| format!("{label:>11}")),
     );
     let mut starved = false;
     for s in sums {
@@ -1047,8 +1085,8 @@ fn instruction_table(o: &Opts, sums: &[Summary]) -> String {
             if s.rate[i] < 0.1 * best { f64::NAN } else { v }
         };
         starved |= all.iter().any(|&i| s.rate[i] < 0.1 * best);
-        let instr: [f64; 4] = std::array::from_fn(|i| keep(i, s.instr[i]));
-        let l1: [f64; 4] = std::array::from_fn(|i| keep(i, s.l1[i]));
+        let instr: [f64; SLOTS] = std::array::from_fn(|i| keep(i, s.instr[i]));
+        let l1: [f64; SLOTS] = std::array::from_fn(|i| keep(i, s.l1[i]));
         let _ = writeln!(
             t,
             "{:>5} {:>6} | {} | {:>6.2} {:>10.2}{} | {} | {:>10.2}{}",
@@ -1057,10 +1095,10 @@ fn instruction_table(o: &Opts, sums: &[Summary]) -> String {
             cells(all, |i| format!("{:>8.0}", instr[i])),
             instr[EVCO] / instr[C],
             instr[EVCO] / instr[TOKIO],
-            extra(format!(" {:>9.2}", instr[HOOKED] / instr[EVCO])),
+            extra(&|i, _| format!("{:>11.2}", instr[i] / instr[EVCO])),
             cells(all, |i| format!("{:>6.1}", l1[i])),
             l1[EVCO] / l1[TOKIO],
-            extra(format!(" {:>9.2}", l1[HOOKED] / l1[EVCO])),
+            extra(&|i, _| format!("{:>11.2}", l1[i] / l1[EVCO])),
         );
     }
     if starved {
@@ -1077,12 +1115,15 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
     let n = sums.len() as i32;
     let root = SVGBackend::new(path, (200 + 130 * n as u32, 760)).into_drawing_area();
     root.fill(&WHITE)?;
-    let hooked = o.bins[HOOKED].is_some();
+    let optional: String = [(EVCO_C, ", evco echo.c"), (HOOKED, ", evco echo_hooked")]
+        .iter()
+        .filter(|(slot, _)| o.bins[*slot].is_some())
+        .map(|(_, name)| *name)
+        .collect();
     let root = root.titled(
         &format!(
-            "echo: evco{} and tokio relative to C libevent in the same round (median of {} rounds \
-             x {} s, load: {})",
-            if hooked { ", evco echo_hooked" } else { "" },
+            "echo: evco{optional} and tokio relative to C libevent in the same round (median of {} \
+             rounds x {} s, load: {})",
             o.rounds,
             o.secs,
             client_name(o)
@@ -1094,6 +1135,7 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
     let colors = [
         RGBColor(120, 120, 120),
         RGBColor(31, 119, 180),
+        RGBColor(148, 103, 189),
         RGBColor(44, 160, 44),
         RGBColor(214, 39, 40),
     ];
@@ -1101,7 +1143,7 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
         .iter()
         .map(|s| format!("{} x {}", s.conns, size_label(s.size)))
         .collect();
-    type Value = fn(&Summary) -> [f64; 4];
+    type Value = fn(&Summary) -> [f64; SLOTS];
     let plots: [(&str, Value); 2] = [
         ("messages/s relative to C (higher is better)", |s| {
             s.rate_vs_c
@@ -1120,9 +1162,13 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
         // Headroom for the legend above the bars.
         let top = (top * 1.4).max(1.4);
         // Each configuration is a group of bars centred on a multiple of `group`: three bars 2
-        // wide and 1 apart in 10 units, or with echo_hooked four bars 3 wide and 2 apart in 20
-        // (whose x axis also gets a tick between the groups).
-        let (group, width, gap) = if hooked { (20, 3, 2) } else { (10, 2, 1) };
+        // wide and 1 apart in 10 units, four (echo.c or echo_hooked) 3 wide and 2 apart in 20
+        // (whose x axis also gets a tick between the groups), or five 3 wide and 1 apart in 20.
+        let (group, width, gap) = match o.servers.len() {
+            0..=3 => (10, 2, 1),
+            4 => (20, 3, 2),
+            _ => (20, 3, 1),
+        };
         let first = -(width * o.servers.len() as i32 + gap * (o.servers.len() as i32 - 1)) / 2;
         let mut c = ChartBuilder::on(panel)
             .caption(caption, ("sans-serif", 16))
@@ -1156,6 +1202,7 @@ fn chart(path: &Path, o: &Opts, sums: &[Summary]) -> Result<(), Box<dyn std::err
                 .label(match s {
                     C => "C libevent (1.0)",
                     EVCO => "evco",
+                    EVCO_C => "evco examples/c/echo.c (C API, libc hooks)",
                     HOOKED => "evco echo_hooked (std::net, libc hooks)",
                     _ => "tokio current_thread",
                 })
