@@ -68,7 +68,8 @@ int evco_sched_run(evco_sched_t *s);
 /* Cancels every coroutine left, runs them until they return or `timeout_ms` passes (-1: no
  * limit), and frees the scheduler (and its event_base, if evco_sched_new made it). Returns how
  * many coroutines could not finish (left allocated, see above), or -1 with errno (then `s`
- * is not freed). */
+ * is not freed): EBUSY from a callback of the base (its loop is running: leave it first,
+ * e.g. with event_base_loopbreak, and free the scheduler after the loop returned). */
 int evco_sched_free(evco_sched_t *s, int timeout_ms);
 
 /* From any thread: spawns fn(arg) as a coroutine on `s`'s thread, soon (its loop wakes). The

@@ -26,12 +26,13 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{CStr, CString, c_char, c_int, c_short, c_uint, c_void};
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
@@ -112,6 +113,7 @@ fn errno_of(e: &io::Error) -> c_int {
         io::ErrorKind::InvalidInput => libc::EINVAL,
         io::ErrorKind::AlreadyExists => libc::EEXIST,
         io::ErrorKind::Deadlock => libc::EDEADLK,
+        io::ErrorKind::ResourceBusy => libc::EBUSY,
         io::ErrorKind::OutOfMemory => libc::ENOMEM,
         _ => libc::EIO,
     }
@@ -159,8 +161,51 @@ struct Posted {
 
 /// A scheduler's post box (see the module docs).
 struct PostBox {
-    queue: Mutex<Vec<Posted>>,
+    queue: Mutex<VecDeque<Posted>>,
     efd: c_int,
+    /// A spawn failed (no stack could be had): the queue waits for a C coroutine to end (see
+    /// `body`) instead of failing again on every loop turn.
+    stalled: AtomicBool,
+}
+
+/// Most posts `deliver` spawns per loop turn; the rest wait for the next turn, so a burst of
+/// posts from other threads does not hold the loop.
+const DELIVER_BATCH: usize = 256;
+
+/// Most posts a scheduler holds not yet spawned: `evco_sched_post` fails with `EAGAIN` beyond.
+const MAX_BACKLOG: usize = 1 << 20;
+
+impl PostBox {
+    /// A new box with its eventfd; the errno when no eventfd can be made.
+    fn new() -> Result<Arc<PostBox>, c_int> {
+        // SAFETY: eventfd has no memory preconditions.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EMFILE));
+        }
+        Ok(Arc::new(PostBox {
+            queue: Mutex::new(VecDeque::new()),
+            efd,
+            stalled: AtomicBool::new(false),
+        }))
+    }
+
+    fn ring(&self) -> Result<(), c_int> {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from `one` to the box's eventfd, open while the box lives.
+        if unsafe { libc::write(self.efd, (&one as *const u64).cast(), 8) } != 8 {
+            return Err(io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        Ok(())
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Posted>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Drop for PostBox {
@@ -194,53 +239,89 @@ fn make_sched(base: EventBase) -> Result<*mut Sched, c_int> {
     if !SCHED.with(Cell::get).is_null() {
         return Err(libc::EEXIST);
     }
-    // SAFETY: eventfd has no memory preconditions.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if efd < 0 {
-        return Err(io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EMFILE));
-    }
-    let post = Arc::new(PostBox {
-        queue: Mutex::new(Vec::new()),
-        efd,
-    });
+    let post = PostBox::new()?;
     let raw = base.as_raw();
     let guard = os(scheduler::enter(base))?;
-    let b = post.clone();
-    let ev = os(Event::new(
-        &guard.base(),
-        efd,
-        What::READ | What::PERSIST,
-        move |_| deliver(&b),
-    ))?;
-    os(ev.add(None))?;
+    let post_ev = os(post_event(&guard.base(), &post))?;
     let s = Box::into_raw(Box::new(Sched {
         thread: std::thread::current().id(),
         post,
         base: raw,
-        post_ev: Some(ev),
+        post_ev: Some(post_ev),
         guard: Some(guard),
     }));
     SCHED.with(|c| c.set(s));
+    static AT_FORK: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a handler with no preconditions, once per process. Registered after
+    // the scheduler's own (made by `scheduler::enter`), so it runs after it in a child.
+    AT_FORK.call_once(|| unsafe {
+        libc::pthread_atfork(None, None, Some(after_fork_child));
+    });
     Ok(s)
 }
 
-/// The post box's event: spawns what other threads posted.
+/// The post box's event on `base`, added.
+fn post_event(base: &EventBase, post: &Arc<PostBox>) -> io::Result<Event> {
+    let b = post.clone();
+    let ev = Event::new(base, post.efd, What::READ | What::PERSIST, move |_| {
+        deliver(&b)
+    })?;
+    ev.add(None)?;
+    Ok(ev)
+}
+
+/// In a forked child, on the thread that forked: the post box's eventfd is the parent's too
+/// (either loop could take the other's wake-ups), and what the parent's threads posted is the
+/// parent's to run. The child's scheduler gets a new, empty box.
+extern "C" fn after_fork_child() {
+    let s = SCHED.with(Cell::get).cast_mut();
+    // SAFETY: this thread's live scheduler (the child has no other thread that could use it).
+    let Some(s) = (unsafe { s.as_mut() }) else {
+        return;
+    };
+    s.post_ev.take();
+    let Ok(post) = PostBox::new() else {
+        log::error!("evco: no eventfd for the post box in a forked child: posts will not run");
+        return;
+    };
+    // The old box is left as it is (its mutex may have been held by a thread of the parent at
+    // the fork); only the child's copy of its eventfd is closed.
+    let old = std::mem::replace(&mut s.post, post);
+    let _ = crate::os::close(old.efd);
+    std::mem::forget(old);
+    if let Some(g) = &s.guard {
+        match post_event(&g.base(), &s.post) {
+            Ok(ev) => s.post_ev = Some(ev),
+            Err(e) => log::error!("evco: the post box's event in a forked child: {e}"),
+        }
+    }
+}
+
+/// The post box's event: spawns what other threads posted, at most `DELIVER_BATCH` per turn.
+/// A post that cannot be spawned (no stack to be had) stays first in the queue, and the box
+/// waits for a C coroutine to end before it tries again (`body`).
 fn deliver(b: &PostBox) {
     let mut n = 0u64;
     // SAFETY: reads at most 8 bytes into `n` from the box's non-blocking eventfd.
     unsafe { libc::read(b.efd, (&mut n as *mut u64).cast(), 8) };
-    let posted = std::mem::take(&mut *b.queue.lock().unwrap_or_else(|e| e.into_inner()));
-    for p in posted {
-        let arg = p.arg as *mut c_void;
-        let f = p.f;
-        if let Err(e) = spawn_c(&Attr::default(), move || f(arg)) {
-            log::error!(
-                "evco: a posted function could not be spawned ({}): it is dropped",
+    b.stalled.store(false, Ordering::Relaxed);
+    for _ in 0..DELIVER_BATCH {
+        let Some(p) = b.queue().pop_front() else {
+            return;
+        };
+        let (f, arg) = (p.f, p.arg);
+        if let Err(e) = spawn_c(&Attr::default(), move || f(arg as *mut c_void)) {
+            b.queue().push_front(p);
+            b.stalled.store(true, Ordering::Relaxed);
+            log::warn!(
+                "evco: a posted function waits: no coroutine can be made now ({})",
                 io::Error::from_raw_os_error(e)
             );
+            return;
         }
+    }
+    if !b.queue().is_empty() {
+        let _ = b.ring();
     }
 }
 
@@ -306,6 +387,8 @@ pub extern "C-unwind" fn evco_sched_free(s: *mut Sched, timeout_ms: c_int) -> c_
     boundary(|| {
         keep_hooks();
         sched(s)?;
+        // From a callback of its base, `wind_down` fails with EBUSY (the loop is running on
+        // it, and an owned base would be freed under it), and nothing is freed.
         let left = os(scheduler::wind_down(timeout_of(timeout_ms)))?;
         // SAFETY: checked above: this thread's live scheduler, now taken back from C.
         let mut b = unsafe { Box::from_raw(s) };
@@ -331,20 +414,17 @@ pub extern "C" fn evco_sched_post(
         let s = unsafe { s.as_ref() }.ok_or(libc::EINVAL)?;
         let f = f.ok_or(libc::EINVAL)?;
         let post = s.post.clone();
-        post.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Posted {
+        {
+            let mut q = post.queue();
+            if q.len() >= MAX_BACKLOG {
+                return Err(libc::EAGAIN);
+            }
+            q.push_back(Posted {
                 f,
                 arg: arg as usize,
             });
-        let one = 1u64;
-        // SAFETY: writes 8 bytes from `one` to the box's eventfd, which the Arc keeps open.
-        if unsafe { libc::write(post.efd, (&one as *const u64).cast(), 8) } != 8 {
-            return Err(io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO));
         }
+        post.ring()?;
         Ok(0)
     })
 }
@@ -419,6 +499,12 @@ pub struct Handle {
     thread: ThreadId,
     name: Option<CString>,
     kind: Kind,
+    /// The coroutine's core (set once it exists; it lives as long as `kind` holds the
+    /// coroutine): what `evco_cancel` and `evco_stack_used` act on, even while the coroutine
+    /// runs (and its `kind` is borrowed).
+    core: Cell<*const coroutine::Core>,
+    /// An `evco_join` of it is waiting: a second one fails with `EBUSY`.
+    joining: Cell<bool>,
 }
 
 impl Handle {
@@ -428,6 +514,8 @@ impl Handle {
             thread: std::thread::current().id(),
             name: a.name.clone(),
             kind,
+            core: Cell::new(ptr::null()),
+            joining: Cell::new(false),
         })
     }
 }
@@ -451,6 +539,14 @@ fn body(me: Rc<Handle>, hooks_off: bool, f: impl FnOnce() + 'static) -> impl FnO
         keys::run_destructors(id);
         SELVES.with(|s| s.borrow_mut().remove(&id));
         drop(me);
+        // A stack is free again: posts that found none may go now.
+        // SAFETY: this thread's live scheduler, if any (freed only on this thread, never
+        // while one of its coroutines runs).
+        if let Some(s) = unsafe { SCHED.with(Cell::get).as_ref() } {
+            if s.post.stalled.swap(false, Ordering::Relaxed) {
+                let _ = s.post.ring();
+            }
+        }
     }
 }
 
@@ -460,6 +556,7 @@ fn spawn_c(a: &Attr, f: impl FnOnce() + 'static) -> Result<Rc<Handle>, c_int> {
     let jh = os(a.builder().spawn(body(h.clone(), a.hooks_off, f)))?;
     // Marked before it first runs, so a cancel or a free before that is cooperative too.
     jh.core().c_frames.set(true);
+    h.core.set(jh.core());
     if let Kind::Spawned(slot) = &h.kind {
         *slot.borrow_mut() = Some(jh);
     }
@@ -522,10 +619,17 @@ pub extern "C-unwind" fn evco_join(c: *const Handle, timeout_ms: c_int) -> c_int
         let Kind::Spawned(slot) = &h.kind else {
             return Err(libc::EINVAL);
         };
+        if h.joining.replace(true) {
+            return Err(libc::EBUSY);
+        }
         let done = {
             let jh = slot.borrow();
-            let jh = jh.as_ref().ok_or(libc::EINVAL)?;
-            os(jh.wait_timeout(timeout_of(timeout_ms)))?
+            let r = jh
+                .as_ref()
+                .ok_or(libc::EINVAL)
+                .and_then(|jh| os(jh.wait_timeout(timeout_of(timeout_ms))));
+            h.joining.set(false);
+            r?
         };
         if !done {
             return Err(libc::ETIMEDOUT);
@@ -566,13 +670,10 @@ pub extern "C" fn evco_cancel(c: *const Handle) -> c_int {
                 let jh = slot.borrow();
                 os(jh.as_ref().ok_or(libc::EINVAL)?.cancel())?;
             }
-            Kind::Created(co) => {
-                if let Ok(co) = co.try_borrow() {
-                    if let Some(co) = co.as_ref() {
-                        co.core().cancel_cooperatively();
-                    }
-                } else if let Some(core) = coroutine::current_core() {
-                    // Running (it cancels itself, or a coroutine it resumed does).
+            Kind::Created(_) => {
+                // SAFETY: the core of a created coroutine this handle holds (C has not freed
+                // it), alive and at a fixed address (boxed) while the handle holds it.
+                if let Some(core) = unsafe { h.core.get().as_ref() } {
                     core.cancel_cooperatively();
                 }
             }
@@ -594,6 +695,7 @@ pub extern "C" fn evco_create(
         let h = Handle::new(&a, Kind::Created(RefCell::new(None)));
         let co = os(a.builder().create(body(h.clone(), a.hooks_off, call)))?;
         co.core().c_frames.set(true);
+        h.core.set(co.core());
         if let Kind::Created(slot) = &h.kind {
             *slot.borrow_mut() = Some(co);
         }
@@ -681,7 +783,10 @@ fn perm_in_bare(e: c_int) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn evco_self() -> *const Handle {
     boundary(|| {
-        let id = coroutine::current().ok_or(0)?.id().as_u64();
+        // NULL outside a coroutine is an answer, not an error: errno is left alone.
+        let Some(id) = coroutine::current().map(|c| c.id().as_u64()) else {
+            return Ok(ptr::null());
+        };
         Ok(SELVES.with(|s| s.borrow().get(&id).copied().unwrap_or(ptr::null())))
     })
 }
@@ -721,10 +826,8 @@ pub extern "C" fn evco_stack_used(c: *const Handle) -> usize {
                 .borrow()
                 .as_ref()
                 .map_or(0, |j| j.core().stack_touched()),
-            Kind::Created(slot) => match slot.try_borrow() {
-                Ok(co) => co.as_ref().map_or(0, |co| co.core().stack_touched()),
-                Err(_) => coroutine::current_core().map_or(0, |c| c.stack_touched()),
-            },
+            // SAFETY: as in `evco_cancel`.
+            Kind::Created(_) => unsafe { h.core.get().as_ref() }.map_or(0, |c| c.stack_touched()),
         })
     })
 }
@@ -754,6 +857,7 @@ pub extern "C-unwind" fn evco_wait_fd(fd: c_int, events: c_short, timeout_ms: c_
         if fd < 0 {
             return Err(libc::EBADF);
         }
+        in_coroutine()?;
         let interest = match (read, write) {
             (true, true) => crate::io::Interest::READABLE | crate::io::Interest::WRITABLE,
             (true, false) => crate::io::Interest::READABLE,

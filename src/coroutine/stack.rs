@@ -298,6 +298,23 @@ fn guard_gap(words: usize, object: *mut usize) -> *mut u8 {
 // `rlim_t` is not `u64` on every target evco builds for.
 #[allow(clippy::unnecessary_cast)]
 fn why_no_stack(bytes: usize) -> String {
+    // Reading /proc/self/maps with tens of thousands of mappings takes milliseconds, and a
+    // failing stack allocation is often followed by more (a burst of spawns): the reason is
+    // worked out at most once a second, and reused in between.
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, String)>> =
+        std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, why)) = last.as_ref() {
+        if at.elapsed() < std::time::Duration::from_secs(1) {
+            return why.clone();
+        }
+    }
+    let why = find_why_no_stack(bytes);
+    *last = Some((std::time::Instant::now(), why.clone()));
+    why
+}
+
+fn find_why_no_stack(bytes: usize) -> String {
     let read_num = |path: &str, key: Option<&str>| -> Option<u64> {
         let s = std::fs::read_to_string(path).ok()?;
         match key {

@@ -207,6 +207,10 @@ impl EventBase {
     /// libevent's environment switches (`EVENT_NOEPOLL=1` and the like) are honoured.
     pub fn new() -> io::Result<EventBase> {
         route_libevent_logs();
+        // libevent ends the process (`exit(1)`, silently) when its signal socketpair cannot be
+        // made as the base is set up: make sure the fds a base needs (the backend's, the
+        // socketpair, a timerfd, an eventfd) can be had first, and fail with EMFILE instead.
+        reserve_fds(5)?;
         // SAFETY: plain constructor; a null result is handled below.
         let cfg = unsafe { sys::event_config_new() };
         if cfg.is_null() {
@@ -439,4 +443,24 @@ fn cvt(rc: c_int, what: &str) -> io::Result<()> {
 unsafe fn refresh_time_cache(base: *mut sys::event_base) {
     // SAFETY: the caller passes a live base.
     unsafe { sys::event_base_update_cache_time(base) };
+}
+
+/// Whether `n` more fds can be opened now: eventfds made and closed again (no hook sees them).
+/// `EMFILE`/`ENFILE` when they cannot.
+fn reserve_fds(n: usize) -> io::Result<()> {
+    let mut got = Vec::with_capacity(n);
+    let mut err = None;
+    for _ in 0..n {
+        // SAFETY: eventfd has no memory preconditions.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            err = Some(io::Error::last_os_error());
+            break;
+        }
+        got.push(fd);
+    }
+    for fd in got {
+        let _ = crate::os::close(fd);
+    }
+    err.map_or(Ok(()), Err)
 }

@@ -155,8 +155,8 @@
 //! and its receive and send timeouts. Updated by the hooks that create, configure, duplicate
 //! and close fds; read with relaxed loads (an fd used by two threads at once is the program's
 //! race, as it would be without evco). Fds at or above [`MAX_FDS`] are never hooked.
-//! `O_NONBLOCK` belongs to the open file description, which `dup` shares: the table tracks it
-//! per fd, so a flag changed through one duplicate is not seen through the other.
+//! `O_NONBLOCK` belongs to the open file description, which `dup` shares: for an fd marked
+//! duplicated, the hooks ask the real flag (`F_GETFL`) instead of trusting the entry's bit.
 //!
 //! # Layout
 //!
@@ -295,10 +295,25 @@ fn ret(r: io::Result<usize>) -> libc::ssize_t {
 #[inline]
 fn cooperative(fd: c_int) -> Option<u64> {
     let bits = table::get(fd);
-    if bits & (table::SOCKET | table::NONBLOCK) != table::SOCKET {
-        return None;
+    if bits & (table::SOCKET | table::NONBLOCK | table::DUPED) != table::SOCKET {
+        return cooperative_duped(fd, bits, table::SOCKET);
     }
     scheduler::in_scheduled_coroutine().then_some(bits)
+}
+
+/// [`cooperative`] (or `pipe::cooperative_read`, with `kind` PIPE) for an fd whose table
+/// entry says `kind` and duplicated: `O_NONBLOCK` belongs to the open file description, which
+/// its duplicates share, so a flag set or cleared through another fd is not in this fd's bits.
+/// The real flag is asked (one `fcntl`, for duplicated fds only).
+#[cold]
+#[inline(never)]
+fn cooperative_duped(fd: c_int, bits: u64, kind: u64) -> Option<u64> {
+    if bits & (kind | table::DUPED) != kind | table::DUPED || !scheduler::in_scheduled_coroutine() {
+        return None;
+    }
+    // SAFETY: F_GETFL takes no argument and reads nothing of the caller's.
+    let flags = unsafe { crate::os::real::fcntl(fd, libc::F_GETFL, 0) };
+    (flags >= 0 && flags & libc::O_NONBLOCK == 0).then_some(bits)
 }
 
 /// After a cooperative call failed: whether it failed because `fd`'s entry is stale (a socket

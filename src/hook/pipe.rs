@@ -23,8 +23,11 @@ use crate::scheduler;
 /// made, read inside a scheduled coroutine.
 #[inline]
 pub(super) fn cooperative_read(fd: c_int) -> bool {
-    table::get(fd) & (table::PIPE | table::NONBLOCK) == table::PIPE
-        && scheduler::in_scheduled_coroutine()
+    let bits = table::get(fd);
+    if bits & (table::PIPE | table::NONBLOCK | table::DUPED) != table::PIPE {
+        return super::cooperative_duped(fd, bits, table::PIPE).is_some();
+    }
+    scheduler::in_scheduled_coroutine()
 }
 
 /// Suspends the running coroutine until a read of pipe `fd` would not block; `Err(errno)`

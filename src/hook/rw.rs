@@ -58,11 +58,13 @@ fn cooperative_send(fd: c_int, flags: c_int) -> Option<u64> {
 }
 
 /// Before libc's read of `fd`: on a blocking pipe end this process made, inside a scheduled
-/// coroutine, waits until the read would not block (see `pipe`). False (errno set) when the
+/// coroutine, waits until the read would not block (see `pipe`), unless `wants_bytes` says the
+/// read asks for none. False (errno set) when the
 /// wait failed (`ECANCELED`).
 #[inline]
-fn pipe_ready(fd: c_int) -> bool {
-    if !super::pipe::cooperative_read(fd) {
+fn pipe_ready(fd: c_int, wants_bytes: impl FnOnce() -> bool) -> bool {
+    // A read of nothing returns 0 at once, as the kernel's does.
+    if !super::pipe::cooperative_read(fd) || !wants_bytes() {
         return true;
     }
     match super::pipe::until_readable(fd) {
@@ -80,7 +82,7 @@ pub(super) unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t)
     // A read of nothing returns 0 at once on a socket, ready or not (unlike a recv of nothing,
     // which waits for data like any other).
     let bits = cooperative(fd).filter(|_| count > 0);
-    if bits.is_none() && count > 0 && !pipe_ready(fd) {
+    if bits.is_none() && !pipe_ready(fd, || count > 0) {
         return -1;
     }
     hooked(
@@ -404,7 +406,11 @@ fn iov_msg(iov: *const iovec, n: c_int) -> msghdr {
 #[unsafe(no_mangle)]
 pub(super) unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, n: c_int) -> ssize_t {
     let bits = cooperative(fd).filter(|_| iov_count_ok(n));
-    if bits.is_none() && n > 0 && !pipe_ready(fd) {
+    // (On a pipe, the iovecs are read here, before the kernel has seen them: a bad array
+    // faults in the hook instead of failing with EFAULT.)
+    // SAFETY: the caller's `n` iovecs (checked for a sane count first).
+    let wants = || iov_count_ok(n) && unsafe { iov_total(iov, n as usize) } > 0;
+    if bits.is_none() && !pipe_ready(fd, wants) {
         return -1;
     }
     hooked(

@@ -374,6 +374,15 @@ pub(crate) fn wind_down(timeout: Option<std::time::Duration>) -> io::Result<usiz
     let Some(sched) = Scheduler::current() else {
         return Ok(0);
     };
+    // One round of the loop first: it fails when the loop is running already (called from one
+    // of the base's callbacks), where nothing may be freed.
+    if sched.base.loop_nonblock().is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            "a scheduler cannot be freed from inside its base's loop (a callback): leave the \
+             loop first",
+        ));
+    }
     let all: Vec<Rc<Task>> = sched.tasks.borrow().iter().flatten().cloned().collect();
     for t in &all {
         let _ = sched.cancel(t);

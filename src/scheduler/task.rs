@@ -267,6 +267,14 @@ pub(super) fn current_task() -> io::Result<(&'static Task, &'static Scheduler)> 
     // table (or the caller's handle) keeps it alive for the duration of the call.
     let task = unsafe { &*task };
     if core.is_cancelling() {
+        if core.c_frames.get() {
+            // Cancelled C code fails every wait, and commonly retries (a reconnect loop that
+            // sleeps): were its waits never to switch out, it would spin and hold the thread,
+            // and `evco_sched_free`'s timeout could never end it. Each failing wait lets the
+            // scheduler run once first.
+            task.sched().schedule(task.rc());
+            coroutine::switch_out(&task.core);
+        }
         return Err(coroutine::cancelling_error());
     }
     Ok((task, task.sched()))
