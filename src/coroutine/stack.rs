@@ -295,8 +295,6 @@ fn guard_gap(words: usize, object: *mut usize) -> *mut u8 {
 /// can tell: the mapping count (`vm.max_map_count`; each stack is two mappings), the
 /// address-space limit (`RLIMIT_AS`), or else the system's memory.
 #[cold]
-// `rlim_t` is not `u64` on every target evco builds for.
-#[allow(clippy::unnecessary_cast)]
 fn why_no_stack(bytes: usize) -> String {
     // Reading /proc/self/maps with tens of thousands of mappings takes milliseconds, and a
     // failing stack allocation is often followed by more (a burst of spawns): the reason is
@@ -314,6 +312,8 @@ fn why_no_stack(bytes: usize) -> String {
     why
 }
 
+// `rlim_t` is not `u64` on every target evco builds for.
+#[allow(clippy::unnecessary_cast)]
 fn find_why_no_stack(bytes: usize) -> String {
     let read_num = |path: &str, key: Option<&str>| -> Option<u64> {
         let s = std::fs::read_to_string(path).ok()?;
