@@ -16,27 +16,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use common::watchdog;
-
-/// What `libevco.a` needs besides itself: libevent's runtime libraries by soname (all that a
-/// machine without libevent's development files has), then what rustc reports for the
-/// staticlib (`cargo rustc --lib --crate-type staticlib -- --print native-static-libs`).
-const LINK: &[&str] = &[
-    "-l:libevent_core-2.1.so.7",
-    "-l:libevent-2.1.so.7",
-    "-lgcc_s",
-    "-lutil",
-    "-lrt",
-    "-lpthread",
-    "-lm",
-    "-ldl",
-    "-lc",
-];
-
-/// The repository.
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{C_LIBS, repo_root, watchdog};
 
 /// `<target>/<profile>`: the parent of this test binary's directory (`deps/`).
 fn profile_dir() -> PathBuf {
@@ -109,10 +89,10 @@ fn compile(name: &str) -> PathBuf {
                 "-O2",
             ])
             .arg("-I")
-            .arg(root().join("include"))
-            .arg(root().join("examples/c").join(format!("{name}.c")))
+            .arg(repo_root().join("include"))
+            .arg(repo_root().join("examples/c").join(format!("{name}.c")))
             .arg(&built().staticlib)
-            .args(LINK)
+            .args(C_LIBS)
             .arg("-o")
             .arg(&bin),
         Duration::from_secs(120),
@@ -155,7 +135,7 @@ fn built() -> &'static Built {
                 .args(["build", "--offline", "--lib", "--example", "echo_client"])
                 .args(["--profile", profile, "--message-format", "json"])
                 .arg("--manifest-path")
-                .arg(root().join("Cargo.toml"))
+                .arg(repo_root().join("Cargo.toml"))
                 .arg("--target-dir")
                 .arg(dir.parent().unwrap()),
             Duration::from_secs(600),

@@ -1342,3 +1342,60 @@ fn a_pipe_read_suspends_only_its_coroutine_and_two_readers_share_a_pipe() {
         "one reader got the bytes, the other EOF: {order:?}"
     );
 }
+
+/// `O_NONBLOCK` set through a duplicate of a pipe end (it belongs to the shared open file
+/// description) makes a read of the original in a coroutine fail with `EAGAIN`, as the
+/// kernel's does, and cleared again through the duplicate makes it wait cooperatively; a
+/// zero-length `readv` of an empty pipe returns 0 at once. Before (found in review), the hooks
+/// trusted the original fd's own bit: the first read waited forever, and a zero-length readv
+/// waited for data.
+#[test]
+fn a_pipes_nonblocking_flag_set_through_a_dup_and_a_zero_length_readv_are_the_kernels() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let _w = watchdog(20);
+    evco::run(|| {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two fds into `fds`.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: two fresh fds this coroutine owns.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let read_one = move |fd: i32| {
+            let mut b = [0u8; 1];
+            // SAFETY: reads into a live buffer from an open fd.
+            let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+            (n, std::io::Error::last_os_error().raw_os_error())
+        };
+        // SAFETY: an iovec of no bytes; readv reads no memory through it.
+        let iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        // SAFETY: one valid iovec.
+        assert_eq!(
+            unsafe { libc::readv(r.as_raw_fd(), &iov, 1) },
+            0,
+            "zero-length readv"
+        );
+        // SAFETY: dup of an open fd.
+        let d = unsafe { OwnedFd::from_raw_fd(libc::dup(r.as_raw_fd())) };
+        // SAFETY: F_SETFL on an open fd.
+        assert_eq!(
+            unsafe { libc::fcntl(d.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) },
+            0
+        );
+        assert_eq!(read_one(r.as_raw_fd()), (-1, Some(libc::EAGAIN)));
+        // SAFETY: F_SETFL on an open fd.
+        assert_eq!(unsafe { libc::fcntl(d.as_raw_fd(), libc::F_SETFL, 0) }, 0);
+        let rfd = r.as_raw_fd();
+        let reader = evco::spawn(move || read_one(rfd));
+        evco::yield_now().unwrap();
+        assert!(!reader.is_finished(), "the read waits, cooperatively");
+        // SAFETY: writes 1 byte from a live buffer to an open pipe.
+        assert_eq!(
+            unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr().cast(), 1) },
+            1
+        );
+        assert_eq!(reader.join().unwrap().0, 1);
+        drop((r, w, d));
+    });
+}

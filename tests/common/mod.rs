@@ -373,3 +373,24 @@ impl Drop for UrgentPeer {
         }
     }
 }
+
+/// What a C program linked with `libevco.a` needs besides it: libevent's runtime libraries by
+/// soname (all that a machine without libevent's development files has), then what rustc
+/// reports for the staticlib (`cargo rustc --lib --crate-type staticlib -- --print
+/// native-static-libs`).
+pub const C_LIBS: &[&str] = &[
+    "-l:libevent_core-2.1.so.7",
+    "-l:libevent-2.1.so.7",
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
+
+/// The repository's root.
+pub fn repo_root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+}
