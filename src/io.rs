@@ -89,8 +89,9 @@ impl fmt::Debug for Ready {
 /// waiting; [`io::ErrorKind::InvalidInput`] outside a scheduled coroutine.
 pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<Ready> {
     let fd = fd.as_raw_fd();
-    // Read first: a close after it, before the wait is listed, shows as a later generation.
-    let seen = Some(fd_table::generation(fd));
+    // Read first: a close after it, before the wait is listed, shows as a later generation
+    // (one under way now is EBADF already).
+    let seen = Some(closing_is_ebadf(fd)?);
     // libevent's epoll changelist applies a registration at the next dispatch and only logs a
     // failure there, so a bad fd would never wake its waiter: check it here. (evco's own I/O
     // paths skip this syscall: they wait only after a call on the fd returned EAGAIN.)
@@ -327,11 +328,17 @@ fn wait_owned(
 pub(crate) fn wait_for(fd: RawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<()> {
     if crate::coroutine::is_coroutine() {
         // The caller's last call on the fd came just before this.
-        let seen = Some(fd_table::generation(fd));
+        let seen = Some(closing_is_ebadf(fd)?);
         timed_out(wait_once(fd, interest.0, timeout, seen)?)
     } else {
         crate::os::poll(fd, interest.is_readable(), interest.is_writable(), timeout)
     }
+}
+
+/// `fd`'s generation for a wait (see `fd_table::generation_unless_closing`); `EBADF` while a
+/// close of it is under way.
+fn closing_is_ebadf(fd: RawFd) -> io::Result<u32> {
+    fd_table::generation_unless_closing(fd).ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
 }
 
 fn timed_out(what: What) -> io::Result<()> {
