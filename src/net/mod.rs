@@ -56,7 +56,7 @@ pub(crate) use sock::Sock;
 pub use dns::{lookup_host, set_nameservers};
 pub use tcp::{Incoming, TcpListener, TcpStream};
 pub use udp::UdpSocket;
-pub use unix::{UnixDatagram, UnixListener, UnixStream};
+pub use unix::{Incoming as UnixIncoming, UnixDatagram, UnixListener, UnixStream};
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -115,13 +115,8 @@ macro_rules! stream_io {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
                 let fd = std::os::fd::AsFd::as_fd(&*self.inner);
                 let len = buf.len();
-                crate::io::read_owned(
-                    self.fd(),
-                    Some(self.inner.state_cache()),
-                    self.timeouts.read.get(),
-                    len,
-                    || crate::os::recv(fd, buf),
-                )
+                self.inner
+                    .read_owned(self.timeouts.read.get(), len, || crate::os::recv(fd, buf))
             }
             fn read_vectored(
                 &mut self,
@@ -129,13 +124,9 @@ macro_rules! stream_io {
             ) -> std::io::Result<usize> {
                 let mut inner = &*self.inner;
                 let len = bufs.iter().map(|b| b.len()).sum();
-                crate::io::read_owned(
-                    self.fd(),
-                    Some(self.inner.state_cache()),
-                    self.timeouts.read.get(),
-                    len,
-                    || std::io::Read::read_vectored(&mut inner, bufs),
-                )
+                self.inner.read_owned(self.timeouts.read.get(), len, || {
+                    std::io::Read::read_vectored(&mut inner, bufs)
+                })
             }
         }
         impl std::io::Write for &$ty {
@@ -143,8 +134,7 @@ macro_rules! stream_io {
             // SIGPIPE on a closed peer (TCP and Unix streams alike).
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 let fd = std::os::fd::AsFd::as_fd(&*self.inner);
-                crate::io::retry(
-                    self.fd(),
+                self.inner.retry(
                     crate::io::Interest::WRITABLE,
                     self.timeouts.write.get(),
                     || crate::os::send(fd, buf),
@@ -152,8 +142,7 @@ macro_rules! stream_io {
             }
             fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
                 let fd = std::os::fd::AsFd::as_fd(&*self.inner);
-                crate::io::retry(
-                    self.fd(),
+                self.inner.retry(
                     crate::io::Interest::WRITABLE,
                     self.timeouts.write.get(),
                     || crate::os::send_vectored(fd, bufs),
@@ -195,8 +184,7 @@ macro_rules! connected_datagram_io {
     () => {
         /// Sends one datagram to the connected peer.
         pub fn send(&self, buf: &[u8]) -> std::io::Result<usize> {
-            crate::io::retry(
-                self.fd(),
+            self.inner.retry(
                 crate::io::Interest::WRITABLE,
                 self.timeouts.write.get(),
                 || self.inner.send(buf),
@@ -205,8 +193,7 @@ macro_rules! connected_datagram_io {
 
         /// Receives one datagram from the connected peer.
         pub fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-            crate::io::retry(
-                self.fd(),
+            self.inner.retry(
                 crate::io::Interest::READABLE,
                 self.timeouts.read.get(),
                 || self.inner.recv(buf),
@@ -215,6 +202,22 @@ macro_rules! connected_datagram_io {
     };
 }
 pub(crate) use connected_datagram_io;
+
+/// Generates `set_nonblocking` for a type whose `inner` is a [`Sock`].
+macro_rules! nonblocking_accessor {
+    () => {
+        /// std's non-blocking mode. With `true`, every later call on this handle that would
+        /// wait (inside a coroutine: suspend; outside: block in `poll`) returns
+        /// [`WouldBlock`](std::io::ErrorKind::WouldBlock) at once instead; `false` (the
+        /// default) restores the cooperative waits. The fd is `O_NONBLOCK` in both modes, and
+        /// the mode belongs to this handle (a `try_clone` starts cooperative).
+        pub fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
+            self.inner.set_nonblocking(nonblocking);
+            Ok(())
+        }
+    };
+}
+pub(crate) use nonblocking_accessor;
 
 /// Generates the fd traits (`AsRawFd`, `AsFd`, `IntoRawFd`, `FromRawFd`, `From<OwnedFd>`) for a
 /// type whose `inner` is a std socket. `FromRawFd` sets the fd non-blocking.

@@ -1,11 +1,15 @@
 //! [`Sock`]: the socket inside every `net` type, which ends the fd's state when it goes.
 
+use std::cell::Cell;
+use std::io;
 use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 
-use crate::io::StateCache;
+use std::time::Duration;
+
+use crate::io::{Interest, StateCache};
 
 /// A std socket that evco owns, non-blocking, whose fd may carry a persistent edge-triggered
 /// registration in this thread's reactor (see "Registered sockets" in `crate::reactor`).
@@ -21,20 +25,58 @@ use crate::io::StateCache;
 /// `!Send`, and so is every `net` type: a registration lives in the reactor of the thread that
 /// made it, and is cheapest to remove there (a close elsewhere has to ring that thread's
 /// doorbell). Move a socket across threads with `into_std` and `from_std`.
-pub(crate) struct Sock<T: AsRawFd>(ManuallyDrop<T>, StateCache, PhantomData<*mut ()>);
+pub(crate) struct Sock<T: AsRawFd>(
+    ManuallyDrop<T>,
+    StateCache,
+    NonBlocking,
+    PhantomData<*mut ()>,
+);
+
+/// Whether the owner asked for std's non-blocking mode (`set_nonblocking(true)`): calls then
+/// return `WouldBlock` instead of waiting. The fd itself is `O_NONBLOCK` either way.
+type NonBlocking = Cell<bool>;
 
 impl<T: AsRawFd> Sock<T> {
     pub(crate) fn new(socket: T) -> Sock<T> {
         Sock(
             ManuallyDrop::new(socket),
             StateCache::default(),
+            Cell::new(false),
             PhantomData,
         )
     }
 
-    /// Where the socket's reads keep its fd's state between calls (see `io::read_owned`).
-    pub(crate) fn state_cache(&self) -> &StateCache {
-        &self.1
+    /// std's `set_nonblocking`: `true` makes every later call on this handle return
+    /// `WouldBlock` where it would have waited; `false` restores the cooperative waits.
+    pub(crate) fn set_nonblocking(&self, on: bool) {
+        self.2.set(on);
+    }
+
+    /// [`crate::io::retry`] on this socket, or one attempt (`EINTR` retried) in non-blocking
+    /// mode.
+    pub(crate) fn retry<R>(
+        &self,
+        interest: Interest,
+        timeout: Option<Duration>,
+        op: impl FnMut() -> io::Result<R>,
+    ) -> io::Result<R> {
+        if self.2.get() {
+            return once(op);
+        }
+        crate::io::retry(self.0.as_raw_fd(), interest, timeout, op)
+    }
+
+    /// [`crate::io::read_owned`] on this socket, or one attempt in non-blocking mode.
+    pub(crate) fn read_owned(
+        &self,
+        timeout: Option<Duration>,
+        len: usize,
+        op: impl FnMut() -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        if self.2.get() {
+            return once(op);
+        }
+        crate::io::read_owned(self.0.as_raw_fd(), Some(&self.1), timeout, len, op)
     }
 
     /// Hands the socket out (to std, or as a raw fd), without a registration.
@@ -45,6 +87,35 @@ impl<T: AsRawFd> Sock<T> {
         drop(me.1.take());
         // SAFETY: `me` is never used or dropped again, so the socket is moved out exactly once.
         unsafe { ManuallyDrop::take(&mut me.0) }
+    }
+}
+
+/// `recv(MSG_PEEK)`: reads without consuming (std's Unix `peek` is unstable).
+pub(crate) fn peek(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call, and
+    // `fd` is a descriptor the caller borrows (a bad one is `EBADF`, not UB).
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One non-blocking attempt of `op`, retried only on `EINTR`.
+fn once<R>(mut op: impl FnMut() -> io::Result<R>) -> io::Result<R> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
     }
 }
 

@@ -3,13 +3,13 @@
 use std::fmt;
 use std::io;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::io::{Interest, retry};
-use crate::net::{Sock, Timeouts, fd_traits, stream_io, timeout_accessors};
+use crate::io::Interest;
+use crate::net::{Sock, Timeouts, fd_traits, nonblocking_accessor, stream_io, timeout_accessors};
 
 /// A TCP listening socket whose `accept` suspends the calling coroutine.
 ///
@@ -70,7 +70,7 @@ impl TcpListener {
         let fd = self.inner.as_raw_fd();
         let mut backoff = Duration::from_millis(1);
         loop {
-            match retry(fd, Interest::READABLE, None, || {
+            match self.inner.retry(Interest::READABLE, None, || {
                 crate::os::accept_nonblocking(fd)
             }) {
                 Ok((owned, addr)) => {
@@ -124,6 +124,8 @@ impl TcpListener {
             inner: Sock::new(self.inner.try_clone()?),
         })
     }
+
+    nonblocking_accessor!();
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {
@@ -186,10 +188,6 @@ impl TcpStream {
         }
     }
 
-    fn fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
-    }
-
     /// Connects to the first address of `addr` that accepts.
     pub fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
         each_addr(addr, |a| connect_addr(a, None))
@@ -247,9 +245,19 @@ impl TcpStream {
         self.inner.set_ttl(ttl)
     }
 
+    /// Gets `IP_TTL`.
+    pub fn ttl(&self) -> io::Result<u32> {
+        self.inner.ttl()
+    }
+
     /// Sets `SO_LINGER` (`Some(0)` makes `close` send a reset).
     pub fn set_linger(&self, linger: Option<Duration>) -> io::Result<()> {
         socket2::SockRef::from(&*self.inner).set_linger(linger)
+    }
+
+    /// Gets `SO_LINGER`.
+    pub fn linger(&self) -> io::Result<Option<Duration>> {
+        socket2::SockRef::from(&*self.inner).linger()
     }
 
     /// Takes the pending socket error (`SO_ERROR`).
@@ -259,12 +267,10 @@ impl TcpStream {
 
     /// Reads without consuming (`MSG_PEEK`), waiting like `read`.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(
-            self.fd(),
-            Interest::READABLE,
-            self.timeouts.read.get(),
-            || self.inner.peek(buf),
-        )
+        self.inner
+            .retry(Interest::READABLE, self.timeouts.read.get(), || {
+                self.inner.peek(buf)
+            })
     }
 
     /// A second stream on the same connection (a `dup`), e.g. for a reader and a writer
@@ -277,6 +283,7 @@ impl TcpStream {
     }
 
     timeout_accessors!();
+    nonblocking_accessor!();
 }
 
 stream_io!(TcpStream);

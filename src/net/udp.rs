@@ -3,11 +3,12 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
 
-use crate::io::{Interest, retry};
+use crate::io::Interest;
 use crate::net::tcp::each_addr;
-use crate::net::{Sock, Timeouts, connected_datagram_io, fd_traits, timeout_accessors};
+use crate::net::{
+    Sock, Timeouts, connected_datagram_io, fd_traits, nonblocking_accessor, timeout_accessors,
+};
 
 /// A UDP socket whose sends and receives suspend the calling coroutine.
 ///
@@ -33,10 +34,6 @@ impl fmt::Debug for UdpSocket {
 }
 
 impl UdpSocket {
-    fn fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
-    }
-
     /// Binds to the first address of `addr` that works.
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
         each_addr(addr, |a| UdpSocket::from_std(std::net::UdpSocket::bind(a)?))
@@ -59,23 +56,19 @@ impl UdpSocket {
     /// Sends one datagram to `addr`.
     pub fn send_to(&self, buf: &[u8], addr: impl ToSocketAddrs) -> io::Result<usize> {
         each_addr(addr, |a| {
-            retry(
-                self.fd(),
-                Interest::WRITABLE,
-                self.timeouts.write.get(),
-                || self.inner.send_to(buf, a),
-            )
+            self.inner
+                .retry(Interest::WRITABLE, self.timeouts.write.get(), || {
+                    self.inner.send_to(buf, a)
+                })
         })
     }
 
     /// Receives one datagram and its sender.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        retry(
-            self.fd(),
-            Interest::READABLE,
-            self.timeouts.read.get(),
-            || self.inner.recv_from(buf),
-        )
+        self.inner
+            .retry(Interest::READABLE, self.timeouts.read.get(), || {
+                self.inner.recv_from(buf)
+            })
     }
 
     /// Connects: `send`/`recv` then talk to `addr` only.
@@ -105,6 +98,28 @@ impl UdpSocket {
         self.inner.set_ttl(ttl)
     }
 
+    /// Gets `IP_TTL`.
+    pub fn ttl(&self) -> io::Result<u32> {
+        self.inner.ttl()
+    }
+
+    /// Receives the next datagram without consuming it (`MSG_PEEK`), waiting like `recv`.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .retry(Interest::READABLE, self.timeouts.read.get(), || {
+                self.inner.peek(buf)
+            })
+    }
+
+    /// Receives the next datagram and its sender without consuming it, waiting like
+    /// `recv_from`.
+    pub fn peek_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.inner
+            .retry(Interest::READABLE, self.timeouts.read.get(), || {
+                self.inner.peek_from(buf)
+            })
+    }
+
     /// Takes the pending socket error (`SO_ERROR`).
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         self.inner.take_error()
@@ -119,6 +134,7 @@ impl UdpSocket {
     }
 
     timeout_accessors!();
+    nonblocking_accessor!();
 }
 
 fd_traits!(UdpSocket, std::net::UdpSocket);

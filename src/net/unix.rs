@@ -3,12 +3,15 @@
 use std::fmt;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{self as std_unix, SocketAddr};
 use std::path::Path;
 
-use crate::io::{Interest, retry};
-use crate::net::{Sock, Timeouts, connected_datagram_io, fd_traits, stream_io, timeout_accessors};
+use crate::io::Interest;
+use crate::net::{
+    Sock, Timeouts, connected_datagram_io, fd_traits, nonblocking_accessor, stream_io,
+    timeout_accessors,
+};
 
 /// A Unix-domain listening socket whose `accept` suspends the calling coroutine.
 pub struct UnixListener {
@@ -42,9 +45,9 @@ impl UnixListener {
 
     /// Accepts one connection.
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let (s, a) = retry(self.inner.as_raw_fd(), Interest::READABLE, None, || {
-            self.inner.accept()
-        })?;
+        let (s, a) = self
+            .inner
+            .retry(Interest::READABLE, None, || self.inner.accept())?;
         let stream = UnixStream::from_std(s)?;
         crate::reactor::register_accepted(stream.as_raw_fd());
         Ok((stream, a))
@@ -53,6 +56,27 @@ impl UnixListener {
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
+    }
+
+    /// An endless iterator of accepted streams (see [`accept`](Self::accept)), like std's
+    /// `UnixListener::incoming`.
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { listener: self }
+    }
+
+    nonblocking_accessor!();
+}
+
+/// The iterator [`UnixListener::incoming`] returns; it never yields `None`.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    listener: &'a UnixListener,
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = io::Result<UnixStream>;
+    fn next(&mut self) -> Option<io::Result<UnixStream>> {
+        Some(self.listener.accept().map(|(s, _)| s))
     }
 }
 
@@ -81,10 +105,6 @@ impl fmt::Debug for UnixStream {
 }
 
 impl UnixStream {
-    fn fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
-    }
-
     /// Connects to the socket at `path` (Unix connects complete or fail at once).
     pub fn connect(path: impl AsRef<Path>) -> io::Result<UnixStream> {
         UnixStream::from_std(std_unix::UnixStream::connect(path)?)
@@ -125,6 +145,14 @@ impl UnixStream {
         self.inner.local_addr()
     }
 
+    /// Reads without consuming (`MSG_PEEK`), waiting like `recv`.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .retry(Interest::READABLE, self.timeouts.read.get(), || {
+                crate::net::sock::peek(std::os::fd::AsFd::as_fd(&*self.inner), buf)
+            })
+    }
+
     /// A second stream on the same connection (a `dup`), with the same timeouts.
     pub fn try_clone(&self) -> io::Result<UnixStream> {
         Ok(UnixStream {
@@ -134,6 +162,7 @@ impl UnixStream {
     }
 
     timeout_accessors!();
+    nonblocking_accessor!();
 }
 
 stream_io!(UnixStream);
@@ -153,10 +182,6 @@ impl fmt::Debug for UnixDatagram {
 }
 
 impl UnixDatagram {
-    fn fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
-    }
-
     /// Binds to `path`.
     pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixDatagram> {
         UnixDatagram::from_std(std_unix::UnixDatagram::bind(path)?)
@@ -195,25 +220,29 @@ impl UnixDatagram {
     /// Sends one datagram to `path`.
     pub fn send_to(&self, buf: &[u8], path: impl AsRef<Path>) -> io::Result<usize> {
         let path = path.as_ref();
-        retry(
-            self.fd(),
-            Interest::WRITABLE,
-            self.timeouts.write.get(),
-            || self.inner.send_to(buf, path),
-        )
+        self.inner
+            .retry(Interest::WRITABLE, self.timeouts.write.get(), || {
+                self.inner.send_to(buf, path)
+            })
     }
 
     /// Receives one datagram and its sender.
     pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        retry(
-            self.fd(),
-            Interest::READABLE,
-            self.timeouts.read.get(),
-            || self.inner.recv_from(buf),
-        )
+        self.inner
+            .retry(Interest::READABLE, self.timeouts.read.get(), || {
+                self.inner.recv_from(buf)
+            })
     }
 
     connected_datagram_io!();
+
+    /// Reads without consuming (`MSG_PEEK`), waiting like `recv`.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .retry(Interest::READABLE, self.timeouts.read.get(), || {
+                crate::net::sock::peek(std::os::fd::AsFd::as_fd(&*self.inner), buf)
+            })
+    }
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -221,6 +250,7 @@ impl UnixDatagram {
     }
 
     timeout_accessors!();
+    nonblocking_accessor!();
 }
 
 fd_traits!(UnixDatagram, std_unix::UnixDatagram);

@@ -1,0 +1,251 @@
+//! The parts of std's socket surface that evco::net mirrors (issue 18): socket options,
+//! `peek`, `incoming`, non-blocking mode, abstract and `SocketAddr` forms, and fd passing.
+
+mod common;
+
+use std::cell::Cell;
+use std::io::{ErrorKind, Read, Write};
+use std::rc::Rc;
+use std::time::Duration;
+
+use common::watchdog;
+use evco::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
+
+fn tmp_path(name: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("evco-surface-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// `TcpStream::{set_ttl, ttl, set_linger, linger}` and `TcpListener::{set_ttl, ttl}` set and
+/// read back the options, as std's `ttl` and `linger` tests do.
+#[test]
+fn tcp_ttl_and_linger_round_trip() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_ttl(100).unwrap();
+        assert_eq!(listener.ttl().unwrap(), 100);
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        stream.set_ttl(42).unwrap();
+        assert_eq!(stream.ttl().unwrap(), 42);
+        assert_eq!(stream.linger().unwrap(), None);
+        stream.set_linger(Some(Duration::from_secs(1))).unwrap();
+        assert_eq!(stream.linger().unwrap(), Some(Duration::from_secs(1)));
+        stream.set_linger(None).unwrap();
+        assert_eq!(stream.linger().unwrap(), None);
+    });
+}
+
+/// `UdpSocket::{set_ttl, ttl}` round-trip, and `peek`/`peek_from` return the next datagram
+/// (and its sender) without consuming it: the following `recv_from` sees the same one.
+#[test]
+fn udp_ttl_peek_and_peek_from() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_ttl(7).unwrap();
+        assert_eq!(b.ttl().unwrap(), 7);
+        let baddr = b.local_addr().unwrap();
+        let aaddr = a.local_addr().unwrap();
+        // The sender runs only once the reader has suspended in peek_from.
+        let sender = evco::spawn(move || {
+            a.send_to(b"one", baddr).unwrap();
+            a
+        });
+        let mut buf = [0u8; 16];
+        let (n, from) = b.peek_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"one"[..], aaddr));
+        let (n, from) = b.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"one"[..], aaddr));
+        let a = sender.join().unwrap();
+        b.connect(aaddr).unwrap();
+        a.send_to(b"two", baddr).unwrap();
+        assert_eq!(b.peek(&mut buf[..2]).unwrap(), 2);
+        assert_eq!(&buf[..2], b"tw");
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"two");
+    });
+}
+
+/// `UnixStream::peek` leaves the bytes for the next read; `UnixDatagram::peek` leaves the
+/// datagram for the next `recv`.
+#[test]
+fn unix_peek_does_not_consume() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let writer = evco::spawn(move || (&a).write_all(b"hello").unwrap());
+        let mut buf = [0u8; 5];
+        let n = b.peek(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &b"hello"[..n]);
+        writer.join().unwrap();
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+
+        let (x, y) = UnixDatagram::pair().unwrap();
+        x.send(b"dgram").unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(y.peek(&mut buf).unwrap(), 5);
+        assert_eq!(y.recv(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"dgram");
+    });
+}
+
+/// `UnixListener::incoming` yields one stream per connection, like std's `Incoming`.
+#[test]
+fn unix_incoming_yields_accepted_streams() {
+    let _w = watchdog(20);
+    let path = tmp_path("incoming.sock");
+    evco::run(move || {
+        let listener = UnixListener::bind(&path).unwrap();
+        let p = path.clone();
+        let clients = evco::spawn(move || {
+            for i in 0..3u8 {
+                let mut s = UnixStream::connect(&p).unwrap();
+                s.write_all(&[i]).unwrap();
+            }
+        });
+        for (i, stream) in listener.incoming().take(3).enumerate() {
+            let mut b = [0u8; 1];
+            stream.unwrap().read_exact(&mut b).unwrap();
+            assert_eq!(b[0] as usize, i);
+        }
+        clients.join().unwrap();
+        std::fs::remove_file(&path).unwrap();
+    });
+}
+
+/// The shared body of the `set_nonblocking` tests: with `set(true)`, `read` (a call that would
+/// wait) on `reader` fails with `WouldBlock` at once; after `set(false)` it suspends until
+/// `writer`, in a coroutine that runs only then, makes it ready.
+fn assert_nonblocking_then_cooperative<S: 'static>(
+    reader: S,
+    writer: impl FnOnce() + 'static,
+    read: impl Fn(&S) -> std::io::Result<usize> + 'static,
+    set: impl Fn(&S, bool) -> std::io::Result<()>,
+) {
+    set(&reader, true).unwrap();
+    assert_eq!(read(&reader).unwrap_err().kind(), ErrorKind::WouldBlock);
+    set(&reader, false).unwrap();
+    // The writer is spawned first but runs only when the reader suspends: the read gets its
+    // data only by waiting cooperatively.
+    let suspended = Rc::new(Cell::new(false));
+    let s = suspended.clone();
+    let w = evco::spawn(move || {
+        s.set(true);
+        writer();
+    });
+    assert!(read(&reader).unwrap() > 0);
+    assert!(suspended.get());
+    w.join().unwrap();
+}
+
+/// `set_nonblocking(true)` on a TCP stream makes an empty read return `WouldBlock` at once
+/// inside a coroutine; `set_nonblocking(false)` makes it wait (suspend) again.
+#[test]
+fn tcp_stream_set_nonblocking_means_would_block() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert_nonblocking_then_cooperative(
+            server,
+            move || (&client).write_all(b"x").unwrap(),
+            |s| (&*s).read(&mut [0u8; 4]),
+            TcpStream::set_nonblocking,
+        );
+    });
+}
+
+/// `TcpListener::set_nonblocking(true)`: `accept` with no pending connection is `WouldBlock`;
+/// with `false` it waits for the connection a later coroutine makes.
+#[test]
+fn tcp_listener_set_nonblocking_means_would_block() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert_nonblocking_then_cooperative(
+            listener,
+            move || drop(TcpStream::connect(addr).unwrap()),
+            |l| l.accept().map(|_| 1),
+            TcpListener::set_nonblocking,
+        );
+    });
+}
+
+/// `UdpSocket::set_nonblocking(true)`: `recv_from` on an empty socket is `WouldBlock`.
+#[test]
+fn udp_set_nonblocking_means_would_block() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let baddr = b.local_addr().unwrap();
+        assert_nonblocking_then_cooperative(
+            b,
+            move || {
+                a.send_to(b"x", baddr).unwrap();
+            },
+            |b| b.recv_from(&mut [0u8; 4]).map(|(n, _)| n),
+            UdpSocket::set_nonblocking,
+        );
+    });
+}
+
+/// `UnixStream::set_nonblocking(true)`: an empty `peek` is `WouldBlock`.
+#[test]
+fn unix_stream_set_nonblocking_means_would_block() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        assert_nonblocking_then_cooperative(
+            b,
+            move || (&a).write_all(b"x").unwrap(),
+            |b| b.peek(&mut [0u8; 4]),
+            UnixStream::set_nonblocking,
+        );
+    });
+}
+
+/// `UnixDatagram::set_nonblocking(true)`: an empty `recv` is `WouldBlock`.
+#[test]
+fn unix_datagram_set_nonblocking_means_would_block() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        assert_nonblocking_then_cooperative(
+            b,
+            move || {
+                a.send(b"x").unwrap();
+            },
+            |b| b.recv(&mut [0u8; 4]),
+            UnixDatagram::set_nonblocking,
+        );
+    });
+}
+
+/// `UnixListener::set_nonblocking(true)`: `accept` with no pending connection is
+/// `WouldBlock`, and `incoming` yields that error too.
+#[test]
+fn unix_listener_set_nonblocking_means_would_block() {
+    let _w = watchdog(20);
+    let path = tmp_path("nonblocking.sock");
+    evco::run(move || {
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let e = listener.incoming().next().unwrap().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::WouldBlock);
+        let p = path.clone();
+        assert_nonblocking_then_cooperative(
+            listener,
+            move || drop(UnixStream::connect(&p).unwrap()),
+            |l| l.accept().map(|_| 1),
+            UnixListener::set_nonblocking,
+        );
+        std::fs::remove_file(&path).unwrap();
+    });
+}
