@@ -249,3 +249,70 @@ fn unix_listener_set_nonblocking_means_would_block() {
         std::fs::remove_file(&path).unwrap();
     });
 }
+
+/// An abstract-namespace name unique to this process and `tag`.
+fn abstract_addr(tag: &str) -> std::os::unix::net::SocketAddr {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("evco-surface-{}-{tag}", std::process::id());
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap()
+}
+
+/// `UnixListener::bind_addr` and `UnixStream::connect_addr` work with an abstract-namespace
+/// address (as std's `abstract_namespace` tests do), and the accepted stream carries bytes.
+#[test]
+fn unix_stream_abstract_bind_addr_and_connect_addr() {
+    use std::os::linux::net::SocketAddrExt;
+    let _w = watchdog(20);
+    evco::run(|| {
+        let addr = abstract_addr("stream");
+        let listener = UnixListener::bind_addr(&addr).unwrap();
+        let local = listener.local_addr().unwrap();
+        assert_eq!(local.as_abstract_name(), addr.as_abstract_name());
+        let server = evco::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"abstract").unwrap();
+        });
+        let mut client = UnixStream::connect_addr(&addr).unwrap();
+        let mut buf = [0u8; 8];
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"abstract");
+        server.join().unwrap();
+    });
+}
+
+/// `UnixDatagram::{bind_addr, send_to_addr, connect_addr, peek_from}`: a datagram sent to an
+/// abstract address arrives, `peek_from` names its sender (pathname, or unnamed for an unbound
+/// socket) without consuming it.
+#[test]
+fn unix_datagram_addr_forms_and_peek_from() {
+    use std::os::linux::net::SocketAddrExt;
+    let _w = watchdog(20);
+    let path = tmp_path("dgram-sender.sock");
+    evco::run(move || {
+        let addr = abstract_addr("dgram");
+        let server = UnixDatagram::bind_addr(&addr).unwrap();
+        let named =
+            UnixDatagram::bind_addr(&std::os::unix::net::SocketAddr::from_pathname(&path).unwrap())
+                .unwrap();
+        let unbound = UnixDatagram::unbound().unwrap();
+        // The sender runs only once the server has suspended in peek_from.
+        let sender = evco::spawn(move || {
+            named.send_to_addr(b"from named", &addr).unwrap();
+            unbound.connect_addr(&addr).unwrap();
+            unbound.send(b"from unbound").unwrap();
+        });
+        let mut buf = [0u8; 32];
+        let (n, from) = server.peek_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"from named");
+        assert_eq!(from.as_pathname(), Some(path.as_path()));
+        let (n, _) = server.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"from named");
+        sender.join().unwrap();
+        let (n, from) = server.peek_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"from unbound");
+        assert!(from.is_unnamed());
+        assert_eq!(from.as_abstract_name(), None);
+        assert_eq!(server.recv(&mut buf).unwrap(), 12);
+        std::fs::remove_file(&path).unwrap();
+    });
+}

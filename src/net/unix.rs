@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{self as std_unix, SocketAddr};
@@ -28,6 +29,12 @@ impl UnixListener {
     /// Binds to `path`.
     pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListener> {
         UnixListener::from_std(std_unix::UnixListener::bind(path)?)
+    }
+
+    /// Binds to `addr`, a pathname or (on Linux) abstract-namespace address, like std's
+    /// `UnixListener::bind_addr`.
+    pub fn bind_addr(addr: &SocketAddr) -> io::Result<UnixListener> {
+        UnixListener::from_std(std_unix::UnixListener::bind_addr(addr)?)
     }
 
     /// Wraps a std listener, setting it non-blocking.
@@ -110,6 +117,12 @@ impl UnixStream {
         UnixStream::from_std(std_unix::UnixStream::connect(path)?)
     }
 
+    /// Connects to `addr`, a pathname or (on Linux) abstract-namespace address, like std's
+    /// `UnixStream::connect_addr`.
+    pub fn connect_addr(addr: &SocketAddr) -> io::Result<UnixStream> {
+        UnixStream::from_std(std_unix::UnixStream::connect_addr(addr)?)
+    }
+
     /// A connected pair.
     pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
         let (a, b) = std_unix::UnixStream::pair()?;
@@ -187,6 +200,12 @@ impl UnixDatagram {
         UnixDatagram::from_std(std_unix::UnixDatagram::bind(path)?)
     }
 
+    /// Binds to `addr`, a pathname or (on Linux) abstract-namespace address, like std's
+    /// `UnixDatagram::bind_addr`.
+    pub fn bind_addr(addr: &SocketAddr) -> io::Result<UnixDatagram> {
+        UnixDatagram::from_std(std_unix::UnixDatagram::bind_addr(addr)?)
+    }
+
     /// An unbound socket.
     pub fn unbound() -> io::Result<UnixDatagram> {
         UnixDatagram::from_std(std_unix::UnixDatagram::unbound()?)
@@ -215,6 +234,33 @@ impl UnixDatagram {
     /// Connects to the socket at `path`.
     pub fn connect(&self, path: impl AsRef<Path>) -> io::Result<()> {
         self.inner.connect(path)
+    }
+
+    /// Connects to `addr` (a pathname or abstract-namespace address).
+    pub fn connect_addr(&self, addr: &SocketAddr) -> io::Result<()> {
+        self.inner.connect_addr(addr)
+    }
+
+    /// Sends one datagram to `addr` (a pathname or abstract-namespace address).
+    pub fn send_to_addr(&self, buf: &[u8], addr: &SocketAddr) -> io::Result<usize> {
+        self.inner
+            .retry(Interest::WRITABLE, self.timeouts.write.get(), || {
+                self.inner.send_to_addr(buf, addr)
+            })
+    }
+
+    /// Receives the next datagram and its sender without consuming it (`MSG_PEEK`), waiting
+    /// like `recv_from`.
+    pub fn peek_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (n, from) = self
+            .inner
+            .retry(Interest::READABLE, self.timeouts.read.get(), || {
+                // SAFETY: initialised bytes are valid `MaybeUninit<u8>`s, and socket2 only
+                // writes initialised bytes into the buffer.
+                let uninit = unsafe { &mut *(&mut *buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+                socket2::SockRef::from(&*self.inner).peek_from(uninit)
+            })?;
+        Ok((n, std_unix_addr(&from)?))
     }
 
     /// Sends one datagram to `path`.
@@ -254,3 +300,23 @@ impl UnixDatagram {
 }
 
 fd_traits!(UnixDatagram, std_unix::UnixDatagram);
+
+/// A socket2 Unix address as std's `SocketAddr`: a pathname, an abstract name, or unnamed.
+fn std_unix_addr(addr: &socket2::SockAddr) -> io::Result<SocketAddr> {
+    if let Some(path) = addr.as_pathname() {
+        return SocketAddr::from_pathname(path);
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(name) = addr.as_abstract_namespace() {
+        return <SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name);
+    }
+    // Linux reports an unbound sender with an address length of 0.
+    if addr.len() == 0 || addr.is_unnamed() {
+        // std has no constructor for an unnamed address; an empty pathname is one.
+        return SocketAddr::from_pathname("");
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "not a Unix-domain address",
+    ))
+}
