@@ -316,3 +316,101 @@ fn unix_datagram_addr_forms_and_peek_from() {
         std::fs::remove_file(&path).unwrap();
     });
 }
+
+/// A pipe whose ends are close-on-exec.
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut p = [0; 2];
+    // SAFETY: `p` has room for the two descriptors pipe2 writes.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 succeeded: two new descriptors that nothing else owns.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(p[0]),
+            std::fs::File::from_raw_fd(p[1]),
+        )
+    }
+}
+
+/// Whether `fd` has `FD_CLOEXEC`.
+fn is_cloexec(fd: &impl std::os::fd::AsRawFd) -> bool {
+    // SAFETY: F_GETFD on an open descriptor reads its flags.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+    assert!(flags >= 0);
+    flags & libc::FD_CLOEXEC != 0
+}
+
+/// `UnixStream::{send_fds, recv_fds}` pass a pipe's write end: the receiver, suspended in
+/// `recv_fds` until the sender coroutine runs, gets the data and a close-on-exec copy of the
+/// descriptor, and what it writes through that copy comes out of the pipe.
+#[test]
+fn unix_stream_passes_fds_cooperatively() {
+    use std::os::fd::AsFd;
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (mut r, w) = pipe();
+        let sender = evco::spawn(move || {
+            assert_eq!(a.send_fds(b"fd", &[w.as_fd()]).unwrap(), 2);
+        });
+        let mut buf = [0u8; 8];
+        let mut fds = Vec::new();
+        let n = b.recv_fds(&mut buf, &mut fds).unwrap();
+        assert_eq!(&buf[..n], b"fd");
+        assert_eq!(fds.len(), 1);
+        assert!(is_cloexec(&fds[0]));
+        sender.join().unwrap();
+        let mut w = std::fs::File::from(fds.pop().unwrap());
+        w.write_all(b"through").unwrap();
+        drop(w);
+        let mut out = String::new();
+        r.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "through");
+        // Plain data (no descriptors) comes back with none.
+        let (c, d) = UnixStream::pair().unwrap();
+        c.send_fds(b"none", &[]).unwrap();
+        assert_eq!(d.recv_fds(&mut buf, &mut fds).unwrap(), 4);
+        assert!(fds.is_empty());
+    });
+}
+
+/// `UnixDatagram::{send_fds, recv_fds}` carry several descriptors in one datagram, and an
+/// empty datagram may carry them too.
+#[test]
+fn unix_datagram_passes_several_fds() {
+    use std::os::fd::AsFd;
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let (r1, w1) = pipe();
+        let (r2, w2) = pipe();
+        assert_eq!(a.send_fds(b"", &[w1.as_fd(), w2.as_fd()]).unwrap(), 0);
+        let mut fds = Vec::new();
+        assert_eq!(b.recv_fds(&mut [0u8; 4], &mut fds).unwrap(), 0);
+        assert_eq!(fds.len(), 2);
+        drop((w1, w2));
+        for (fd, mut r) in fds.into_iter().zip([r1, r2]) {
+            std::fs::File::from(fd).write_all(b"k").unwrap();
+            let mut byte = [0u8; 1];
+            r.read_exact(&mut byte).unwrap();
+            assert_eq!(&byte, b"k");
+        }
+    });
+}
+
+/// Bad input to `send_fds` is an error, not a panic: descriptors with no data on a stream,
+/// and more descriptors than one message holds.
+#[test]
+fn send_fds_rejects_bad_input() {
+    use std::os::fd::AsFd;
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let e = a.send_fds(b"", &[a.as_fd()]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        let (c, _d) = UnixDatagram::pair().unwrap();
+        let many = vec![c.as_fd(); 254];
+        let e = c.send_fds(b"x", &many).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    });
+}

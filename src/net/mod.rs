@@ -46,6 +46,7 @@
 //! ```
 
 mod dns;
+mod fds;
 mod sock;
 mod tcp;
 mod udp;

@@ -4,11 +4,12 @@ use std::fmt;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::Shutdown;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{self as std_unix, SocketAddr};
 use std::path::Path;
 
 use crate::io::Interest;
+use crate::net::fds;
 use crate::net::{
     Sock, Timeouts, connected_datagram_io, fd_traits, nonblocking_accessor, stream_io,
     timeout_accessors,
@@ -166,6 +167,30 @@ impl UnixStream {
             })
     }
 
+    /// Sends `buf` with the descriptors `fds` (an `SCM_RIGHTS` message, at most 253; the
+    /// receiver gets its own copies), waiting like `write`. Evco's stable form of std's unstable
+    /// `send_vectored_with_ancillary`.
+    ///
+    /// `buf` must not be empty when `fds` is not (`InvalidInput`): on a stream, descriptors
+    /// travel with data.
+    pub fn send_fds(&self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        if buf.is_empty() && !fds.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a stream sends descriptors only with at least one byte of data",
+            ));
+        }
+        send_fds_on(&self.inner, &self.timeouts, buf, fds)
+    }
+
+    /// Receives into `buf`, appending the descriptors that came with the data to `fds` (each
+    /// close-on-exec), waiting like `read`. A control message truncated by the kernel
+    /// (`MSG_CTRUNC`, e.g. when the process has no descriptors free) is an error, and the
+    /// descriptors of it that did arrive are closed rather than leaked.
+    pub fn recv_fds(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        recv_fds_on(&self.inner, &self.timeouts, buf, fds)
+    }
+
     /// A second stream on the same connection (a `dup`), with the same timeouts.
     pub fn try_clone(&self) -> io::Result<UnixStream> {
         Ok(UnixStream {
@@ -263,6 +288,21 @@ impl UnixDatagram {
         Ok((n, std_unix_addr(&from)?))
     }
 
+    /// Sends `buf` with the descriptors `fds` (an `SCM_RIGHTS` message, at most 253; the
+    /// receiver gets its own copies), waiting like `send`. Evco's stable form of std's unstable
+    /// `send_vectored_with_ancillary`.
+    pub fn send_fds(&self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        send_fds_on(&self.inner, &self.timeouts, buf, fds)
+    }
+
+    /// Receives into `buf`, appending the descriptors that came with the data to `fds` (each
+    /// close-on-exec), waiting like `recv`. A control message truncated by the kernel
+    /// (`MSG_CTRUNC`, e.g. when the process has no descriptors free) is an error, and the
+    /// descriptors of it that did arrive are closed rather than leaked.
+    pub fn recv_fds(&self, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
+        recv_fds_on(&self.inner, &self.timeouts, buf, fds)
+    }
+
     /// Sends one datagram to `path`.
     pub fn send_to(&self, buf: &[u8], path: impl AsRef<Path>) -> io::Result<usize> {
         let path = path.as_ref();
@@ -300,6 +340,30 @@ impl UnixDatagram {
 }
 
 fd_traits!(UnixDatagram, std_unix::UnixDatagram);
+
+/// `send_fds` on either Unix socket type: one [`fds::send_fds`] per attempt.
+fn send_fds_on<T: AsFd + AsRawFd>(
+    sock: &Sock<T>,
+    timeouts: &Timeouts,
+    buf: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    sock.retry(Interest::WRITABLE, timeouts.write.get(), || {
+        fds::send_fds(sock.as_fd(), buf, fds)
+    })
+}
+
+/// `recv_fds` on either Unix socket type: one [`fds::recv_fds`] per attempt.
+fn recv_fds_on<T: AsFd + AsRawFd>(
+    sock: &Sock<T>,
+    timeouts: &Timeouts,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    sock.retry(Interest::READABLE, timeouts.read.get(), || {
+        fds::recv_fds(sock.as_fd(), buf, fds, fds::MAX_FDS)
+    })
+}
 
 /// A socket2 Unix address as std's `SocketAddr`: a pathname, an abstract name, or unnamed.
 fn std_unix_addr(addr: &socket2::SockAddr) -> io::Result<SocketAddr> {
