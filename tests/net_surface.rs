@@ -414,3 +414,25 @@ fn send_fds_rejects_bad_input() {
         assert_eq!(e.kind(), ErrorKind::InvalidInput);
     });
 }
+
+/// The handles `try_clone` makes share the non-blocking mode, as `dup`s share `O_NONBLOCK` in
+/// std: setting it on the clone makes the original's empty read `WouldBlock`, and clearing it
+/// on the original makes the clone wait again.
+#[test]
+fn try_clone_shares_nonblocking_mode() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let b2 = b.try_clone().unwrap();
+        b2.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            (&b).read(&mut buf).unwrap_err().kind(),
+            ErrorKind::WouldBlock
+        );
+        b.set_nonblocking(false).unwrap();
+        let w = evco::spawn(move || (&a).write_all(b"x").unwrap());
+        assert_eq!((&b2).read(&mut buf).unwrap(), 1);
+        w.join().unwrap();
+    });
+}

@@ -20,6 +20,12 @@
 //! assert_send::<evco::net::TcpStream>();
 //! ```
 //!
+//! # Non-blocking mode
+//!
+//! `set_nonblocking(true)` means what it means in std: a call that would wait returns
+//! [`std::io::ErrorKind::WouldBlock`] at once instead (inside a coroutine as outside);
+//! `set_nonblocking(false)`, the default, restores the cooperative waits.
+//!
 //! Writes never raise `SIGPIPE` (every stream write is a `send`/`sendmsg` with `MSG_NOSIGNAL`); EOF is `Ok(0)`; a reset peer is
 //! [`std::io::ErrorKind::ConnectionReset`].
 //!
@@ -211,7 +217,8 @@ macro_rules! nonblocking_accessor {
         /// wait (inside a coroutine: suspend; outside: block in `poll`) returns
         /// [`WouldBlock`](std::io::ErrorKind::WouldBlock) at once instead; `false` (the
         /// default) restores the cooperative waits. The fd is `O_NONBLOCK` in both modes, and
-        /// the mode belongs to this handle (a `try_clone` starts cooperative).
+        /// the handles `try_clone` makes share the mode, as they would `O_NONBLOCK` in std.
+        /// `from_std` starts cooperative whatever the std socket's mode was.
         pub fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
             self.inner.set_nonblocking(nonblocking);
             Ok(())

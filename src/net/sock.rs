@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
 use std::time::Duration;
 
@@ -33,17 +34,25 @@ pub(crate) struct Sock<T: AsRawFd>(
 );
 
 /// Whether the owner asked for std's non-blocking mode (`set_nonblocking(true)`): calls then
-/// return `WouldBlock` instead of waiting. The fd itself is `O_NONBLOCK` either way.
-type NonBlocking = Cell<bool>;
+/// return `WouldBlock` instead of waiting. The fd itself is `O_NONBLOCK` either way. Shared by
+/// the handles `try_clone` makes, as `O_NONBLOCK` is by `dup`s in std.
+type NonBlocking = Rc<Cell<bool>>;
 
 impl<T: AsRawFd> Sock<T> {
     pub(crate) fn new(socket: T) -> Sock<T> {
         Sock(
             ManuallyDrop::new(socket),
             StateCache::default(),
-            Cell::new(false),
+            NonBlocking::default(),
             PhantomData,
         )
+    }
+
+    /// A second handle from `clone` (a `dup` of this socket), sharing this one's mode.
+    pub(crate) fn try_clone(&self, clone: impl FnOnce(&T) -> io::Result<T>) -> io::Result<Sock<T>> {
+        let mut sock = Sock::new(clone(&self.0)?);
+        sock.2 = self.2.clone();
+        Ok(sock)
     }
 
     /// std's `set_nonblocking`: `true` makes every later call on this handle return

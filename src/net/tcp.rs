@@ -121,7 +121,7 @@ impl TcpListener {
     /// A second handle on the same socket (a `dup`).
     pub fn try_clone(&self) -> io::Result<TcpListener> {
         Ok(TcpListener {
-            inner: Sock::new(self.inner.try_clone()?),
+            inner: self.inner.try_clone(|s| s.try_clone())?,
         })
     }
 
@@ -277,7 +277,7 @@ impl TcpStream {
     /// coroutine. It copies this stream's timeouts.
     pub fn try_clone(&self) -> io::Result<TcpStream> {
         Ok(TcpStream {
-            inner: Sock::new(self.inner.try_clone()?),
+            inner: self.inner.try_clone(|s| s.try_clone())?,
             timeouts: self.timeouts.clone(),
         })
     }

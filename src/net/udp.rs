@@ -128,7 +128,7 @@ impl UdpSocket {
     /// A second handle on the same socket (a `dup`), with the same timeouts.
     pub fn try_clone(&self) -> io::Result<UdpSocket> {
         Ok(UdpSocket {
-            inner: Sock::new(self.inner.try_clone()?),
+            inner: self.inner.try_clone(|s| s.try_clone())?,
             timeouts: self.timeouts.clone(),
         })
     }

@@ -194,7 +194,7 @@ impl UnixStream {
     /// A second stream on the same connection (a `dup`), with the same timeouts.
     pub fn try_clone(&self) -> io::Result<UnixStream> {
         Ok(UnixStream {
-            inner: Sock::new(self.inner.try_clone()?),
+            inner: self.inner.try_clone(|s| s.try_clone())?,
             timeouts: self.timeouts.clone(),
         })
     }
