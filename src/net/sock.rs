@@ -61,6 +61,11 @@ impl<T: AsRawFd> Sock<T> {
         self.2.set(on);
     }
 
+    /// Whether std's non-blocking mode is on.
+    pub(crate) fn is_nonblocking(&self) -> bool {
+        self.2.get()
+    }
+
     /// [`crate::io::retry`] on this socket, or one attempt (`EINTR` retried) in non-blocking
     /// mode.
     pub(crate) fn retry<R>(
@@ -69,7 +74,7 @@ impl<T: AsRawFd> Sock<T> {
         timeout: Option<Duration>,
         op: impl FnMut() -> io::Result<R>,
     ) -> io::Result<R> {
-        if self.2.get() {
+        if self.is_nonblocking() {
             return once(op);
         }
         crate::io::retry(self.0.as_raw_fd(), interest, timeout, op)
@@ -82,7 +87,7 @@ impl<T: AsRawFd> Sock<T> {
         len: usize,
         op: impl FnMut() -> io::Result<usize>,
     ) -> io::Result<usize> {
-        if self.2.get() {
+        if self.is_nonblocking() {
             return once(op);
         }
         crate::io::read_owned(self.0.as_raw_fd(), Some(&self.1), timeout, len, op)

@@ -15,7 +15,8 @@ use crate::net::{Sock, Timeouts, fd_traits, nonblocking_accessor, stream_io, tim
 ///
 /// `accept` survives descriptor exhaustion: on `EMFILE`/`ENFILE`/`ENOBUFS`/`ENOMEM` it logs,
 /// sleeps (1 ms, doubling up to 100 ms) and tries again instead of failing or spinning, so a
-/// server keeps serving the connections it has and resumes accepting when fds free up.
+/// server keeps serving the connections it has and resumes accepting when fds free up (in
+/// non-blocking mode, `set_nonblocking(true)`, it returns the error instead, as std does).
 ///
 /// ```
 /// evco::run(|| {
@@ -81,7 +82,8 @@ impl TcpListener {
                     crate::reactor::register_accepted(stream.as_raw_fd());
                     return Ok((stream, addr));
                 }
-                Err(e) if is_resource_exhaustion(&e) => {
+                // In non-blocking mode the caller gets the error, as from std.
+                Err(e) if is_resource_exhaustion(&e) && !self.inner.is_nonblocking() => {
                     log::warn!("evco: accept on {fd}: {e}; retrying in {backoff:?}");
                     crate::time::sleep(backoff);
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
