@@ -1399,3 +1399,102 @@ fn a_pipes_nonblocking_flag_set_through_a_dup_and_a_zero_length_readv_are_the_ke
         drop((r, w, d));
     });
 }
+
+/// `poll` over an eventfd and a socket, `select` over a pipe, and `epoll_wait` on an epoll fd
+/// over a pipe, each in a coroutine, suspend only that coroutine: a second coroutine, spawned
+/// after the waiters and run only once they suspended, makes them ready. Before, `poll` was
+/// cooperative only over sockets the process made, and `select`/`epoll_wait` not at all: the
+/// first waiter blocked the thread and the watchdog ended the test.
+#[test]
+fn poll_select_and_epoll_wait_over_any_fds_suspend_only_their_coroutine() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let _w = watchdog(20);
+    evco::run(|| {
+        let own = |fd: i32| {
+            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+            // SAFETY: a fresh fd owned by nothing else.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        };
+        // SAFETY: eventfd and epoll_create1 have no memory preconditions.
+        let efd = own(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) });
+        let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut p1 = [0; 2];
+        let mut p2 = [0; 2];
+        // SAFETY: pipe writes two fds.
+        assert_eq!(
+            unsafe { libc::pipe(p1.as_mut_ptr()) + libc::pipe(p2.as_mut_ptr()) },
+            0
+        );
+        let (r1, w1, r2, w2) = (own(p1[0]), own(p1[1]), own(p2[0]), own(p2[1]));
+        // SAFETY: epoll_create1 has no memory preconditions.
+        let ep = own(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) });
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 7,
+        };
+        // SAFETY: a valid epoll_event on open fds.
+        assert_eq!(
+            unsafe {
+                libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, r2.as_raw_fd(), &mut ev)
+            },
+            0
+        );
+        let (e, s) = (efd.as_raw_fd(), sock.as_raw_fd());
+        let poller = evco::spawn(move || {
+            let mut fds = [
+                libc::pollfd {
+                    fd: e,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: s,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 10_000) };
+            (n, fds[0].revents & libc::POLLIN != 0)
+        });
+        let r1fd = r1.as_raw_fd();
+        let selector = evco::spawn(move || {
+            // SAFETY: an fd_set filled by FD_ZERO/FD_SET for an fd below FD_SETSIZE.
+            unsafe {
+                let mut set: libc::fd_set = std::mem::zeroed();
+                libc::FD_ZERO(&mut set);
+                libc::FD_SET(r1fd, &mut set);
+                let n = libc::select(
+                    r1fd + 1,
+                    &mut set,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                );
+                (n, libc::FD_ISSET(r1fd, &set))
+            }
+        });
+        let epfd = ep.as_raw_fd();
+        let epoller = evco::spawn(move || {
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            // SAFETY: room for 4 events.
+            let n = unsafe { libc::epoll_wait(epfd, out.as_mut_ptr(), 4, 10_000) };
+            (n, out[0].u64)
+        });
+        let (w1fd, w2fd) = (w1.as_raw_fd(), w2.as_raw_fd());
+        let waker = evco::spawn(move || {
+            let one = 1u64;
+            // SAFETY: 8 bytes to an eventfd, 1 byte to each pipe, from live buffers.
+            unsafe {
+                assert_eq!(libc::write(e, (&one as *const u64).cast(), 8), 8);
+                assert_eq!(libc::write(w1fd, b"x".as_ptr().cast(), 1), 1);
+                assert_eq!(libc::write(w2fd, b"x".as_ptr().cast(), 1), 1);
+            }
+        });
+        waker.join().unwrap();
+        assert_eq!(poller.join().unwrap(), (1, true), "poll saw the eventfd");
+        assert_eq!(selector.join().unwrap(), (1, true), "select saw the pipe");
+        assert_eq!(epoller.join().unwrap(), (1, 7), "epoll_wait saw the pipe");
+        drop((efd, r1, w1, r2, w2, ep));
+    });
+}

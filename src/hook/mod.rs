@@ -81,14 +81,16 @@
 //!   of evco's waits (where the scheduler's state is mid-change) makes libc's call. (A handler
 //!   that interrupted the coroutine's own code and sleeps suspends the coroutine inside the
 //!   handler; the signal stays blocked on the thread until the handler returns.)
-//! - `poll` inside a scheduled coroutine, when every fd it lists is a socket this process
-//!   created polled for `POLLIN` and/or `POLLOUT`, waits for the first one to become ready
-//!   (one fd: evco's wait on it; several: a temporary epoll instance over them, waited on as
-//!   one fd), then reports `revents` from a zero-timeout `poll` (so an fd that is not open, or
-//!   is closed during the wait, is `POLLNVAL` in its `revents`, as libc's says).
-//!   `poll(NULL, 0, ms)` sleeps as below, and with a negative timeout suspends the coroutine
-//!   until it is cancelled. This is what makes std's `connect_timeout` and C clients that wait
-//!   with `poll` cooperative.
+//! - `poll`, `ppoll`, `select`, `pselect`, `epoll_wait` and `epoll_pwait` inside a scheduled
+//!   coroutine, with a timeout that is not zero, wait for the first listed fd to become ready
+//!   over any mix of pollable fds (one socket of the process: evco's wait on it; anything else:
+//!   a temporary epoll instance over them, or the caller's epoll fd, waited on as one fd), then
+//!   report what a zero-timeout call of libc's says (so an fd that is not open, or is closed
+//!   during the wait, is `POLLNVAL`, as libc's says). A signal mask is not applied inside a
+//!   coroutine (see `poll`). `poll(NULL, 0, ms)` sleeps as below, and with a negative timeout
+//!   suspends the coroutine until it is cancelled. This is what makes std's `connect_timeout`
+//!   and C clients that wait with `poll` or `select` (curl's eventfd wake-ups included)
+//!   cooperative.
 //! - `sleep`, `usleep`, `nanosleep` and `clock_nanosleep` inside a scheduled coroutine suspend
 //!   it on a timer ([`time::sleep`](crate::time::sleep)); `clock_nanosleep` only on the
 //!   realtime, monotonic, boottime and TAI clocks (on others it is libc's, which refuses the
@@ -367,7 +369,7 @@ fn cancelling() -> bool {
 /// Null-terminated.
 #[repr(transparent)]
 #[derive(Debug)]
-pub struct HookTable([*const std::ffi::c_void; 31]);
+pub struct HookTable([*const std::ffi::c_void; 36]);
 
 // SAFETY: the table is immutable and holds only addresses of functions, never dereferenced as
 // data by anyone.
@@ -409,6 +411,11 @@ pub static evco_hook_table: HookTable = hook_table![
     sleep::usleep,
     sleep::sleep,
     poll::poll,
+    poll::ppoll,
+    poll::select,
+    poll::pselect,
+    poll::epoll_wait,
+    poll::epoll_pwait,
     pipe::pipe,
     pipe::pipe2,
     fds::fcntl64,

@@ -111,6 +111,11 @@ real_fns! {
     poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int;
     pipe(fds: *mut c_int) -> c_int;
     pipe2(fds: *mut c_int, flags: c_int) -> c_int;
+    ppoll(fds: *mut libc::pollfd, nfds: libc::nfds_t, tmo: *const timespec, mask: *const libc::sigset_t) -> c_int;
+    select(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tmo: *mut libc::timeval) -> c_int;
+    pselect(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tmo: *const timespec, mask: *const libc::sigset_t) -> c_int;
+    epoll_wait(ep: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int;
+    epoll_pwait(ep: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
 }
 
 /// libc's `fcntl` and `ioctl` (variadic: not expressible in `real_fns!`).
