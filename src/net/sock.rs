@@ -97,8 +97,10 @@ impl<T: AsRawFd> Sock<T> {
     pub(crate) fn into_inner(self) -> T {
         crate::reactor::release(self.0.as_raw_fd());
         let mut me = ManuallyDrop::new(self);
-        // The cached state goes now: `me`'s fields are not dropped.
+        // The cached state and the mode go now: `me`'s fields are not dropped.
         drop(me.1.take());
+        // SAFETY: the mode is read out exactly once here, and `me` is never dropped.
+        drop(unsafe { std::ptr::read(&me.2) });
         // SAFETY: `me` is never used or dropped again, so the socket is moved out exactly once.
         unsafe { ManuallyDrop::take(&mut me.0) }
     }
