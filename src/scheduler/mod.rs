@@ -38,6 +38,7 @@
 //! zero-timeout timer instead, which libevent only runs after it polled for I/O again. The drain
 //! event itself is persistent, so activating it never costs an `event_del`.
 
+mod remote;
 mod spawn;
 mod task;
 mod timeouts;
@@ -57,6 +58,7 @@ use crate::reactor::{GONE, Reactor};
 use crate::sys;
 use crate::timer::{Alarm, TimerHeap};
 
+pub(crate) use remote::{Inbox, InboxHold, Msg, RemoteWaker, Signal};
 pub(crate) use spawn::wind_down;
 pub use spawn::{JoinHandle, SchedulerGuard, base, enter, live_coroutines, run, shutdown, spawn};
 #[cfg(all(feature = "hook", target_os = "linux"))]
@@ -94,6 +96,9 @@ pub(crate) struct Scheduler {
     alarm: RefCell<Option<Alarm>>,
     /// This thread's name resolvers (`net::dns`). Declared before `base`.
     resolvers: Resolvers,
+    /// What other threads post to (see `remote`), made on first use. Closed in `drop`, before
+    /// the base goes.
+    remote: RefCell<Option<Rc<remote::Remote>>>,
     /// The alternate signal stack installed for this thread, if it had none (see
     /// `os::AltStack`): a coroutine's stack overflow is reported from a signal handler. Held
     /// for its drop, which removes it.
@@ -140,6 +145,7 @@ impl Scheduler {
             timers: TimerHeap::new(),
             alarm: RefCell::new(None),
             resolvers: Resolvers::default(),
+            remote: RefCell::new(None),
             _alt_stack: AltStack::install_if_missing(),
             base,
         });
@@ -382,6 +388,9 @@ impl Scheduler {
             }
         }
         self.reactor.after_fork();
+        if let Some(r) = self.remote.borrow().as_ref() {
+            r.after_fork(self);
+        }
         let arg = self as *const Scheduler as *mut c_void;
         if let Some(alarm) = self.alarm.borrow_mut().as_mut() {
             // SAFETY: the alarm was made with this base, `expire` and this scheduler.
@@ -463,6 +472,9 @@ impl Drop for Scheduler {
             }
         });
         self.resolvers.free_with(&self.base);
+        if let Some(r) = self.remote.get_mut().take() {
+            r.close();
+        }
         // Normally `shutdown` ran first and nothing is left. When the thread exits with
         // coroutines still parked (a spawn that was never driven), unwinding them here is not
         // possible (generator's own thread-locals may be gone): delete their events, give them

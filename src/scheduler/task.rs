@@ -420,6 +420,11 @@ impl Waker {
         Ok(Waker(task.rc()))
     }
 
+    /// The waker of `task`.
+    pub(super) fn from_task(task: Rc<Task>) -> Waker {
+        Waker(task)
+    }
+
     /// Unparks the coroutine if it is parked ([`park`], [`park_timeout`]); otherwise nothing,
     /// without touching its scheduler (which may be gone: see `Scheduler`'s `Drop`).
     pub(crate) fn wake(&self) {
