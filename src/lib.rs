@@ -29,6 +29,7 @@
 //! | [`scheduler`] | tasks, the ready queue, parking, timeouts, spawn and join; owns the thread's reactor |
 //! | [`io`] | the retry loop every blocking call is, and the waits that glue reactor and scheduler |
 //! | [`net`], [`time`], [`sync`] | the cooperative API |
+//! | [`runtime`] | many threads: a scheduler per thread, spawning across them, `SO_REUSEPORT` serving, shutdown |
 //! | `hook` | interposed libc calls (feature `hook`) |
 //! | `capi` | the C ABI of include/evco.h: `evco_*` exports, each a panic boundary |
 //!
@@ -61,6 +62,7 @@ pub mod io;
 pub mod net;
 mod os;
 mod reactor;
+pub mod runtime;
 pub mod scheduler;
 pub mod sync;
 #[allow(missing_debug_implementations)]

@@ -25,6 +25,15 @@ pub fn is_cancellation(payload: &(dyn Any + Send)) -> bool {
 pub struct CoroutineId(pub(super) u64);
 
 impl CoroutineId {
+    /// The id no coroutine has (ids start at 1): what a [`Cancelled`] reports for a coroutine
+    /// cancelled before it was ever made (a runtime spawn cancelled while on its way).
+    pub const NONE: CoroutineId = CoroutineId(0);
+
+    /// The id whose number is `n` (ids travel as numbers in cross-thread messages).
+    pub(crate) const fn from_u64(n: u64) -> CoroutineId {
+        CoroutineId(n)
+    }
+
     /// The number behind the id.
     pub fn as_u64(self) -> u64 {
         self.0

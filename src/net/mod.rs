@@ -61,6 +61,7 @@ mod unix;
 pub(crate) use sock::Sock;
 
 pub use dns::{lookup_host, set_nameservers};
+pub(crate) use tcp::reuseport_socket;
 pub use tcp::{Incoming, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub use unix::{Incoming as UnixIncoming, UnixDatagram, UnixListener, UnixStream};

@@ -53,6 +53,17 @@ impl TcpListener {
         })
     }
 
+    /// Binds like [`bind`](TcpListener::bind), with `SO_REUSEPORT` too: several listeners (one
+    /// per thread, say, or one per process) may bind the same address, and the kernel spreads
+    /// incoming connections over them. Every listener on the address must set it. Closing one
+    /// drops the connections queued on it that were not accepted yet (the kernel resets them).
+    /// See [`Runtime::serve`](crate::runtime::Runtime::serve).
+    pub fn bind_reuseport(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        Ok(TcpListener {
+            inner: Sock::new(reuseport_socket(addr)?.into()),
+        })
+    }
+
     /// Wraps a std listener, setting it non-blocking.
     pub fn from_std(inner: std::net::TcpListener) -> io::Result<TcpListener> {
         inner.set_nonblocking(true)?;
@@ -314,6 +325,19 @@ fn connect_addr(addr: SocketAddr, timeout: Option<Duration>) -> io::Result<TcpSt
         Err(e) => return Err(e),
     }
     Ok(TcpStream::wrap(socket.into()))
+}
+
+/// A non-blocking listening socket with `SO_REUSEADDR` and `SO_REUSEPORT`, bound to the first
+/// address of `addr` that works.
+pub(crate) fn reuseport_socket(addr: impl ToSocketAddrs) -> io::Result<Socket> {
+    each_addr(addr, |a| {
+        let socket = Socket::new(Domain::for_address(a), Type::STREAM.nonblocking(), None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&a.into())?;
+        socket.listen(1024)?;
+        Ok(socket)
+    })
 }
 
 /// Tries `f` on every address `addr` resolves to; returns the first success or the last error.

@@ -58,9 +58,9 @@ use crate::reactor::{GONE, Reactor};
 use crate::sys;
 use crate::timer::{Alarm, TimerHeap};
 
-pub(crate) use remote::{Inbox, InboxHold, Msg, RemoteWaker, Signal};
-pub(crate) use spawn::wind_down;
+pub(crate) use remote::{Inbox, Msg, Signal};
 pub use spawn::{JoinHandle, SchedulerGuard, base, enter, live_coroutines, run, shutdown, spawn};
+pub(crate) use spawn::{spawn_with, wind_down};
 #[cfg(all(feature = "hook", target_os = "linux"))]
 pub(crate) use task::in_scheduled_coroutine;
 pub use task::yield_now;

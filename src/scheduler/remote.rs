@@ -115,6 +115,7 @@ impl Inbox {
     }
 
     /// Whether its scheduler still takes messages.
+    #[cfg(test)]
     pub(crate) fn is_open(&self) -> bool {
         self.open.load(Ordering::Acquire)
     }

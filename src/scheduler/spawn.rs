@@ -278,6 +278,12 @@ impl<T> JoinHandle<T> {
         }
     }
 
+    /// Its task-table slot and id: what names it in a cross-thread message
+    /// (`Scheduler::cancel_by_key`).
+    pub(crate) fn key(&self) -> (usize, u64) {
+        (self.task.slot.get(), self.task.core.id().as_u64())
+    }
+
     /// The coroutine's id.
     pub fn id(&self) -> CoroutineId {
         self.task.core.id()

@@ -1,0 +1,457 @@
+//! Many threads: a thread-per-core runtime of schedulers, spawning across them, serving one
+//! address from every thread, and shutting all of it down.
+//!
+//! A [`Runtime`] is `n` threads, each with its own scheduler on its own `event_base`, each
+//! running its loop until the runtime shuts down. Coroutines never move between threads: only
+//! `Send` closures cross, through the target thread's inbox (a lock-free queue plus one eventfd
+//! event on its base, written only when the queue goes from empty to non-empty; see
+//! `scheduler::remote`). A spawned closure's body may use `Rc` and thread-locals: it runs on
+//! one thread from start to end.
+//!
+//! ```
+//! use evco::runtime::{Builder, Handle};
+//!
+//! let rt = Builder::new().threads(2).build().unwrap();
+//! let handles: Vec<_> = (0..4)
+//!     .map(|i| rt.spawn(move || (i, Handle::current().unwrap().thread_index().unwrap())))
+//!     .collect();
+//! for h in handles {
+//!     let (i, thread) = h.join().unwrap();
+//!     assert_eq!(thread, i % 2, "placed round-robin");
+//! }
+//! rt.shutdown(std::time::Duration::from_secs(5)).unwrap();
+//! ```
+//!
+//! Nothing here calls `evthread_use_pthreads`: no thread ever calls into another thread's
+//! base, so it works whether or not a host program enabled libevent's locking.
+//!
+//! # Lifecycle invariants
+//!
+//! - A runtime thread installs its scheduler before it reports ready and keeps a hold on its
+//!   inbox for its whole life, so its loop waits for other threads' posts instead of ending
+//!   when no coroutine is left.
+//! - It leaves its loop only when [`Runtime::shutdown`] (or the runtime's drop) posts it the
+//!   stop, with the deadline. Then, on its own thread: the listeners `serve` made are closed
+//!   (their accept loops cancelled); the coroutines left run until they end or the deadline
+//!   passes; those still there are cancelled (their blocking calls return `ECANCELED`, their
+//!   stacks unwind, their destructors run) and resumed until they end; its scheduler is
+//!   uninstalled, which closes its inbox (later posts fail and drop their closures on the
+//!   posting thread), frees its resolvers and its base. `shutdown` joins every thread.
+//! - A cross-thread [`JoinHandle`] always ends: with the result, the panic, [`Cancelled`]
+//!   (cancelled, or stopped by the shutdown), or an `io::Error` when its closure never ran (the
+//!   thread had shut down, or no stack could be had).
+//!
+//! [`Cancelled`]: crate::coroutine::Cancelled
+
+mod join;
+mod serve;
+mod worker;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::coroutine::DEFAULT_STACK_SIZE;
+use crate::scheduler::{Inbox, Msg};
+
+pub use join::JoinHandle;
+use join::{Completer, JoinState};
+
+/// How long dropping a [`Runtime`] lets its coroutines finish before cancelling them.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+type ThreadHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Configures and builds a [`Runtime`].
+#[derive(Clone)]
+pub struct Builder {
+    threads: Option<usize>,
+    stack_size: usize,
+    name_prefix: String,
+    on_thread_start: Option<ThreadHook>,
+    on_thread_stop: Option<ThreadHook>,
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("threads", &self.threads)
+            .field("stack_size", &self.stack_size)
+            .field("name_prefix", &self.name_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Builder {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// A builder with the defaults: one thread per available CPU, 64 KiB coroutine stacks,
+    /// threads named `evco-0`, `evco-1`, ...
+    pub fn new() -> Builder {
+        Builder {
+            threads: None,
+            stack_size: DEFAULT_STACK_SIZE,
+            name_prefix: "evco".to_string(),
+            on_thread_start: None,
+            on_thread_stop: None,
+        }
+    }
+
+    /// The number of threads (at least one; default: `std::thread::available_parallelism`).
+    pub fn threads(mut self, n: usize) -> Builder {
+        self.threads = Some(n);
+        self
+    }
+
+    /// The stack size of the coroutines the runtime spawns (see
+    /// [`coroutine::Builder::stack_size`](crate::coroutine::Builder::stack_size)).
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = bytes;
+        self
+    }
+
+    /// The threads' names: `<prefix>-<index>`.
+    pub fn name_prefix(mut self, prefix: impl Into<String>) -> Builder {
+        self.name_prefix = prefix.into();
+        self
+    }
+
+    /// Runs `f` on each runtime thread once its scheduler is installed, before any coroutine
+    /// runs there (outside coroutines: it may spawn, e.g. with `Handle::current()`).
+    pub fn on_thread_start(mut self, f: impl Fn() + Send + Sync + 'static) -> Builder {
+        self.on_thread_start = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs `f` on each runtime thread after its coroutines ended at shutdown, before its
+    /// scheduler goes.
+    pub fn on_thread_stop(mut self, f: impl Fn() + Send + Sync + 'static) -> Builder {
+        self.on_thread_stop = Some(Arc::new(f));
+        self
+    }
+
+    /// Starts the threads. An error (and no thread left running) when one cannot be started
+    /// or cannot make its event base.
+    pub fn build(self) -> io::Result<Runtime> {
+        let n = match self.threads {
+            Some(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a runtime needs at least one thread",
+                ));
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+        };
+        static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
+        let shared = Arc::new(Shared {
+            id: NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed),
+            inboxes: OnceLock::new(),
+            next: AtomicUsize::new(0),
+            stack_size: self.stack_size,
+        });
+        worker::start(shared, n, &self)
+    }
+}
+
+/// What the threads of a runtime and its handles share.
+struct Shared {
+    /// Tells runtimes apart (a thread of one is not a thread of another).
+    id: u64,
+    /// Each thread's inbox, by index; set once every thread is up.
+    inboxes: OnceLock<Vec<Arc<Inbox>>>,
+    /// Round-robin placement.
+    next: AtomicUsize,
+    stack_size: usize,
+}
+
+impl Shared {
+    fn inboxes(&self) -> &[Arc<Inbox>] {
+        self.inboxes.get().map_or(&[], Vec::as_slice)
+    }
+}
+
+thread_local! {
+    /// The runtime this thread is a thread of, and its index there.
+    static CURRENT: RefCell<Option<(Handle, usize)>> = const { RefCell::new(None) };
+}
+
+/// A running set of scheduler threads. See the module docs.
+///
+/// Dropping it shuts it down with [`DEFAULT_SHUTDOWN_TIMEOUT`].
+pub struct Runtime {
+    handle: Handle,
+    threads: Vec<std::thread::JoinHandle<usize>>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("threads", &self.threads.len())
+            .finish()
+    }
+}
+
+impl Runtime {
+    /// A runtime with [`Builder`]'s defaults.
+    pub fn new() -> io::Result<Runtime> {
+        Builder::new().build()
+    }
+
+    /// A handle for spawning from anywhere (`Clone`, `Send`, `Sync`).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// See [`Handle::spawn`].
+    pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.handle.spawn(f)
+    }
+
+    /// See [`Handle::spawn_on`].
+    pub fn spawn_on<F, T>(&self, thread: usize, f: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.handle.spawn_on(thread, f)
+    }
+
+    /// See [`Handle::on_each_thread`].
+    pub fn on_each_thread<F, T>(&self, f: F) -> Vec<JoinHandle<T>>
+    where
+        F: Fn() -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        self.handle.on_each_thread(f)
+    }
+
+    /// The number of threads.
+    pub fn threads(&self) -> usize {
+        self.handle.threads()
+    }
+
+    /// Runs `f` as a coroutine on a runtime thread and blocks the calling thread until it
+    /// returns (a coroutine calling it parks instead). Re-raises a panic of `f` here.
+    ///
+    /// An error, not a deadlock, when called from one of this runtime's threads (they would
+    /// wait for themselves), or when `f` never ran (the runtime is shutting down).
+    pub fn block_on<F, T>(&self, f: F) -> io::Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if self.handle.thread_index().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Deadlock,
+                "Runtime::block_on called from one of the runtime's own threads: spawn and \
+                 join instead",
+            ));
+        }
+        match self.spawn(f).join() {
+            Ok(v) => Ok(v),
+            Err(p) => match p.downcast::<io::Error>() {
+                Ok(e) => Err(*e),
+                Err(p) => std::panic::resume_unwind(p),
+            },
+        }
+    }
+
+    /// Shuts the runtime down (see the module docs): closes the listeners [`serve`] made, lets
+    /// the coroutines run until `timeout` has passed, cancels those left (their blocking calls
+    /// return `ECANCELED`, their destructors run), and joins every thread. Returns how many
+    /// coroutines were cancelled at the deadline.
+    ///
+    /// Closing a reuseport listener drops the connections queued on it that were not accepted
+    /// yet (the kernel resets them); those accepted carry on until the deadline.
+    ///
+    /// An error when called from one of the runtime's own threads (it cannot join itself).
+    ///
+    /// [`serve`]: Runtime::serve
+    pub fn shutdown(mut self, timeout: Duration) -> io::Result<usize> {
+        self.stop(timeout)
+    }
+
+    /// Blocks the calling thread until SIGINT or SIGTERM arrives, then shuts down with
+    /// `timeout` (see [`shutdown`](Runtime::shutdown)). The signals are caught only while it
+    /// waits. Call it from the main thread of a server, not from a runtime thread.
+    pub fn shutdown_on_signal(self, timeout: Duration) -> io::Result<usize> {
+        worker::wait_for_stop_signal()?;
+        self.shutdown(timeout)
+    }
+
+    fn stop(&mut self, timeout: Duration) -> io::Result<usize> {
+        if self.threads.is_empty() {
+            return Ok(0);
+        }
+        if self.handle.thread_index().is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::Deadlock,
+                "a runtime cannot be shut down from one of its own threads",
+            ));
+        }
+        let deadline = crate::event::deadline_after(timeout);
+        for inbox in self.handle.shared.inboxes() {
+            let _ = inbox.post(Msg::Run(Box::new(move || worker::request_stop(deadline))));
+        }
+        let mut cancelled = 0;
+        let mut panicked = false;
+        for t in self.threads.drain(..) {
+            match t.join() {
+                Ok(n) => cancelled += n,
+                Err(_) => panicked = true,
+            }
+        }
+        if panicked {
+            return Err(io::Error::other(
+                "a runtime thread panicked while shutting down",
+            ));
+        }
+        Ok(cancelled)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if self.handle.thread_index().is_some() {
+            // Dropped on one of its own threads: tell them to stop, join none.
+            let deadline = crate::event::deadline_after(DEFAULT_SHUTDOWN_TIMEOUT);
+            for inbox in self.handle.shared.inboxes() {
+                let _ = inbox.post(Msg::Run(Box::new(move || worker::request_stop(deadline))));
+            }
+            self.threads.clear();
+            return;
+        }
+        if let Err(e) = self.stop(DEFAULT_SHUTDOWN_TIMEOUT) {
+            log::error!("evco: dropping a runtime: {e}");
+        }
+    }
+}
+
+/// A handle on a [`Runtime`]: spawn onto its threads from anywhere. `Clone`, `Send`, `Sync`.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("threads", &self.threads())
+            .field("thread_index", &self.thread_index())
+            .finish()
+    }
+}
+
+impl Handle {
+    /// The runtime of the calling thread (a runtime thread, or a coroutine on one). An error
+    /// elsewhere.
+    pub fn current() -> io::Result<Handle> {
+        CURRENT
+            .with(|c| c.borrow().as_ref().map(|(h, _)| h.clone()))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "Handle::current called outside a runtime thread",
+                )
+            })
+    }
+
+    /// The number of threads.
+    pub fn threads(&self) -> usize {
+        self.shared.inboxes().len()
+    }
+
+    /// The calling thread's index in this runtime; `None` when it is not one of its threads.
+    pub fn thread_index(&self) -> Option<usize> {
+        CURRENT.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|(h, _)| h.shared.id == self.shared.id)
+                .map(|(_, i)| *i)
+        })
+    }
+
+    /// Spawns `f` as a coroutine on the next thread, round-robin. The closure crosses threads
+    /// (`Send`); what it makes while it runs need not be. A runtime that is shutting down does
+    /// not run it: joining then reports an `io::Error`.
+    pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let n = self.threads().max(1);
+        let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % n;
+        self.spawn_to(i, f)
+    }
+
+    /// Spawns `f` on thread `thread`. An error when there is no such thread.
+    pub fn spawn_on<F, T>(&self, thread: usize, f: F) -> io::Result<JoinHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        if thread >= self.threads() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "spawn_on({thread}): the runtime has {} thread(s)",
+                    self.threads()
+                ),
+            ));
+        }
+        Ok(self.spawn_to(thread, f))
+    }
+
+    /// Spawns a coroutine running `f` on every thread; the handles in thread order.
+    pub fn on_each_thread<F, T>(&self, f: F) -> Vec<JoinHandle<T>>
+    where
+        F: Fn() -> T + Send + Sync + 'static,
+        T: Send + 'static,
+    {
+        let f = Arc::new(f);
+        (0..self.threads())
+            .map(|i| {
+                let f = f.clone();
+                self.spawn_to(i, move || f())
+            })
+            .collect()
+    }
+
+    fn spawn_to<F, T>(&self, thread: usize, f: F) -> JoinHandle<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let state = JoinState::new();
+        let completer = Completer::new(state.clone());
+        let stack_size = self.shared.stack_size;
+        let inbox = self.shared.inboxes()[thread].clone();
+        // A closure that cannot be posted is dropped here, and its completer reports why.
+        let _ = inbox.post(Msg::Run(Box::new(move || {
+            completer.start(stack_size, f);
+        })));
+        JoinHandle {
+            state,
+            inbox,
+            thread,
+        }
+    }
+}
+
+/// The calling thread's index in the runtime it belongs to; `None` outside runtime threads.
+pub fn thread_index() -> Option<usize> {
+    CURRENT.with(|c| c.borrow().as_ref().map(|(_, i)| *i))
+}
