@@ -13,6 +13,8 @@
 //! | `channel`  | `sync::mpsc` ping-pong, 2 coroutines      | tokio mpsc, 2 tasks, current_thread;    |
 //! |            |                                           | std mpsc, 2 threads                     |
 //! | `channel`  | `sync::mpsc::bounded(64)` stream          | tokio mpsc `channel(64)` stream         |
+//! | `channel`  | `sync::shared::mpsc` ping-pong and        | the `sync::mpsc` ones above; std mpsc,  |
+//! |            | `bounded(64)` stream, one thread and two  | 2 threads                               |
 //!
 //! Loops that must run inside a coroutine use `iter_custom`: one `evco::run` per sample, timing
 //! only the loop inside it.
@@ -356,6 +358,105 @@ fn channel(c: &mut Criterion) {
     g.finish();
 }
 
+/// `sync::shared::mpsc`, measured beside the single-thread channel above: the same ping-pong
+/// and stream on one thread (what the lock and the shared wake-up flag cost), then across two
+/// threads, each a scheduler with one coroutine (what a cross-thread wake-up costs).
+fn shared_channel(c: &mut Criterion) {
+    use evco::sync::shared::mpsc;
+    let mut g = c.benchmark_group("channel");
+    g.bench_function("evco shared::mpsc ping-pong (2 coroutines)", |b| {
+        b.iter_custom(|iters| {
+            evco::run(move || {
+                let (to_echo, from_main) = mpsc::channel::<u64>();
+                let (to_main, from_echo) = mpsc::channel::<u64>();
+                let echo = evco::spawn(move || {
+                    for v in &from_main {
+                        to_main.send(v).expect("send back");
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..iters {
+                    to_echo.send(i).expect("send");
+                    black_box(from_echo.recv().expect("recv"));
+                }
+                let elapsed = start.elapsed();
+                drop(to_echo);
+                echo.join().expect("echo coroutine");
+                elapsed
+            })
+        });
+    });
+    g.bench_function("evco shared::mpsc::bounded(64) stream, per message", |b| {
+        b.iter_custom(|iters| {
+            evco::run(move || {
+                let (tx, rx) = mpsc::bounded::<u64>(64);
+                let consumer = evco::spawn(move || {
+                    for v in &rx {
+                        black_box(v);
+                    }
+                });
+                let start = Instant::now();
+                for i in 0..iters {
+                    tx.send(i).expect("send");
+                }
+                drop(tx);
+                consumer.join().expect("consumer");
+                start.elapsed()
+            })
+        });
+    });
+    g.bench_function(
+        "evco shared::mpsc ping-pong (2 threads, a coroutine each)",
+        |b| {
+            b.iter_custom(|iters| {
+                let (to_echo, from_main) = mpsc::channel::<u64>();
+                let (to_main, from_echo) = mpsc::channel::<u64>();
+                let echo = std::thread::spawn(move || {
+                    evco::run(move || {
+                        for v in &from_main {
+                            to_main.send(v).expect("send back");
+                        }
+                    })
+                });
+                let elapsed = evco::run(move || {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        to_echo.send(i).expect("send");
+                        black_box(from_echo.recv().expect("recv"));
+                    }
+                    start.elapsed()
+                });
+                echo.join().expect("echo thread");
+                elapsed
+            });
+        },
+    );
+    g.bench_function(
+        "evco shared::mpsc::bounded(64) stream, 2 threads, per message",
+        |b| {
+            b.iter_custom(|iters| {
+                let (tx, rx) = mpsc::bounded::<u64>(64);
+                let consumer = std::thread::spawn(move || {
+                    evco::run(move || {
+                        for v in &rx {
+                            black_box(v);
+                        }
+                    })
+                });
+                let start = Instant::now();
+                evco::run(move || {
+                    for i in 0..iters {
+                        tx.send(i).expect("send");
+                    }
+                });
+                consumer.join().expect("consumer thread");
+                start.elapsed()
+            });
+        },
+    );
+    g.finish();
+}
+
 fn config() -> Criterion {
     // Short enough that the whole suite runs in about a minute on a shared 2-core machine.
     Criterion::default()
@@ -367,6 +468,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = switch, schedule, wait_cycle, channel
+    targets = switch, schedule, wait_cycle, channel, shared_channel
 }
 criterion_main!(benches);

@@ -10,6 +10,9 @@
 //! - [`Mutex`]: a lock that can be held across a suspension (a `RefCell` cannot: another
 //!   coroutine would find it borrowed), handed to waiters in arrival order.
 //! - [`Condvar`]: waiting for a condition under a [`Mutex`].
+//! - [`shared`]: the same (and `oneshot`, `mpmc`, `Semaphore`, `WaitGroup`) for coroutines and
+//!   threads of *different* threads: `Send` and `Sync` types, which pay for a lock per operation
+//!   that the types here do without (see "Why separate types" there).
 //!
 //! Outside a coroutine (on the scheduler's thread, e.g. in `main` after spawning), a blocking
 //! call runs the event loop until it can complete, as
@@ -18,7 +21,8 @@
 //!
 //! # Send
 //!
-//! Nothing here is `Send` or `Sync`: the waiters are coroutines of one thread's scheduler.
+//! Nothing here but [`shared`] is `Send` or `Sync`: the waiters are coroutines of one thread's
+//! scheduler.
 //!
 //! ```compile_fail
 //! fn assert_send<T: Send>() {}
@@ -52,6 +56,7 @@ use crate::scheduler::{self, Waker};
 mod condvar;
 pub mod mpsc;
 mod mutex;
+pub mod shared;
 
 pub use condvar::Condvar;
 pub use mutex::{Mutex, MutexGuard};
