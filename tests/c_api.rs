@@ -18,8 +18,12 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::{C_LIBS, repo_root, watchdog};
 
@@ -726,4 +730,133 @@ fn posts_after_a_fork_run_in_the_process_that_posted_them() {
     let _w = watchdog(120);
     let out = build_and_run("review.c", &[], &["fork-post"]);
     assert_eq!(result_field(&out, "ok"), "1", "{out}");
+}
+
+/// How many coroutines of tests/c/poll_overlap.c wait for an answer at once.
+const OVERLAP_WAITERS: usize = 32;
+
+/// How long the server of [`late_server`] holds each answer back, once every request is in.
+const ANSWER_DELAY: Duration = Duration::from_millis(300);
+
+/// How long [`late_server`] waits for all the requests before it gives up.
+const SERVER_PATIENCE: Duration = Duration::from_secs(20);
+
+/// tests/c/poll_overlap.c's server, on a thread of the test: accepts `n` connections on
+/// `listener` and reads one request (`req NN\n`) from each, answering none (`ans NN\n`) before
+/// all `n` are in; then answers each [`ANSWER_DELAY`] after its request came. A wait in the
+/// C program that held its thread keeps the requests after it from being sent: then, after
+/// [`SERVER_PATIENCE`], this gives up (dropping the connections) and says how many came.
+fn late_server(listener: TcpListener, n: usize) -> Result<(), String> {
+    let deadline = Instant::now() + SERVER_PATIENCE;
+    let gave_up = |got: usize, why: String| {
+        format!(
+            "the server got {got} of {n} requests within {SERVER_PATIENCE:?} ({why}): a wait \
+             held the C program's thread"
+        )
+    };
+    let mut requests: Vec<(TcpStream, [u8; 7], Instant)> = Vec::new();
+    while requests.len() < n {
+        let got = requests.len();
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .ok_or_else(|| gave_up(got, "time is up".into()))?;
+        let mut p = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd. Outside coroutines the poll hook is libc's.
+        let ready = unsafe { libc::poll(&mut p, 1, left.as_millis().max(1) as i32) };
+        if ready != 1 {
+            return Err(gave_up(got, format!("no connection came, poll -> {ready}")));
+        }
+        let (mut conn, _) = listener.accept().map_err(|e| gave_up(got, e.to_string()))?;
+        conn.set_read_timeout(Some(left))
+            .and_then(|()| conn.set_nodelay(true))
+            .map_err(|e| gave_up(got, e.to_string()))?;
+        let mut req = [0u8; 7];
+        conn.read_exact(&mut req)
+            .map_err(|e| gave_up(got, format!("reading a request: {e}")))?;
+        if !(req.starts_with(b"req ")
+            && req[4..6].iter().all(u8::is_ascii_digit)
+            && req[6] == b'\n')
+            || requests.iter().any(|(_, r, _)| *r == req)
+        {
+            return Err(format!(
+                "a bad or repeated request: {:?}",
+                String::from_utf8_lossy(&req)
+            ));
+        }
+        requests.push((conn, req, Instant::now()));
+    }
+    for (conn, req, at) in &mut requests {
+        // The behaviour under test: an answer that takes its time.
+        std::thread::sleep((*at + ANSWER_DELAY).saturating_duration_since(Instant::now()));
+        let mut ans = *req;
+        ans[..3].copy_from_slice(b"ans");
+        conn.write_all(&ans)
+            .map_err(|e| format!("answering {:?}: {e}", String::from_utf8_lossy(req)))?;
+    }
+    Ok(())
+}
+
+/// issue 18's C test of the poll, select and epoll_wait hooks (tests/c/poll_overlap.c, see its
+/// opening comment): 32 coroutines of a C program on one scheduler, a third each waiting with
+/// `poll([eventfd, socket, eventfd], 3, 1000)` (curl 8's call), `select` and `epoll_wait` (an
+/// epoll fd over the socket and the eventfd), each for the answer to its request on a TCP
+/// connection to [`late_server`], which answers none before all 32 requests are in and then
+/// each 300 ms after it came: the waits overlap, or the server gives up and the test fails.
+/// Every waiter is woken once through its eventfd too (by the ticker, once all requests are
+/// out), and a ticker coroutine sleeping 10 ms at a time ticked between the last request and
+/// the first answer. Outside coroutines, and in one with hooks off, the three calls are
+/// libc's. Run on libevent's default backend (epoll) and on its poll backend
+/// (`EVENT_NOEPOLL=1`); no timing is asserted, the figures are printed.
+#[test]
+fn poll_select_and_epoll_wait_in_32_c_coroutines_overlap_and_a_ticker_keeps_ticking() {
+    let _w = watchdog(300);
+    let dir = Scratch::new("poll-overlap");
+    let bin = c_program(&dir, "poll_overlap.c", "poll_overlap", &[], &[]);
+    for (backend, noepoll) in [("epoll", false), ("poll", true)] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || late_server(listener, OVERLAP_WAITERS));
+        let mut cmd = bounded(60, &bin);
+        cmd.arg(port.to_string())
+            .arg(OVERLAP_WAITERS.to_string())
+            .env_remove("EVENT_NOEPOLL");
+        if noepoll {
+            cmd.env("EVENT_NOEPOLL", "1");
+        }
+        let out = cmd.output().unwrap();
+        let served = server.join().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && served.is_ok(),
+            "poll_overlap.c on libevent's {backend} backend: exited {}{}; server: {served:?}\n\
+             --- stdout\n{stdout}\n--- stderr\n{}",
+            out.status,
+            if matches!(out.status.code(), Some(124) | Some(137)) {
+                ": killed past its deadline, it hung"
+            } else {
+                ""
+            },
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(result_field(&stdout, "backend"), backend, "{stdout}");
+        assert_eq!(
+            result_field(&stdout, "answered"),
+            OVERLAP_WAITERS.to_string()
+        );
+        eprintln!(
+            "poll_overlap.c, libevent's {backend} backend: {OVERLAP_WAITERS} waits answered \
+             {} ms after the last request was sent ({} ms from spawn); the 10 ms ticker ticked \
+             {} times ({} while all waited), longest gap {} ms; {} waits timed out",
+            result_field(&stdout, "wait_ms"),
+            result_field(&stdout, "elapsed_ms"),
+            result_field(&stdout, "ticks"),
+            result_field(&stdout, "ticks_waiting"),
+            result_field(&stdout, "max_gap_ms"),
+            result_field(&stdout, "timeouts"),
+        );
+    }
 }

@@ -1498,3 +1498,44 @@ fn poll_select_and_epoll_wait_over_any_fds_suspend_only_their_coroutine() {
         drop((efd, r1, w1, r2, w2, ep));
     });
 }
+
+/// `poll` for `POLLRDNORM` alone (no `POLLIN`), over a pipe and over a socket the process
+/// made, with no timeout, in a coroutine: a later coroutine's write ends each wait. Before, the
+/// hook's temporary epoll instance registered such an fd for no event at all, so only a
+/// hang-up or the timeout ended the wait: here, never (the watchdog ended the test).
+#[test]
+fn poll_for_pollrdnorm_alone_is_woken_by_data() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (r, w) = common::pipe();
+        let (sock, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        for (what, rfd, wfd) in [
+            ("pipe", r.as_raw_fd(), w.as_raw_fd()),
+            ("socket", sock.as_raw_fd(), peer.as_raw_fd()),
+        ] {
+            let waiter = evco::spawn(move || {
+                let mut fds = [libc::pollfd {
+                    fd: rfd,
+                    events: libc::POLLRDNORM,
+                    revents: 0,
+                }];
+                // SAFETY: one valid pollfd.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+                (n, fds[0].revents)
+            });
+            evco::yield_now().unwrap();
+            assert!(!waiter.is_finished(), "{what}: the poll waits");
+            // SAFETY: writes 1 byte from a live buffer to an open fd.
+            assert_eq!(unsafe { libc::write(wfd, b"x".as_ptr().cast(), 1) }, 1);
+            assert_eq!(
+                waiter.join().unwrap(),
+                (1, libc::POLLRDNORM),
+                "{what}: poll saw the data"
+            );
+            let mut b = [0u8; 1];
+            // SAFETY: reads 1 byte into a 1-byte buffer from an open fd.
+            assert_eq!(unsafe { libc::read(rfd, b.as_mut_ptr().cast(), 1) }, 1);
+        }
+        drop((r, w, sock, peer));
+    });
+}

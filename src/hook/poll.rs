@@ -7,7 +7,8 @@
 //!
 //! - One socket the process made, polled for `POLLIN`/`POLLOUT`: evco's own wait on it.
 //! - Anything else: a temporary epoll instance over the listed fds (the events poll asks for,
-//!   exactly: `POLLPRI` becomes `EPOLLPRI`), itself waited on as one readable fd.
+//!   exactly: `POLLPRI` becomes `EPOLLPRI`, `POLLRDNORM` `EPOLLRDNORM`, and so on), itself
+//!   waited on as one readable fd.
 //! - `epoll_wait`: a wait for the caller's epoll fd to become readable.
 //! - `poll(NULL, 0, ms)` (and `select` with no fds) is a sleep; with no timeout, it suspends the
 //!   coroutine until it is cancelled.
@@ -216,6 +217,12 @@ fn wait_any(list: &[libc::pollfd], timeout: Option<Duration>) -> io::Result<()> 
             (libc::POLLOUT, libc::EPOLLOUT),
             (libc::POLLPRI, libc::EPOLLPRI),
             (libc::POLLRDHUP, libc::EPOLLRDHUP),
+            // Asked for alone, without POLLIN/POLLOUT, these must be waited for too: an fd
+            // registered for none of its events would wake the wait only on a hang-up.
+            (libc::POLLRDNORM, libc::EPOLLRDNORM),
+            (libc::POLLRDBAND, libc::EPOLLRDBAND),
+            (libc::POLLWRNORM, libc::EPOLLWRNORM),
+            (libc::POLLWRBAND, libc::EPOLLWRBAND),
         ] {
             if p.events & poll_bit != 0 {
                 events |= epoll_bit as u32;
