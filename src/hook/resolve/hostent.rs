@@ -146,7 +146,9 @@ struct Buffer {
 }
 
 thread_local! {
-    /// This thread's coroutines' buffers, and a use counter (see the module docs).
+    /// This thread's coroutines' buffers, and a use counter (see the module docs). Boxed: the
+    /// `hostent` handed out must stay put when the list grows.
+    #[allow(clippy::vec_box)]
     static BUFFERS: RefCell<(Vec<Box<Buffer>>, u64)> = const { RefCell::new((Vec::new(), 0)) };
 }
 

@@ -105,7 +105,10 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct Conf {
     hosts: Hosts,
+    // Read by the hooks only.
+    #[cfg_attr(not(all(feature = "hook", target_os = "linux")), allow(dead_code))]
     files_and_dns_only: bool,
+    #[cfg_attr(not(all(feature = "hook", target_os = "linux")), allow(dead_code))]
     servers: Vec<SocketAddr>,
 }
 
@@ -125,6 +128,7 @@ impl Conf {
 
     /// The name servers, in order of preference (those of the resolv.conf file, or the ones
     /// `set_nameservers` gave; 127.0.0.1:53 when the file names none, as glibc's default).
+    #[cfg_attr(not(all(feature = "hook", target_os = "linux")), allow(dead_code))]
     pub(crate) fn servers(&self) -> &[SocketAddr] {
         &self.servers
     }
@@ -148,6 +152,7 @@ impl Conf {
     /// such line: glibc's default is `dns files`): then the hooks answer from the hosts file and
     /// evdns; other sources (`myhostname`, `mdns4_minimal`, `resolve`, `ldap`, ...) need
     /// glibc's own lookup, which the hooks run on a thread pool.
+    #[cfg_attr(not(all(feature = "hook", target_os = "linux")), allow(dead_code))]
     pub(crate) fn files_and_dns_only(&self) -> bool {
         self.files_and_dns_only
     }
