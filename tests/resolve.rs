@@ -105,9 +105,15 @@ struct Hold {
 
 impl Responder {
     fn start(zone: HashMap<&'static str, Record>, hold: Hold) -> Responder {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // A UDP port whose TCP twin is free too (another test's connection may hold it).
+        let (udp, tcp) = (0..100)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+                let tcp = TcpListener::bind(udp.local_addr().unwrap()).ok()?;
+                Some((udp, tcp))
+            })
+            .expect("no port free for both UDP and TCP");
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).unwrap();
         let queries = Arc::new(AtomicUsize::new(0));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
