@@ -256,11 +256,20 @@ fn header_declarations() -> (BTreeSet<String>, BTreeSet<String>) {
 /// `fn`): the hooks, read from the source so that a new one cannot be left out of the checks.
 fn hook_names_in_source() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for entry in std::fs::read_dir(repo_root().join("src/hook")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension() != Some(OsStr::new("rs")) {
-            continue;
+    // src/hook and its subfolders (src/hook/resolve).
+    let mut dirs = vec![repo_root().join("src/hook")];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension() == Some(OsStr::new("rs")) {
+                files.push(path);
+            }
         }
+    }
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let mut lines = text.lines();
         while let Some(line) = lines.next() {

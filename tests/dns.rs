@@ -10,7 +10,7 @@ use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 
-use common::watchdog;
+use common::{dns_question as question, watchdog};
 use evco::coroutine::Cancelled;
 use evco::net::{UdpSocket, lookup_host, set_nameservers};
 
@@ -31,24 +31,6 @@ fn zone() -> Zone {
         (vec![Ipv4Addr::new(127, 0, 0, 9)], vec![]),
     );
     z
-}
-
-/// The question of a DNS query: its name (lower case, dot-separated), type, and where the
-/// question section ends.
-fn question(q: &[u8]) -> Option<(String, u16, usize)> {
-    let mut i = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = *q.get(i)? as usize;
-        i += 1;
-        if len == 0 {
-            break;
-        }
-        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
-        i += len;
-    }
-    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
-    Some((labels.join("."), qtype, i + 4))
 }
 
 /// The answer to one query: the zone's A (type 1) or AAAA (type 28) records for a known name

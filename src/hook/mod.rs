@@ -132,9 +132,14 @@
 //! non-blocking sockets ([`net::TcpListener`](crate::net::TcpListener)) or one listener per
 //! process (`SO_REUSEPORT`).
 //!
-//! `select`, `ppoll`, `epoll_wait` and DNS (`getaddrinfo`) are not hooked, nor `poll` over
-//! other fds: they block the thread as before. [`net::lookup_host`](crate::net::lookup_host)
-//! resolves names without blocking it.
+//! # Name resolution
+//!
+//! `getaddrinfo`, `getnameinfo`, `gethostbyname`, `gethostbyname2` and their `_r` forms are
+//! replaced, not wrapped (glibc resolves inside libc): inside a scheduled coroutine they answer
+//! from the hosts file and evdns on the scheduler's resolver (the configuration
+//! [`net::lookup_host`](crate::net::lookup_host) reads, `EVCO_RESOLV_CONF` included), or, with
+//! NSS sources beyond `files` and `dns`, run glibc's own call on a small thread pool while the
+//! coroutine is parked; outside coroutines they are libc's. See `resolve`'s module docs.
 //!
 //! # Cancellation
 //!
@@ -170,6 +175,7 @@
 mod fds;
 mod pipe;
 mod poll;
+mod resolve;
 mod rw;
 mod sleep;
 mod transfer;
@@ -369,7 +375,7 @@ fn cancelling() -> bool {
 /// Null-terminated.
 #[repr(transparent)]
 #[derive(Debug)]
-pub struct HookTable([*const std::ffi::c_void; 36]);
+pub struct HookTable([*const std::ffi::c_void; 42]);
 
 // SAFETY: the table is immutable and holds only addresses of functions, never dereferenced as
 // data by anyone.
@@ -419,6 +425,12 @@ pub static evco_hook_table: HookTable = hook_table![
     pipe::pipe,
     pipe::pipe2,
     fds::fcntl64,
+    resolve::getaddrinfo,
+    resolve::getnameinfo,
+    resolve::gethostbyname,
+    resolve::gethostbyname2,
+    resolve::gethostbyname_r,
+    resolve::gethostbyname2_r,
 ];
 
 /// Whether the process's `read`, `accept`, ... as the dynamic linker resolves them (for

@@ -51,7 +51,7 @@
 //! });
 //! ```
 
-mod dns;
+pub(crate) mod dns;
 mod fds;
 mod sock;
 mod tcp;

@@ -7,7 +7,7 @@
 //! constructor below, so that no hook calls `dlsym` later, e.g. from a signal handler) and
 //! calls it, failing with `ENOSYS` when no later object defines the name.
 
-use std::ffi::{CStr, c_int, c_void};
+use std::ffi::{CStr, c_char, c_int, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use libc::{iovec, msghdr, size_t, sockaddr, socklen_t, ssize_t, timespec};
@@ -116,6 +116,50 @@ real_fns! {
     pselect(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tmo: *const timespec, mask: *const libc::sigset_t) -> c_int;
     epoll_wait(ep: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int;
     epoll_pwait(ep: c_int, events: *mut libc::epoll_event, max: c_int, timeout: c_int, mask: *const libc::sigset_t) -> c_int;
+    getaddrinfo(node: *const c_char, service: *const c_char, hints: *const libc::addrinfo, res: *mut *mut libc::addrinfo) -> c_int;
+    getnameinfo(sa: *const sockaddr, salen: socklen_t, host: *mut c_char, hostlen: socklen_t, serv: *mut c_char, servlen: socklen_t, flags: c_int) -> c_int;
+    gethostbyname_r(name: *const c_char, ret: *mut libc::hostent, buf: *mut c_char, buflen: size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+    gethostbyname2_r(name: *const c_char, af: c_int, ret: *mut libc::hostent, buf: *mut c_char, buflen: size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+}
+
+/// libc's `gethostbyname` and `gethostbyname2` (they return pointers: not expressible in
+/// `real_fns!`, whose failure value is -1).
+static REAL_GETHOSTBYNAME: Real = Real::new(c"gethostbyname");
+static REAL_GETHOSTBYNAME2: Real = Real::new(c"gethostbyname2");
+
+/// libc's `gethostbyname2` (`gethostbyname` when `af` is `None`); NULL with `ENOSYS` when libc
+/// has none.
+///
+/// # Safety
+///
+/// libc's contract for it.
+pub(crate) unsafe fn gethostbyname2(name: *const c_char, af: Option<c_int>) -> *mut libc::hostent {
+    let real = if af.is_some() {
+        &REAL_GETHOSTBYNAME2
+    } else {
+        &REAL_GETHOSTBYNAME
+    };
+    let addr = real.get();
+    if addr == 0 {
+        set_errno(libc::ENOSYS);
+        return std::ptr::null_mut();
+    }
+    match af {
+        Some(af) => {
+            // SAFETY: libc's gethostbyname2, found by dlsym.
+            let f: unsafe extern "C" fn(*const c_char, c_int) -> *mut libc::hostent =
+                unsafe { std::mem::transmute(addr) };
+            // SAFETY: the caller's arguments, under libc's contract.
+            unsafe { f(name, af) }
+        }
+        None => {
+            // SAFETY: libc's gethostbyname, found by dlsym.
+            let f: unsafe extern "C" fn(*const c_char) -> *mut libc::hostent =
+                unsafe { std::mem::transmute(addr) };
+            // SAFETY: the caller's argument, under libc's contract.
+            unsafe { f(name) }
+        }
+    }
 }
 
 /// libc's `fcntl` and `ioctl` (variadic: not expressible in `real_fns!`).
@@ -171,6 +215,8 @@ extern "C" fn resolve_at_start() {
     sym::resolve_all();
     REAL_FCNTL.get();
     REAL_IOCTL.get();
+    REAL_GETHOSTBYNAME.get();
+    REAL_GETHOSTBYNAME2.get();
 }
 
 /// Sets this thread's `errno`.

@@ -404,3 +404,21 @@ pub const C_LIBS: &[&str] = &[
 pub fn repo_root() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// The question of a DNS query: its name (lower case, dot-separated), type, and where the
+/// question section ends (the test name servers of `dns.rs` and `resolve.rs`).
+pub fn dns_question(q: &[u8]) -> Option<(String, u16, usize)> {
+    let mut i = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *q.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
+    Some((labels.join("."), qtype, i + 4))
+}

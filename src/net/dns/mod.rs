@@ -6,11 +6,14 @@
 //! loop until then, as [`JoinHandle::join`](crate::JoinHandle::join) does outside coroutines.
 //!
 //! The resolver is libevent's evdns on the scheduler's own event base: made on first use from
-//! `/etc/resolv.conf` (name servers, `search`, `ndots`, `timeout`, `attempts`) and
-//! `/etc/hosts`, the way `evdns_base_new` with `EVDNS_BASE_INITIALIZE_NAMESERVERS` reads them;
-//! [`set_nameservers`] replaces it with one that asks the given servers (and still reads
-//! `/etc/hosts`). Unlike glibc's `getaddrinfo` it does not follow `/etc/nsswitch.conf` (no mDNS,
-//! LDAP, ...) nor sort by `/etc/gai.conf`. Its sockets take part in the loop only while a
+//! `/etc/resolv.conf` (name servers, `search`, `ndots`, `timeout`, `attempts`), or the file
+//! the environment variable `EVCO_RESOLV_CONF` names, and `/etc/hosts` (or `EVCO_HOSTS`'s
+//! file); a missing or empty resolv.conf leaves glibc's defaults (the name server on
+//! 127.0.0.1), and hosts-file names still resolve. `localhost` and `*.localhost` never go to
+//! the network: the hosts file's entries for them, or the loopback addresses.
+//! [`set_nameservers`] replaces the resolver with one that asks the given servers (and still
+//! reads the hosts file). Unlike glibc's `getaddrinfo` it does not follow
+//! `/etc/nsswitch.conf` (no mDNS, LDAP, ...) nor sort by `/etc/gai.conf`. Its sockets take part in the loop only while a
 //! lookup is in flight (`EVDNS_BASE_DISABLE_WHEN_INACTIVE`), so an idle resolver neither keeps
 //! `evco::run` from returning nor hides a deadlock.
 //!
@@ -23,9 +26,10 @@
 //! });
 //! ```
 //!
-//! std's `ToSocketAddrs` (and so `TcpStream::connect("name:port")`) still goes through glibc's
-//! `getaddrinfo`, which blocks the thread: resolve with [`lookup_host`] first and connect to the
-//! addresses.
+//! std's `ToSocketAddrs` (and so `TcpStream::connect("name:port")`) goes through libc's
+//! `getaddrinfo`: with the `hook` feature, evco's replacement of it resolves through the same
+//! resolver inside coroutines (see `hook`'s "Name resolution"); without it, glibc's blocks the
+//! thread: resolve with [`lookup_host`] first and connect to the addresses.
 //!
 //! # Lifecycle invariants
 //!
@@ -62,6 +66,8 @@ use socket2::SockAddr;
 use crate::scheduler::{self, Scheduler, Waker};
 use crate::sys;
 
+pub(crate) mod conf;
+
 /// libevent's `EVUTIL_EAI_CANCEL`: the request was cancelled.
 const EAI_CANCEL: c_int = -90001;
 /// `EAI_NODATA` (glibc and musl: the name exists but has no address), which the libc crate
@@ -70,7 +76,7 @@ const EAI_NODATA: c_int = -5;
 
 /// Resolves `host` to the socket addresses it names, each with `port`.
 ///
-/// `host` is a name (looked up in `/etc/hosts`, then asked of the name servers for A and AAAA
+/// `host` is a name (looked up in the hosts file, then asked of the name servers for A and AAAA
 /// records) or an IPv4/IPv6 address literal (returned as is, no query). Suspends only the
 /// calling coroutine; see the module docs for where the resolver's configuration comes from.
 /// An unknown name, or one without addresses, is an error of kind [`io::ErrorKind::NotFound`];
@@ -85,6 +91,15 @@ pub fn lookup_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     })?;
     let sched = Scheduler::current_or_install()?;
     let dns = resolver(sched)?;
+    if conf::is_localhost(host) {
+        // Never to the network: the hosts file's entries, or the loopback addresses.
+        let local = conf::Conf::current(sched)?.local_answer(host, true, true);
+        let (_, addrs) = local.unwrap_or_default();
+        return Ok(addrs
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect());
+    }
     let lookup = Rc::new(Lookup {
         port,
         done: Cell::new(false),
@@ -138,7 +153,7 @@ pub fn lookup_host(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
 }
 
 /// Makes this thread's later lookups ask `servers` (in that order of preference) instead of
-/// the name servers of `/etc/resolv.conf`, with no search domains, keeping `/etc/hosts`.
+/// the name servers of the resolv.conf file, with no search domains, keeping the hosts file.
 /// Lookups already in flight finish on the resolver they started on. Installs this thread's
 /// scheduler if there is none.
 pub fn set_nameservers(servers: &[SocketAddr]) -> io::Result<()> {
@@ -149,16 +164,7 @@ pub fn set_nameservers(servers: &[SocketAddr]) -> io::Result<()> {
         ));
     }
     let sched = Scheduler::current_or_install()?;
-    // SAFETY: the scheduler's base is live; no flag asks for /etc/resolv.conf.
-    let dns = unsafe {
-        sys::evdns_base_new(
-            sched.base().as_raw(),
-            sys::EVDNS_BASE_DISABLE_WHEN_INACTIVE as c_int,
-        )
-    };
-    if dns.is_null() {
-        return Err(io::Error::other("evdns_base_new failed"));
-    }
+    let dns = conf::new_resolver(sched, Some(servers))?;
     for server in servers {
         let addr = SockAddr::from(*server);
         // SAFETY: `dns` is live; `addr` is a valid sockaddr of the length given.
@@ -173,29 +179,19 @@ pub fn set_nameservers(servers: &[SocketAddr]) -> io::Result<()> {
             )));
         }
     }
-    // /etc/hosts as the system resolver reads it; a machine without one just has no entries.
-    // SAFETY: `dns` is live; NULL means the default hosts file.
-    unsafe { sys::evdns_base_load_hosts(dns, std::ptr::null()) };
     // The one it replaces is not freed: see the module invariants.
     sched.resolvers().replace(dns);
     Ok(())
 }
 
-/// This scheduler's resolver, made from the system's configuration on first use.
-fn resolver(sched: &Scheduler) -> io::Result<*mut sys::evdns_base> {
+/// This scheduler's resolver, made from the system's configuration on first use (see
+/// [`conf`]).
+pub(crate) fn resolver(sched: &Scheduler) -> io::Result<*mut sys::evdns_base> {
     let current = sched.resolvers().current();
     if !current.is_null() {
         return Ok(current);
     }
-    let flags = sys::EVDNS_BASE_INITIALIZE_NAMESERVERS | sys::EVDNS_BASE_DISABLE_WHEN_INACTIVE;
-    // SAFETY: the scheduler's base is live; the resolver is freed only with it, or never
-    // (module invariants).
-    let dns = unsafe { sys::evdns_base_new(sched.base().as_raw(), flags as c_int) };
-    if dns.is_null() {
-        return Err(io::Error::other(
-            "cannot set up the resolver: evdns_base_new could not read /etc/resolv.conf",
-        ));
-    }
+    let dns = conf::new_resolver(sched, None)?;
     sched.resolvers().replace(dns);
     Ok(dns)
 }
