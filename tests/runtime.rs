@@ -1,0 +1,544 @@
+//! evco::runtime: many scheduler threads, spawning across them, serving one address from every
+//! thread, and shutting all of it down. Real threads, real loopback sockets.
+//!
+//! Orders are made certain without sleeps: a runtime thread runs the coroutines it is handed in
+//! the order they arrive, each until it first suspends, so a coroutine spawned on a thread after
+//! another has run by the time the later one is joined.
+
+mod common;
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use common::{socketpair, watchdog};
+use evco::coroutine::Cancelled;
+use evco::io::{Interest, wait};
+use evco::runtime::{Builder, Handle, JoinHandle, Runtime};
+use evco::sync::shared::{Mutex, mpmc, mpsc};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+fn runtime(threads: usize) -> Runtime {
+    Builder::new().threads(threads).build().unwrap()
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    common::payload_kind(p)
+}
+
+#[test]
+fn a_cross_thread_join_handle_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<JoinHandle<u64>>();
+    assert_send_sync::<Runtime>();
+    assert_send_sync::<Handle>();
+}
+
+#[test]
+fn spawn_places_coroutines_round_robin_and_each_sees_its_own_thread() {
+    let _w = watchdog(30);
+    let rt = runtime(3);
+    assert_eq!(rt.threads(), 3);
+    let handles: Vec<_> = (0..9)
+        .map(|i| {
+            rt.spawn(move || {
+                let h = Handle::current().unwrap();
+                (
+                    i,
+                    h.thread_index().unwrap(),
+                    h.threads(),
+                    evco::runtime::thread_index(),
+                )
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(
+            h.thread_index(),
+            i % 3,
+            "the handle names the thread it placed on"
+        );
+        let (j, index, threads, free) = h.join().unwrap();
+        assert_eq!((j, index, threads, free), (i, i % 3, 3, Some(i % 3)));
+    }
+    assert!(
+        Handle::current().is_err(),
+        "the test's thread is no runtime thread"
+    );
+    assert_eq!(evco::runtime::thread_index(), None);
+    assert_eq!(rt.shutdown(BOUND).unwrap(), 0, "nothing was left to cancel");
+}
+
+/// A coroutine never moves: across 1,000 suspensions (yields, timers, socket waits) the OS
+/// thread it sees is the one `spawn_on` named.
+#[test]
+fn spawn_on_keeps_a_coroutine_on_its_thread_across_a_thousand_yields_and_waits() {
+    let _w = watchdog(60);
+    let rt = runtime(2);
+    let h = rt
+        .spawn_on(1, || {
+            let me = std::thread::current().id();
+            let name = std::thread::current().name().map(str::to_string);
+            let (a, b) = evco::net::UnixStream::pair().unwrap();
+            let mut seen = Vec::new();
+            for i in 0..1_000 {
+                match i % 3 {
+                    0 => evco::yield_now().unwrap(),
+                    1 => evco::time::sleep(Duration::from_micros(50)),
+                    _ => {
+                        // The writer runs after this coroutine parks in its read.
+                        let mut w = b.try_clone().unwrap();
+                        evco::spawn(move || w.write_all(&[7]).unwrap());
+                        let mut byte = [0u8];
+                        (&a).read_exact(&mut byte).unwrap();
+                    }
+                }
+                seen.push((std::thread::current().id(), evco::runtime::thread_index()));
+            }
+            (me, name, seen)
+        })
+        .unwrap();
+    let (me, name, seen) = h.join().unwrap();
+    assert_eq!(name.as_deref(), Some("evco-1"));
+    assert_eq!(seen.len(), 1_000);
+    assert!(
+        seen.iter().all(|&(t, i)| t == me && i == Some(1)),
+        "never moved"
+    );
+    let err = rt.spawn_on(2, || ()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// A cross-thread join parks a coroutine (its thread's other coroutines run meanwhile) and
+/// blocks a plain thread; both get the value.
+#[test]
+fn a_join_from_a_coroutine_parks_it_and_from_a_plain_thread_blocks_it() {
+    let _w = watchdog(30);
+    let rt = runtime(2);
+    // Released only by a coroutine on the joiner's own thread: a join that blocked the thread
+    // instead of parking the coroutine would never return.
+    let (release_tx, release_rx) = mpsc::channel::<u32>();
+    let (got_tx, got_rx) = std::sync::mpsc::channel::<u32>();
+    let far = rt
+        .spawn_on(1, move || release_rx.recv().unwrap() * 2)
+        .unwrap();
+    let joiner = std::thread::spawn(move || {
+        evco::run(move || {
+            let j = evco::spawn(move || far.join().unwrap());
+            evco::spawn(move || release_tx.send(21).unwrap());
+            got_tx.send(j.join().unwrap()).unwrap();
+        })
+    });
+    assert_eq!(got_rx.recv_timeout(BOUND).unwrap(), 42);
+    joiner.join().unwrap();
+    // From a plain thread: blocks until the value is there.
+    let (tx, rx) = mpsc::channel::<&'static str>();
+    let h = rt.spawn(move || rx.recv().unwrap());
+    let sender = std::thread::spawn(move || tx.send("hello").unwrap());
+    assert_eq!(h.join().unwrap(), "hello");
+    sender.join().unwrap();
+    rt.shutdown(BOUND).unwrap();
+}
+
+#[test]
+fn a_panic_reaches_the_joiner_and_the_thread_serves_on() {
+    let _w = watchdog(30);
+    let rt = runtime(1);
+    let h = rt.spawn(|| -> u8 { panic!("boom in a runtime coroutine") });
+    let p = h.join().unwrap_err();
+    assert!(panic_text(&p).contains("boom"), "{}", panic_text(&p));
+    assert_eq!(rt.spawn(|| 5).join().unwrap(), 5, "the thread lives on");
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// `cancel` ends a parked coroutine: its wait returns, its destructors run, `join` reports
+/// `Cancelled`; a handle cancelled before its coroutine started never runs it.
+#[test]
+fn cancel_unwinds_a_parked_coroutine_and_join_reports_cancelled() {
+    let _w = watchdog(30);
+    let rt = runtime(2);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let (_tx, rx) = mpsc::channel::<()>();
+    let guard = DropCounter(drops.clone());
+    let h = rt
+        .spawn_on(1, move || {
+            let _g = guard;
+            let _ = rx.recv(); // parks: the sender is never used
+        })
+        .unwrap();
+    // The coroutine spawned after it on thread 1 runs once it has parked.
+    rt.spawn_on(1, || ()).unwrap().join().unwrap();
+    assert!(!h.is_finished());
+    h.cancel().unwrap();
+    let p = h.join().unwrap_err();
+    assert!(
+        p.downcast_ref::<Cancelled>().is_some(),
+        "{}",
+        panic_text(&p)
+    );
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "its destructors ran");
+    rt.shutdown(BOUND).unwrap();
+}
+
+struct DropCounter(Arc<AtomicUsize>);
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The process-wide fd table at work across runtime threads: thread 0 closes an fd that a
+/// coroutine on thread 1 waits on, and the wait ends at once with `EBADF`.
+#[test]
+fn a_close_on_one_runtime_thread_wakes_a_waiter_on_another_with_ebadf() {
+    let _w = watchdog(30);
+    let rt = runtime(2);
+    let (a, _b) = socketpair();
+    let fd = a.into_raw_fd();
+    let waiter = rt
+        .spawn_on(1, move || wait(fd, Interest::READABLE, Some(BOUND)))
+        .unwrap();
+    rt.spawn_on(1, || ()).unwrap().join().unwrap(); // the waiter is parked now
+    rt.spawn_on(0, move || evco::io::close(fd))
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    let e = waiter.join().unwrap().unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// No polling: four idle threads spend under 1% of one CPU over 2 s (their own CPU time, from
+/// getrusage(RUSAGE_THREAD) taken on each thread).
+#[test]
+fn an_idle_four_thread_runtime_uses_under_one_percent_of_a_cpu() {
+    let _w = watchdog(30);
+    let rt = runtime(4);
+    fn cpu_time() -> Duration {
+        // SAFETY: getrusage writes one rusage into the zeroed struct it is given.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: see above; RUSAGE_THREAD is the calling thread.
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }, 0);
+        let tv = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+        };
+        tv(ru.ru_utime) + tv(ru.ru_stime)
+    }
+    let sample = |rt: &Runtime| -> Vec<Duration> {
+        rt.on_each_thread(cpu_time)
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect()
+    };
+    let before = sample(&rt);
+    let idle = Duration::from_secs(2);
+    std::thread::sleep(idle); // the span measured, not a synchronisation
+    let after = sample(&rt);
+    let used: Duration = after.iter().zip(&before).map(|(a, b)| *a - *b).sum();
+    eprintln!("idle 4-thread runtime: {used:?} of CPU over {idle:?}");
+    assert!(
+        used < idle / 100,
+        "4 idle threads used {used:?} of CPU in {idle:?}: they poll"
+    );
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// `serve` binds one SO_REUSEPORT listener per thread: the kernel spreads 100 connections over
+/// both threads of a 2-thread runtime (each serves at least 25; below that happens with
+/// probability ~3e-7 under the kernel's hash), and each gets its echo.
+#[test]
+fn a_two_thread_reuseport_echo_serves_at_least_25_of_100_connections_on_each_thread() {
+    let _w = watchdog(60);
+    let rt = runtime(2);
+    let served = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let counts = served.clone();
+    let addr = rt
+        .serve("127.0.0.1:0", move |stream| {
+            counts[evco::runtime::thread_index().unwrap()].fetch_add(1, Ordering::SeqCst);
+            let _ = common::echo(&stream);
+        })
+        .unwrap();
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(BOUND)).unwrap();
+            writeln!(s, "line {i}").unwrap();
+            (i, s)
+        })
+        .collect();
+    for (i, s) in clients {
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).unwrap();
+        assert_eq!(line, format!("line {i}\n"));
+    }
+    let per_thread = [0, 1].map(|t| served[t].load(Ordering::SeqCst));
+    eprintln!("connections per thread: {per_thread:?}");
+    assert_eq!(per_thread[0] + per_thread[1], 100);
+    assert!(per_thread.iter().all(|&n| n >= 25), "{per_thread:?}");
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// `block_on` from one of the runtime's own threads would wait for itself: an error instead.
+/// From a plain thread it runs the closure there and returns its value.
+#[test]
+fn block_on_from_a_runtime_thread_is_an_error_not_a_deadlock() {
+    let _w = watchdog(30);
+    let rt = Arc::new(runtime(2));
+    assert_eq!(rt.block_on(|| 6 * 7).unwrap(), 42);
+    let inner = rt.clone();
+    let e = rt
+        .spawn(move || inner.block_on(|| 1).unwrap_err())
+        .join()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Deadlock, "{e}");
+    let rt = Arc::into_inner(rt).expect("the coroutine dropped its clone when it ended");
+    rt.shutdown(BOUND).unwrap();
+}
+
+#[test]
+fn a_runtime_of_zero_threads_is_refused() {
+    let e = Builder::new().threads(0).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}
+
+/// A spawn onto a runtime that has shut down never runs: its handle says so instead of
+/// hanging. (Handles outlive their runtime.)
+#[test]
+fn a_spawn_after_shutdown_reports_that_it_never_ran() {
+    let _w = watchdog(30);
+    let rt = runtime(1);
+    let handle = rt.handle().clone();
+    rt.shutdown(BOUND).unwrap();
+    let p = handle.spawn(|| 1).join().unwrap_err();
+    let e = p
+        .downcast_ref::<std::io::Error>()
+        .expect("an io::Error payload");
+    assert!(e.to_string().contains("never ran"), "{e}");
+}
+
+/// 4 threads x 10,000 coroutines (in waves of 1,000 per thread at once: 40,000 live stacks
+/// would pass vm.max_map_count) pass every message across threads through shared channels,
+/// each received once, and bump one counter under the shared Mutex to an exact total.
+#[test]
+fn four_runtime_threads_of_ten_thousand_coroutines_pass_every_message_once() {
+    let _w = watchdog(120);
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 10_000;
+    const WAVE: usize = 1_000;
+    let rt = runtime(THREADS);
+    let total = THREADS * PER_THREAD;
+    let (tx, rx) = mpmc::bounded::<usize>(256);
+    let counter = Arc::new(Mutex::new(0usize));
+    let seen = Arc::new(StdMutex::new(vec![0u8; total]));
+    // Receivers: one coroutine per thread drains the shared channel.
+    let receivers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (rx, seen) = (rx.clone(), seen.clone());
+            rt.spawn_on(t, move || {
+                let mut n = 0;
+                for v in &rx {
+                    seen.lock().unwrap()[v] += 1;
+                    n += 1;
+                }
+                n
+            })
+            .unwrap()
+        })
+        .collect();
+    drop(rx);
+    let senders: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (tx, counter) = (tx.clone(), counter.clone());
+            rt.spawn_on(t, move || {
+                for wave in 0..PER_THREAD / WAVE {
+                    let hs: Vec<_> = (0..WAVE)
+                        .map(|k| {
+                            let (tx, counter) = (tx.clone(), counter.clone());
+                            let id = t * PER_THREAD + wave * WAVE + k;
+                            evco::spawn(move || {
+                                tx.send(id).unwrap();
+                                let mut g = counter.lock().unwrap();
+                                let v = *g;
+                                evco::yield_now().unwrap(); // hold it across a suspension
+                                *g = v + 1;
+                            })
+                        })
+                        .collect();
+                    for h in hs {
+                        h.join().unwrap();
+                    }
+                }
+            })
+            .unwrap()
+        })
+        .collect();
+    drop(tx);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let received: usize = receivers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert_eq!(received, total);
+    assert!(seen.lock().unwrap().iter().all(|&n| n == 1), "each once");
+    assert_eq!(*counter.lock().unwrap(), total, "the counter is exact");
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// Shutdown with 10,000 coroutines parked on sockets, timers and channels across 4 threads and
+/// 150 served connections (100 mid-conversation, 50 silent): shutdown cancels what the
+/// deadline leaves, every destructor runs, every thread ends with no event left on its base,
+/// the process has the fds it had before, and each client got its echo and then a reset, never
+/// a silent end of stream. In a child process: it counts the process's fds.
+#[test]
+fn shutdown_cancels_ten_thousand_parked_coroutines_and_leaves_no_fd_or_event() {
+    let Some(_w) = common::in_child(
+        "shutdown_cancels_ten_thousand_parked_coroutines_and_leaves_no_fd_or_event",
+        60,
+    ) else {
+        return;
+    };
+    const THREADS: usize = 4;
+    const ON_SOCKETS: usize = 2_000;
+    const ON_TIMERS: usize = 4_000;
+    const ON_CHANNELS: usize = 4_000;
+    const PARKED: usize = ON_SOCKETS + ON_TIMERS + ON_CHANNELS;
+    // Each thread that waits on an fd claims one of the process's reactor doorbells, whose
+    // eventfd stays for the process's life and is reused by the next thread (see
+    // reactor::close). A first runtime of as many threads claims them; what is counted is
+    // what the second one leaves.
+    let warm_up = Builder::new().threads(THREADS).build().unwrap();
+    for h in warm_up.on_each_thread(|| {
+        let (a, _b) = evco::net::UnixStream::pair().unwrap();
+        wait(a.as_raw_fd(), Interest::READABLE, Some(Duration::ZERO)).unwrap_err();
+    }) {
+        h.join().unwrap();
+    }
+    warm_up.shutdown(BOUND).unwrap();
+    let fds_before = common::open_fds();
+    let events = Arc::new(StdMutex::new(Vec::new()));
+    let (at_start, at_stop) = (events.clone(), events.clone());
+    let rt = Builder::new()
+        .threads(THREADS)
+        .on_thread_start(move || {
+            let i = evco::runtime::thread_index().unwrap();
+            at_start
+                .lock()
+                .unwrap()
+                .push(("start", i, common::added_events()));
+        })
+        .on_thread_stop(move || {
+            let i = evco::runtime::thread_index().unwrap();
+            at_stop
+                .lock()
+                .unwrap()
+                .push(("stop", i, common::added_events()));
+        })
+        .build()
+        .unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let (chan_tx, chan_rx) = mpmc::channel::<()>();
+    // Each thread spawns its share of parked coroutines; the setup returns once all are
+    // spawned (they park on their first turn, or are cancelled before it: either way their
+    // captured guard drops).
+    let setups = rt.on_each_thread({
+        let drops = drops.clone();
+        move || {
+            let t = evco::runtime::thread_index().unwrap();
+            let share = |n: usize| n / THREADS + usize::from(t < n % THREADS);
+            for _ in 0..share(ON_SOCKETS) / 2 {
+                let (a, b) = evco::net::UnixStream::pair().unwrap();
+                for mut s in [a, b] {
+                    let g = DropCounter(drops.clone());
+                    evco::spawn(move || {
+                        let _g = g;
+                        let _ = s.read(&mut [0u8; 1]);
+                    });
+                }
+            }
+            for _ in 0..share(ON_TIMERS) {
+                let g = DropCounter(drops.clone());
+                evco::spawn(move || {
+                    let _g = g;
+                    evco::time::sleep(Duration::from_secs(3600));
+                });
+            }
+            for _ in 0..share(ON_CHANNELS) {
+                let (g, rx) = (DropCounter(drops.clone()), chan_rx.clone());
+                evco::spawn(move || {
+                    let _g = g;
+                    let _ = rx.recv();
+                });
+            }
+        }
+    });
+    for s in setups {
+        s.join().unwrap();
+    }
+    let addr = rt
+        .serve("127.0.0.1:0", |stream| {
+            let _ = common::echo(&stream);
+        })
+        .unwrap();
+    let talking: Vec<_> = (0..100)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(BOUND)).unwrap();
+            writeln!(s, "line {i}").unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            assert_eq!(line, format!("line {i}\n"), "echoed before the shutdown");
+            s
+        })
+        .collect();
+    let silent: Vec<_> = (0..50)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(BOUND)).unwrap();
+            s
+        })
+        .collect();
+    let timeout = Duration::from_millis(500);
+    let start = Instant::now();
+    let cancelled = rt.shutdown(timeout).unwrap();
+    let took = start.elapsed();
+    drop(chan_tx); // kept until now: its receivers stay parked
+    println!(
+        "shutdown of {PARKED} parked coroutines: {took:?} (timeout {timeout:?}), {cancelled} cancelled"
+    );
+    assert!(took < timeout + BOUND, "shutdown took {took:?}");
+    assert!(
+        cancelled >= PARKED + 100,
+        "{cancelled} cancelled: the parked ones and the talking connections' handlers at least"
+    );
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        PARKED,
+        "every parked coroutine's destructors ran"
+    );
+    // Every client: a reset, never a clean end of stream (a silent loss), never a hang. A
+    // silent client may have been reset in the listen queue before it was accepted.
+    for mut s in talking.into_iter().chain(silent) {
+        match s.read(&mut [0u8; 16]) {
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            other => panic!("a client saw {other:?} instead of a reset"),
+        }
+    }
+    let mut events = events.lock().unwrap().clone();
+    events.sort_by_key(|&(what, i, _)| (i, what == "stop"));
+    println!("events added at thread start and stop: {events:?}");
+    assert_eq!(events.len(), 2 * THREADS, "each thread started and stopped");
+    for pair in events.chunks(2) {
+        assert_eq!(
+            pair[0].2, pair[1].2,
+            "thread {}: an event left behind",
+            pair[0].1
+        );
+    }
+    assert_eq!(common::open_fds(), fds_before, "no fd left behind");
+    println!("child-finished");
+}
