@@ -39,19 +39,42 @@ pub fn serve_until_signalled(
 /// exits, anything else is an error (exit status 2).
 #[allow(dead_code)] // soak takes no arguments of this kind
 pub fn addr_from_args(prog: &str) -> String {
+    server_args(prog, false).0
+}
+
+/// `--addr HOST:PORT` (default 127.0.0.1:7878) and, when `threads_ok`, `--threads N` (at least
+/// one); `--help` prints the usage and exits, anything else is an error (exit status 2).
+#[allow(dead_code)] // soak takes no arguments of this kind
+pub fn server_args(prog: &str, threads_ok: bool) -> (String, Option<usize>) {
     let mut addr = "127.0.0.1:7878".to_string();
+    let mut threads = None;
+    let usage = if threads_ok {
+        format!(
+            "usage: {prog} [--addr HOST:PORT] [--threads N]   (default 127.0.0.1:7878, one \
+             thread without a runtime)"
+        )
+    } else {
+        format!("usage: {prog} [--addr HOST:PORT]   (default 127.0.0.1:7878)")
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        let mut value = |what: &str| {
+            args.next().unwrap_or_else(|| {
+                eprintln!("{prog}: {arg} needs {what}");
+                std::process::exit(2);
+            })
+        };
         match arg.as_str() {
-            "--addr" => match args.next() {
-                Some(a) => addr = a,
-                None => {
-                    eprintln!("{prog}: --addr needs a value");
+            "--addr" => addr = value("a value"),
+            "--threads" if threads_ok => match value("a number").parse::<usize>() {
+                Ok(n) if n > 0 => threads = Some(n),
+                _ => {
+                    eprintln!("{prog}: --threads needs a number of threads, at least 1");
                     std::process::exit(2);
                 }
             },
             "-h" | "--help" => {
-                println!("usage: {prog} [--addr HOST:PORT]   (default 127.0.0.1:7878)");
+                println!("{usage}");
                 std::process::exit(0);
             }
             other => {
@@ -60,7 +83,7 @@ pub fn addr_from_args(prog: &str) -> String {
             }
         }
     }
-    addr
+    (addr, threads)
 }
 
 /// Echoes what `stream` sends until EOF or an error, through a 4 KiB buffer. Plain blocking
