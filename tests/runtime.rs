@@ -113,6 +113,29 @@ fn spawn_on_keeps_a_coroutine_on_its_thread_across_a_thousand_yields_and_waits()
     rt.shutdown(BOUND).unwrap();
 }
 
+/// A spawn from a runtime thread onto itself (spawned at once, not through the inbox) runs
+/// there, after the spawner parks, and its join parks the spawner until it ends.
+#[test]
+fn a_spawn_onto_the_calling_runtime_thread_runs_there_and_joins() {
+    let _w = watchdog(30);
+    let rt = runtime(2);
+    let inner = rt
+        .spawn_on(1, || {
+            let h = Handle::current().unwrap();
+            let me = std::thread::current().id();
+            let child = h
+                .spawn_on(1, move || std::thread::current().id() == me)
+                .unwrap();
+            assert!(!child.is_finished(), "it runs once the spawner suspends");
+            child.join().unwrap()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(inner, "the child ran on its spawner's thread");
+    rt.shutdown(BOUND).unwrap();
+}
+
 /// A cross-thread join parks a coroutine (its thread's other coroutines run meanwhile) and
 /// blocks a plain thread; both get the value.
 #[test]

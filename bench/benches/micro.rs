@@ -457,6 +457,69 @@ fn shared_channel(c: &mut Criterion) {
     g.finish();
 }
 
+/// Spawning onto a runtime thread and joining, beside a local spawn+join: one at a time from
+/// a coroutine on runtime thread 0 (to its own thread through the inbox, and to thread 1: a
+/// round trip of two thread wake-ups), and in batches of 64 to thread 1 (the hand-off's
+/// throughput, wake-ups shared by a batch).
+fn runtime_spawn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("runtime");
+    g.bench_function("evco spawn+join (local, evco::run)", |b| {
+        b.iter_custom(|iters| {
+            evco::run(move || {
+                evco::spawn(|| black_box(1)).join().expect("join");
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(evco::spawn(|| black_box(1)).join().expect("join"));
+                }
+                start.elapsed()
+            })
+        });
+    });
+    let rt = evco::runtime::Builder::new()
+        .threads(2)
+        .build()
+        .expect("a 2-thread runtime");
+    for (name, target, batch) in [
+        ("evco runtime spawn_on(own thread)+join", 0, 1),
+        ("evco runtime spawn_on(other thread)+join", 1, 1),
+        (
+            "evco runtime spawn_on(other thread)+join, batches of 64",
+            1,
+            64,
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.spawn_on(0, move || {
+                    let h = evco::runtime::Handle::current().expect("on the runtime");
+                    h.spawn_on(target, || black_box(1))
+                        .expect("spawn_on")
+                        .join()
+                        .expect("join");
+                    let start = Instant::now();
+                    let mut left = iters;
+                    while left > 0 {
+                        let n = left.min(batch);
+                        let hs: Vec<_> = (0..n)
+                            .map(|_| h.spawn_on(target, || black_box(1)).expect("spawn_on"))
+                            .collect();
+                        for j in hs {
+                            black_box(j.join().expect("join"));
+                        }
+                        left -= n;
+                    }
+                    start.elapsed()
+                })
+                .expect("spawn_on(0)")
+                .join()
+                .expect("bench coroutine")
+            });
+        });
+    }
+    g.finish();
+    rt.shutdown(Duration::from_secs(5)).expect("shutdown");
+}
+
 fn config() -> Criterion {
     // Short enough that the whole suite runs in about a minute on a shared 2-core machine.
     Criterion::default()
@@ -468,6 +531,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = switch, schedule, wait_cycle, channel, shared_channel
+    targets = switch, schedule, wait_cycle, channel, shared_channel, runtime_spawn
 }
 criterion_main!(benches);

@@ -88,8 +88,8 @@ impl<T> Completer<T> {
         self.why = Some(e);
     }
 
-    /// On the target thread (its inbox's callback): spawns the coroutine that runs `f`, unless
-    /// the handle cancelled it first. A failure (no stack) is reported to the handle.
+    /// On the target thread (its inbox's callback, or a spawn made on that thread itself):
+    /// spawns the coroutine that runs `f`, unless the handle cancelled it first. A failure (no stack) is reported to the handle.
     pub(super) fn start<F>(self, stack_size: usize, f: F)
     where
         F: FnOnce() -> T + 'static,

@@ -439,6 +439,16 @@ impl Handle {
         let completer = Completer::new(state.clone());
         let stack_size = self.shared.stack_size;
         let inbox = self.shared.inboxes()[thread].clone();
+        if self.thread_index() == Some(thread) {
+            // Onto the calling thread itself: spawned here and now, as its inbox's callback
+            // would (no eventfd write, no loop pass).
+            completer.start(stack_size, f);
+            return JoinHandle {
+                state,
+                inbox,
+                thread,
+            };
+        }
         // A closure that cannot be posted is dropped here, and its completer reports why.
         let _ = inbox.post(Msg::Run(Box::new(move || {
             completer.start(stack_size, f);
