@@ -3,8 +3,14 @@
  * A scheduler runs coroutines on one libevent event_base, on the thread that made it: its own
  * (evco_sched_new) or the host program's (evco_sched_attach, then the host dispatches its base
  * as before). Inside a coroutine, the plain POSIX calls (read, write, recv, send, accept,
- * connect, poll, usleep, nanosleep, ...) on sockets the process made suspend the coroutine, not
- * the thread: libevco interposes them ("hooks"). Outside coroutines they are libc's.
+ * connect, usleep, nanosleep, ...) on sockets the process made suspend the coroutine, not
+ * the thread: libevco interposes them ("hooks"). poll, ppoll, select, pselect and epoll_wait
+ * cooperate over any pollable fd (sockets, pipes, eventfds, timerfds, ttys). getaddrinfo,
+ * getnameinfo, gethostbyname, gethostbyname2 and their _r forms resolve through libevent's
+ * evdns and the hosts file (other NSS sources on a small thread pool) and suspend only the
+ * caller; their results are glibc's layout (freeaddrinfo frees them). EVCO_RESOLV_CONF,
+ * EVCO_HOSTS and EVCO_NSSWITCH name files read instead of /etc/resolv.conf, /etc/hosts and
+ * /etc/nsswitch.conf. Outside coroutines every hooked call is libc's.
  *
  * Conventions, as POSIX: 0 (or a pointer) on success; -1 (or NULL) with errno on failure.
  *   EINVAL           a NULL or bad argument

@@ -101,6 +101,30 @@ impl Handle {
     /// not yet accepted are reset by the kernel; accepted ones carry on until the deadline. An
     /// accept loop also ends when its listener fails for good (anything but running out of
     /// fds, which it waits out); the failure is logged.
+    ///
+    /// ```
+    /// use evco::runtime::Builder;
+    /// use std::io::{Read, Write};
+    ///
+    /// let rt = Builder::new().threads(2).build().unwrap();
+    /// let addr = rt
+    ///     .serve("127.0.0.1:0", |mut conn| {
+    ///         let mut buf = [0u8; 64];
+    ///         while let Ok(n @ 1..) = conn.read(&mut buf) {
+    ///             if conn.write_all(&buf[..n]).is_err() {
+    ///                 break;
+    ///             }
+    ///         }
+    ///     })
+    ///     .unwrap();
+    /// let mut c = std::net::TcpStream::connect(addr).unwrap();
+    /// c.write_all(b"ping").unwrap();
+    /// let mut back = [0u8; 4];
+    /// c.read_exact(&mut back).unwrap();
+    /// assert_eq!(&back, b"ping");
+    /// drop(c);
+    /// rt.shutdown(std::time::Duration::from_secs(1)).unwrap();
+    /// ```
     pub fn serve<F>(&self, addr: impl ToSocketAddrs, handler: F) -> io::Result<SocketAddr>
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
