@@ -7,6 +7,10 @@
 //! test does anything else, to files in a directory of this process; each test holds `LOCK`
 //! while it writes those files and runs its own scheduler on a thread of its own (so a fresh
 //! resolver reads them), so the tests never see one another's configuration.
+//!
+//! Without the `hook` feature there is nothing here to test (lookup_host's own tests are in
+//! tests/dns.rs).
+#![cfg(feature = "hook")]
 
 mod common;
 
