@@ -6,11 +6,12 @@
  * connect, usleep, nanosleep, ...) on sockets the process made suspend the coroutine, not
  * the thread: libevco interposes them ("hooks"). poll, ppoll, select, pselect and epoll_wait
  * cooperate over any pollable fd (sockets, pipes, eventfds, timerfds, ttys). getaddrinfo,
- * getnameinfo, gethostbyname, gethostbyname2 and their _r forms resolve through libevent's
- * evdns and the hosts file (other NSS sources on a small thread pool) and suspend only the
- * caller; their results are glibc's layout (freeaddrinfo frees them). EVCO_RESOLV_CONF,
- * EVCO_HOSTS and EVCO_NSSWITCH name files read instead of /etc/resolv.conf, /etc/hosts and
- * /etc/nsswitch.conf. Outside coroutines every hooked call is libc's.
+ * getnameinfo, gethostbyname, gethostbyname2, gethostbyaddr and their _r forms suspend only
+ * the caller: forward lookups through libevent's evdns and the hosts file, reverse lookups and
+ * other NSS sources on a small thread pool; results are in glibc's layout (freeaddrinfo frees
+ * them). EVCO_RESOLV_CONF, EVCO_HOSTS and EVCO_NSSWITCH name files read instead of
+ * /etc/resolv.conf, /etc/hosts and /etc/nsswitch.conf. Outside coroutines every hooked call
+ * is libc's.
  *
  * Conventions, as POSIX: 0 (or a pointer) on success; -1 (or NULL) with errno on failure.
  *   EINVAL           a NULL or bad argument

@@ -638,6 +638,93 @@ fn getnameinfo_answers_as_libc_does() {
     println!("child-finished");
 }
 
+/// `gethostbyaddr` and `gethostbyaddr_r` inside a coroutine run glibc's reverse lookup on the
+/// pool and answer what libc answers outside coroutines: name, aliases and address, in the
+/// coroutine's buffer or the caller's (`ERANGE` when that is too small); an address of the
+/// wrong length is libc's to refuse. In a child process: see `in_child`.
+#[test]
+fn gethostbyaddr_answers_as_libc_does() {
+    let _w = watchdog(30);
+    if !in_child("gethostbyaddr_answers_as_libc_does") {
+        return;
+    }
+    let _g = configure(None, "", "files dns");
+    /// Name, aliases and addresses of a reverse lookup of 127.0.0.1, both forms, and what a
+    /// 2-byte buffer and a 3-byte address get.
+    type Answer = (Option<(String, Vec<String>, Vec<IpAddr>)>, i32, i32, bool);
+    fn reverse_loopback() -> [Answer; 2] {
+        let addr = [127u8, 0, 0, 1];
+        // SAFETY: 4 bytes of an IPv4 address.
+        let ent = unsafe { gethostbyaddr(addr.as_ptr().cast(), 4, libc::AF_INET) };
+        let plain = (unsafe { described(ent) }, 0, 0, false);
+        // SAFETY: all-zero is a valid hostent to fill.
+        let mut ret: libc::hostent = unsafe { std::mem::zeroed() };
+        let mut result = std::ptr::null_mut();
+        let (mut h, mut h_small) = (0, 0);
+        let mut buf = vec![0u8; 4096];
+        let mut small = [0u8; 2];
+        // SAFETY: valid pointers and buffers of the lengths given, for each call.
+        let (rc, rc_small, bad) = unsafe {
+            let rc_small = gethostbyaddr_r(
+                addr.as_ptr().cast(),
+                4,
+                libc::AF_INET,
+                &mut ret,
+                small.as_mut_ptr().cast(),
+                small.len(),
+                &mut result,
+                &mut h_small,
+            );
+            let rc = gethostbyaddr_r(
+                addr.as_ptr().cast(),
+                4,
+                libc::AF_INET,
+                &mut ret,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+                &mut h,
+            );
+            let bad = gethostbyaddr(addr.as_ptr().cast(), 3, libc::AF_INET).is_null();
+            (rc, rc_small, bad)
+        };
+        let r = (unsafe { described(result) }, rc, rc_small, bad);
+        [plain, r]
+    }
+    let want = reverse_loopback();
+    let pool_threads = || thread_names().iter().filter(|n| *n == "evco-dns").count();
+    assert_eq!(pool_threads(), 0, "outside coroutines: libc's own call");
+    let got = on_new_scheduler(reverse_loopback);
+    assert!(pool_threads() >= 1, "inside: the pool ran it");
+    println!("gethostbyaddr(127.0.0.1): {:?}", want[0].0);
+    assert_eq!(got, want);
+    assert_eq!(want[1].2, libc::ERANGE, "a 2-byte buffer is too small");
+    assert!(want[1].3, "a 3-byte IPv4 address is refused");
+    println!("child-finished");
+}
+
+/// A hostent's name, aliases and addresses; `None` for NULL.
+///
+/// # Safety
+///
+/// `ent` is NULL or a valid hostent.
+unsafe fn described(ent: *const libc::hostent) -> Option<(String, Vec<String>, Vec<IpAddr>)> {
+    if ent.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract; aliases are a NULL-terminated list of C strings.
+    unsafe {
+        let (name, addrs) = hostent(ent);
+        let mut aliases = Vec::new();
+        let mut p = (*ent).h_aliases;
+        while !(*p).is_null() {
+            aliases.push(CStr::from_ptr(*p).to_string_lossy().into_owned());
+            p = p.add(1);
+        }
+        Some((name, aliases, addrs))
+    }
+}
+
 /// A lookup cancelled with its coroutine fails with `EAI_SYSTEM` and `errno = ECANCELED`.
 #[test]
 fn a_cancelled_lookup_is_eai_system_with_ecanceled() {
@@ -776,6 +863,21 @@ fn gethostbyname_r_and_gethostbyname2_fill_the_callers_hostent() {
 
 // libc's declarations (the libc crate has no `gethostbyname*` for Linux).
 unsafe extern "C" {
+    fn gethostbyaddr(
+        addr: *const libc::c_void,
+        len: libc::socklen_t,
+        ty: libc::c_int,
+    ) -> *mut libc::hostent;
+    fn gethostbyaddr_r(
+        addr: *const libc::c_void,
+        len: libc::socklen_t,
+        ty: libc::c_int,
+        ret: *mut libc::hostent,
+        buf: *mut libc::c_char,
+        buflen: libc::size_t,
+        result: *mut *mut libc::hostent,
+        h_errnop: *mut libc::c_int,
+    ) -> libc::c_int;
     fn gethostbyname(name: *const libc::c_char) -> *mut libc::hostent;
     fn gethostbyname2(name: *const libc::c_char, af: libc::c_int) -> *mut libc::hostent;
     fn gethostbyname_r(

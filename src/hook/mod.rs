@@ -134,8 +134,8 @@
 //!
 //! # Name resolution
 //!
-//! `getaddrinfo`, `getnameinfo`, `gethostbyname`, `gethostbyname2` and their `_r` forms are
-//! replaced, not wrapped (glibc resolves inside libc): inside a scheduled coroutine they answer
+//! `getaddrinfo`, `getnameinfo`, `gethostbyname`, `gethostbyname2`, `gethostbyaddr` and their
+//! `_r` forms are replaced, not wrapped (glibc resolves inside libc): inside a scheduled coroutine they answer
 //! from the hosts file and evdns on the scheduler's resolver (the configuration
 //! [`net::lookup_host`](crate::net::lookup_host) reads, `EVCO_RESOLV_CONF` included), or, with
 //! NSS sources beyond `files` and `dns`, run glibc's own call on a small thread pool while the
@@ -375,7 +375,7 @@ fn cancelling() -> bool {
 /// Null-terminated.
 #[repr(transparent)]
 #[derive(Debug)]
-pub struct HookTable([*const std::ffi::c_void; 42]);
+pub struct HookTable([*const std::ffi::c_void; 44]);
 
 // SAFETY: the table is immutable and holds only addresses of functions, never dereferenced as
 // data by anyone.
@@ -431,6 +431,8 @@ pub static evco_hook_table: HookTable = hook_table![
     resolve::gethostbyname2,
     resolve::gethostbyname_r,
     resolve::gethostbyname2_r,
+    resolve::gethostbyaddr,
+    resolve::gethostbyaddr_r,
 ];
 
 /// Whether the process's `read`, `accept`, ... as the dynamic linker resolves them (for

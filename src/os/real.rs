@@ -68,6 +68,7 @@ macro_rules! real_fns {
             /// # Safety
             ///
             /// libc's contract for it.
+            #[allow(clippy::too_many_arguments)] // libc's signatures (gethostbyaddr_r has 8)
             pub(crate) unsafe fn $name($($a: $t),*) -> $r {
                 let addr = sym::$name.get();
                 if addr == 0 {
@@ -120,6 +121,7 @@ real_fns! {
     getnameinfo(sa: *const sockaddr, salen: socklen_t, host: *mut c_char, hostlen: socklen_t, serv: *mut c_char, servlen: socklen_t, flags: c_int) -> c_int;
     gethostbyname_r(name: *const c_char, ret: *mut libc::hostent, buf: *mut c_char, buflen: size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
     gethostbyname2_r(name: *const c_char, af: c_int, ret: *mut libc::hostent, buf: *mut c_char, buflen: size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
+    gethostbyaddr_r(addr: *const c_void, len: socklen_t, ty: c_int, ret: *mut libc::hostent, buf: *mut c_char, buflen: size_t, result: *mut *mut libc::hostent, h_errnop: *mut c_int) -> c_int;
 }
 
 /// libc's `gethostbyname` and `gethostbyname2` (they return pointers: not expressible in
@@ -160,6 +162,30 @@ pub(crate) unsafe fn gethostbyname2(name: *const c_char, af: Option<c_int>) -> *
             unsafe { f(name) }
         }
     }
+}
+
+static REAL_GETHOSTBYADDR: Real = Real::new(c"gethostbyaddr");
+
+/// libc's `gethostbyaddr`; NULL with `ENOSYS` when libc has none.
+///
+/// # Safety
+///
+/// libc's contract for it.
+pub(crate) unsafe fn gethostbyaddr(
+    addr: *const c_void,
+    len: socklen_t,
+    ty: c_int,
+) -> *mut libc::hostent {
+    let real = REAL_GETHOSTBYADDR.get();
+    if real == 0 {
+        set_errno(libc::ENOSYS);
+        return std::ptr::null_mut();
+    }
+    // SAFETY: libc's gethostbyaddr, found by dlsym.
+    let f: unsafe extern "C" fn(*const c_void, socklen_t, c_int) -> *mut libc::hostent =
+        unsafe { std::mem::transmute(real) };
+    // SAFETY: the caller's arguments, under libc's contract.
+    unsafe { f(addr, len, ty) }
 }
 
 /// libc's `fcntl` and `ioctl` (variadic: not expressible in `real_fns!`).

@@ -1,6 +1,9 @@
 //! The `gethostbyname` family: `gethostbyname`, `gethostbyname2` and their `_r` forms, answered
 //! inside a scheduled coroutine by the cooperative `getaddrinfo` (`super::lookup`, same
-//! sources and routing) and laid out as a `hostent`.
+//! sources and routing) and laid out as a `hostent`. The reverse forms, `gethostbyaddr` and
+//! `gethostbyaddr_r`, run glibc's own `gethostbyaddr_r` on the resolver pool (as
+//! `getnameinfo` does) while the coroutine is parked, and lay its answer (name, aliases,
+//! address) out the same way: inside a coroutine they answer what glibc answers outside one.
 //!
 //! The `hostent` has the canonical name (the hosts file's, or the name asked for; a numeric
 //! host is its own), no aliases, and the addresses of the family asked (`AF_INET` for
@@ -18,10 +21,10 @@
 //! return `ERANGE` when the caller's buffer is too small (callers retry with a larger one).
 
 use std::cell::RefCell;
-use std::ffi::{CStr, c_char, c_int};
+use std::ffi::{CStr, c_char, c_int, c_void};
 use std::net::IpAddr;
 
-use super::{Failure, lookup};
+use super::{Failure, errno_of, lookup, pool, stop_cancellation};
 use crate::os::real::{self, set_errno};
 use crate::scheduler;
 
@@ -48,6 +51,8 @@ fn set_h_errno(e: c_int) {
 /// A successful lookup: the canonical name and the addresses, of one family.
 struct Host {
     name: Vec<u8>,
+    /// Alias names (the reverse forms'; none by name).
+    aliases: Vec<Vec<u8>>,
     family: c_int,
     addrs: Vec<IpAddr>,
 }
@@ -63,6 +68,7 @@ fn resolve(name: &CStr, af: c_int) -> Result<Host, Failure> {
     let canonical = list.canonical_name().unwrap_or(name);
     Ok(Host {
         name: canonical.to_bytes().to_vec(),
+        aliases: Vec::new(),
         family: af,
         addrs: list.addresses(),
     })
@@ -83,7 +89,13 @@ fn errors_of(f: Failure) -> (c_int, c_int) {
 fn needed(host: &Host, buf: *const c_char) -> usize {
     let ptr = size_of::<*mut c_char>();
     let align = buf.align_offset(align_of::<*mut c_char>());
-    align + ptr * (host.addrs.len() + 2) + host.addrs.len() * 16 + host.name.len() + 1
+    let names: usize = host.aliases.iter().map(|a| a.len() + 1).sum();
+    align
+        + ptr * (host.aliases.len() + 1 + host.addrs.len() + 1)
+        + host.addrs.len() * 16
+        + host.name.len()
+        + 1
+        + names
 }
 
 /// Lays `host` out in `ret` and the `len` bytes at `buf`: `Err(needed)` when they do not fit.
@@ -103,16 +115,16 @@ unsafe fn fill(
     }
     let addr_len = if host.family == libc::AF_INET6 { 16 } else { 4 };
     let n = host.addrs.len();
-    // SAFETY: `need` bytes fit in the caller's buffer: the aligned pointer arrays (aliases: one
-    // NULL; addresses: n and a NULL), then the addresses, then the name and its NUL.
+    // SAFETY: `need` bytes fit in the caller's buffer: the aligned pointer arrays (aliases and
+    // a NULL; addresses: n and a NULL), then the addresses, then the name and the aliases,
+    // each with its NUL.
     unsafe {
         let ptrs = buf
             .add(buf.align_offset(align_of::<*mut c_char>()))
             .cast::<*mut c_char>();
         let aliases = ptrs;
-        let list = ptrs.add(1);
+        let list = ptrs.add(host.aliases.len() + 1);
         let mut data = list.add(n + 1).cast::<u8>();
-        *aliases = std::ptr::null_mut();
         for (i, addr) in host.addrs.iter().enumerate() {
             let bytes: Vec<u8> = match addr {
                 IpAddr::V4(a) => a.octets().to_vec(),
@@ -123,10 +135,20 @@ unsafe fn fill(
             data = data.add(addr_len);
         }
         *list.add(n) = std::ptr::null_mut();
-        std::ptr::copy_nonoverlapping(host.name.as_ptr(), data, host.name.len());
-        *data.add(host.name.len()) = 0;
+        let mut put = |bytes: &[u8]| {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
+            *data.add(bytes.len()) = 0;
+            let at = data;
+            data = data.add(bytes.len() + 1);
+            at.cast::<c_char>()
+        };
+        let name = put(&host.name);
+        for (i, alias) in host.aliases.iter().enumerate() {
+            *aliases.add(i) = put(alias);
+        }
+        *aliases.add(host.aliases.len()) = std::ptr::null_mut();
         *ret = libc::hostent {
-            h_name: data.cast(),
+            h_name: name,
             h_aliases: aliases,
             h_addrtype: host.family,
             h_length: addr_len as c_int,
@@ -155,13 +177,21 @@ thread_local! {
 /// `gethostbyname2`'s cooperative form: a pointer to the calling coroutine's buffer, or NULL
 /// with `h_errno` (and `errno`) set.
 fn by_name_buffered(name: &CStr, af: c_int) -> *mut libc::hostent {
-    let host = match resolve(name, af) {
+    buffered(resolve(name, af).map_err(|f| {
+        let (h, _) = errors_of(f);
+        (h, f.errno)
+    }))
+}
+
+/// An answer in the calling coroutine's buffer, or NULL with `h_errno` (and, for
+/// `NETDB_INTERNAL`, `errno`) set from the failure's `(h_errno, errno)`.
+fn buffered(answer: Result<Host, (c_int, c_int)>) -> *mut libc::hostent {
+    let host = match answer {
         Ok(h) => h,
-        Err(f) => {
-            let (h, _) = errors_of(f);
+        Err((h, errno)) => {
             set_h_errno(h);
             if h == NETDB_INTERNAL {
-                set_errno(f.errno);
+                set_errno(errno);
             }
             return std::ptr::null_mut();
         }
@@ -321,4 +351,165 @@ pub(in crate::hook) unsafe extern "C" fn gethostbyname2_r(
     }
     // SAFETY: the caller's arguments under the `_r` contract.
     unsafe { by_name_r(CStr::from_ptr(name), af, ret, buf, len, result, h_errnop) }
+}
+
+/// The reverse forms' arguments, when the call is cooperative: inside a scheduled coroutine,
+/// an address of the length its family has. Else `None` (libc answers).
+fn reverse_query(addr: *const c_void, len: libc::socklen_t, ty: c_int) -> Option<Vec<u8>> {
+    let want = match ty {
+        libc::AF_INET => 4,
+        libc::AF_INET6 => 16,
+        _ => return None,
+    };
+    if addr.is_null() || len as usize != want || !scheduler::in_scheduled_coroutine() {
+        return None;
+    }
+    // SAFETY: `addr` points at `len` bytes of the caller's (gethostbyaddr's contract).
+    Some(unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), want) }.to_vec())
+}
+
+/// Copies a `hostent` glibc filled in into owned data.
+///
+/// # Safety
+///
+/// `ent` is a `hostent` as glibc fills it in: NUL-terminated strings, NULL-terminated lists,
+/// `h_length`-byte addresses.
+unsafe fn owned(ent: &libc::hostent) -> Host {
+    // SAFETY: glibc's hostent (the caller's contract).
+    unsafe {
+        let strings = |mut p: *mut *mut c_char| {
+            let mut v = Vec::new();
+            while !p.is_null() && !(*p).is_null() {
+                v.push(CStr::from_ptr(*p).to_bytes().to_vec());
+                p = p.add(1);
+            }
+            v
+        };
+        let mut addrs = Vec::new();
+        let mut p = ent.h_addr_list;
+        while !p.is_null() && !(*p).is_null() {
+            let a = (*p).cast::<u8>();
+            addrs.push(match ent.h_length {
+                16 => IpAddr::from(std::ptr::read_unaligned(a.cast::<[u8; 16]>())),
+                _ => IpAddr::from(std::ptr::read_unaligned(a.cast::<[u8; 4]>())),
+            });
+            p = p.add(1);
+        }
+        Host {
+            name: if ent.h_name.is_null() {
+                Vec::new()
+            } else {
+                CStr::from_ptr(ent.h_name).to_bytes().to_vec()
+            },
+            aliases: strings(ent.h_aliases),
+            family: ent.h_addrtype,
+            addrs,
+        }
+    }
+}
+
+/// Most bytes glibc's `gethostbyaddr_r` is offered before its `ERANGE` is taken as final.
+const MAX_REVERSE_BUFFER: usize = 1 << 20;
+
+/// Runs glibc's `gethostbyaddr_r` on the resolver pool, the calling coroutine parked: the
+/// answer, or `(h_errno, errno)`.
+fn by_addr(addr: Vec<u8>, ty: c_int) -> Result<Host, (c_int, c_int)> {
+    let call = move || {
+        let mut buf = vec![0u64; 128];
+        loop {
+            // SAFETY: hostent is plain data; all-zero is valid.
+            let mut ent: libc::hostent = unsafe { std::mem::zeroed() };
+            let mut result = std::ptr::null_mut();
+            let mut h = 0;
+            // SAFETY: the address's bytes, a hostent, a buffer of its length in bytes and the
+            // out-pointers, as gethostbyaddr_r asks.
+            let rc = unsafe {
+                real::gethostbyaddr_r(
+                    addr.as_ptr().cast(),
+                    addr.len() as libc::socklen_t,
+                    ty,
+                    &mut ent,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() * 8,
+                    &mut result,
+                    &mut h,
+                )
+            };
+            if rc == libc::ERANGE && buf.len() * 8 < MAX_REVERSE_BUFFER {
+                buf.resize(buf.len() * 2, 0);
+                continue;
+            }
+            if rc == 0 && !result.is_null() {
+                // SAFETY: glibc filled `ent` in (and the buffer it points into, alive here).
+                return Ok(unsafe { owned(&ent) });
+            }
+            return Err(match (rc, h) {
+                (0, 0) => (HOST_NOT_FOUND, 0),
+                (0, h) => (h, 0),
+                (rc, _) => (NETDB_INTERNAL, rc),
+            });
+        }
+    };
+    match stop_cancellation(|| pool::run(call)) {
+        Ok(answer) => answer,
+        Err(e) => Err((NETDB_INTERNAL, errno_of(&e))),
+    }
+}
+
+/// Hook: see the module docs.
+#[unsafe(no_mangle)]
+pub(in crate::hook) unsafe extern "C" fn gethostbyaddr(
+    addr: *const c_void,
+    len: libc::socklen_t,
+    ty: c_int,
+) -> *mut libc::hostent {
+    match reverse_query(addr, len, ty) {
+        Some(a) => buffered(by_addr(a, ty)),
+        // SAFETY: the caller's arguments, passed on.
+        None => unsafe { real::gethostbyaddr(addr, len, ty) },
+    }
+}
+
+/// Hook: see the module docs.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // glibc's signature
+pub(in crate::hook) unsafe extern "C" fn gethostbyaddr_r(
+    addr: *const c_void,
+    len: libc::socklen_t,
+    ty: c_int,
+    ret: *mut libc::hostent,
+    buf: *mut c_char,
+    buflen: libc::size_t,
+    result: *mut *mut libc::hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    let query = match reverse_query(addr, len, ty) {
+        Some(a) if !ret.is_null() && !result.is_null() && !h_errnop.is_null() => a,
+        // SAFETY: the caller's arguments, passed on.
+        _ => unsafe {
+            return real::gethostbyaddr_r(addr, len, ty, ret, buf, buflen, result, h_errnop);
+        },
+    };
+    // SAFETY: the caller's out-pointers (checked non-null).
+    unsafe { *result = std::ptr::null_mut() };
+    let (h, rc) = match by_addr(query, ty) {
+        // SAFETY: the caller's hostent and buffer of `buflen` bytes (the `_r` contract).
+        Ok(host) => match unsafe { fill(&host, ret, buf, buflen) } {
+            Ok(()) => {
+                // SAFETY: as above.
+                unsafe { *result = ret };
+                (0, 0)
+            }
+            Err(_) => (NETDB_INTERNAL, libc::ERANGE),
+        },
+        Err((h, 0)) if h == TRY_AGAIN => (h, libc::EAGAIN),
+        Err((h, 0)) => (h, 0),
+        Err((h, e)) => (h, e),
+    };
+    // SAFETY: as above.
+    unsafe { *h_errnop = h };
+    if rc != 0 {
+        set_errno(rc);
+    }
+    rc
 }

@@ -62,7 +62,10 @@ use crate::os::real::{self, set_errno};
 use crate::scheduler::{self, Scheduler};
 use query::Answer;
 
-pub(super) use hostent::{gethostbyname, gethostbyname_r, gethostbyname2, gethostbyname2_r};
+pub(super) use hostent::{
+    gethostbyaddr, gethostbyaddr_r, gethostbyname, gethostbyname_r, gethostbyname2,
+    gethostbyname2_r,
+};
 
 /// glibc's `AI_IDN` and `AI_CANONIDN`: names to convert with libidn2, which only glibc does.
 const AI_IDN_FLAGS: c_int = 0x0040 | 0x0080;
