@@ -250,9 +250,36 @@ unsafe fn by_name_r(
     result: *mut *mut libc::hostent,
     h_errnop: *mut c_int,
 ) -> c_int {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        answer_r(
+            resolve(name, af).map_err(errors_of),
+            ret,
+            buf,
+            len,
+            result,
+            h_errnop,
+        )
+    }
+}
+
+/// The `_r` forms' last step: lays `answer` out in the caller's `ret` and buffer, or reports
+/// its failure `(h_errno, return value)`; sets `*result`, `*h_errnop` and `errno`.
+///
+/// # Safety
+///
+/// As [`by_name_r`].
+unsafe fn answer_r(
+    answer: Result<Host, (c_int, c_int)>,
+    ret: *mut libc::hostent,
+    buf: *mut c_char,
+    len: usize,
+    result: *mut *mut libc::hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
     // SAFETY: the caller's out-pointers.
     unsafe { *result = std::ptr::null_mut() };
-    let (h, rc) = match resolve(name, af) {
+    let (h, rc) = match answer {
         // SAFETY: the caller's hostent and buffer.
         Ok(host) => match unsafe { fill(&host, ret, buf, len) } {
             Ok(()) => {
@@ -262,7 +289,7 @@ unsafe fn by_name_r(
             }
             Err(_) => (NETDB_INTERNAL, libc::ERANGE),
         },
-        Err(f) => errors_of(f),
+        Err(e) => e,
     };
     // SAFETY: as above.
     unsafe { *h_errnop = h };
@@ -490,26 +517,12 @@ pub(in crate::hook) unsafe extern "C" fn gethostbyaddr_r(
             return real::gethostbyaddr_r(addr, len, ty, ret, buf, buflen, result, h_errnop);
         },
     };
-    // SAFETY: the caller's out-pointers (checked non-null).
-    unsafe { *result = std::ptr::null_mut() };
-    let (h, rc) = match by_addr(query, ty) {
-        // SAFETY: the caller's hostent and buffer of `buflen` bytes (the `_r` contract).
-        Ok(host) => match unsafe { fill(&host, ret, buf, buflen) } {
-            Ok(()) => {
-                // SAFETY: as above.
-                unsafe { *result = ret };
-                (0, 0)
-            }
-            Err(_) => (NETDB_INTERNAL, libc::ERANGE),
-        },
-        Err((h, 0)) if h == TRY_AGAIN => (h, libc::EAGAIN),
-        Err((h, 0)) => (h, 0),
-        Err((h, e)) => (h, e),
-    };
-    // SAFETY: as above.
-    unsafe { *h_errnop = h };
-    if rc != 0 {
-        set_errno(rc);
-    }
-    rc
+    // The `_r` return value of a failure: glibc's errno for NETDB_INTERNAL, EAGAIN for
+    // TRY_AGAIN, 0 for the others (h_errno says it).
+    let answer = by_addr(query, ty).map_err(|(h, e)| match (h, e) {
+        (TRY_AGAIN, 0) => (h, libc::EAGAIN),
+        _ => (h, e),
+    });
+    // SAFETY: the caller's out-pointers (checked non-null) and buffer of `buflen` bytes.
+    unsafe { answer_r(answer, ret, buf, buflen, result, h_errnop) }
 }
