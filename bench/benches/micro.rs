@@ -458,9 +458,9 @@ fn shared_channel(c: &mut Criterion) {
 }
 
 /// Spawning onto a runtime thread and joining, beside a local spawn+join: one at a time from
-/// a coroutine on runtime thread 0 (to its own thread through the inbox, and to thread 1: a
-/// round trip of two thread wake-ups), and in batches of 64 to thread 1 (the hand-off's
-/// throughput, wake-ups shared by a batch).
+/// a coroutine on runtime thread 0 (to its own thread, spawned at once, and to thread 1: a
+/// round trip of two thread wake-ups), and in batches of 64 and 1,024 to thread 1 (the
+/// hand-off's throughput: a batch shares its wake-ups).
 fn runtime_spawn(c: &mut Criterion) {
     let mut g = c.benchmark_group("runtime");
     g.bench_function("evco spawn+join (local, evco::run)", |b| {
@@ -486,6 +486,11 @@ fn runtime_spawn(c: &mut Criterion) {
             "evco runtime spawn_on(other thread)+join, batches of 64",
             1,
             64,
+        ),
+        (
+            "evco runtime spawn_on(other thread)+join, batches of 1024",
+            1,
+            1024,
         ),
     ] {
         g.bench_function(name, |b| {

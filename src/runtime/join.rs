@@ -64,28 +64,29 @@ impl<T> JoinState<T> {
     }
 }
 
-/// Reports the coroutine's end to its handle, however it ends: a `Drop` that runs without
-/// `finish` (the closure dropped unrun because its thread went, or no stack could be had)
-/// reports the error in `why`.
+/// Reports the coroutine's end to its handle, however it ends: a `Drop` before the body ran
+/// (the closure dropped unrun because its thread went, or no stack could be had) reports why:
+/// the spawn's error in `failure`, or that the thread had shut down. (The error is made only
+/// then: an `io::Error` made up front would cost every spawn two allocations, freed on the
+/// other thread.)
 pub(super) struct Completer<T> {
     state: Arc<JoinState<T>>,
-    why: Option<io::Error>,
+    ran: bool,
+    failure: Option<io::Error>,
 }
 
 impl<T> Completer<T> {
     pub(super) fn new(state: Arc<JoinState<T>>) -> Completer<T> {
         Completer {
             state,
-            why: Some(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the coroutine never ran: its runtime thread was shut down",
-            )),
+            ran: false,
+            failure: None,
         }
     }
 
     /// Spawn failed: the handle reports `e`.
     fn fail(mut self, e: io::Error) {
-        self.why = Some(e);
+        self.failure = Some(e);
     }
 
     /// On the target thread (its inbox's callback, or a spawn made on that thread itself):
@@ -122,7 +123,7 @@ impl<T> Completer<T> {
     /// Runs `f` as the coroutine's body and reports its result or panic. A cancellation is
     /// reported as [`Cancelled`] and goes on unwinding.
     pub(super) fn run(mut self, id: CoroutineId, f: impl FnOnce() -> T) {
-        self.why = None;
+        self.ran = true;
         match catch_unwind(AssertUnwindSafe(f)) {
             Ok(v) => self.state.finish(Ok(v)),
             Err(p) if crate::coroutine::is_cancellation(&*p) => {
@@ -136,7 +137,7 @@ impl<T> Completer<T> {
 
 impl<T> Drop for Completer<T> {
     fn drop(&mut self) {
-        if let Some(e) = self.why.take() {
+        if !self.ran {
             let (early, key) = {
                 let g = self.state.lock();
                 (g.cancel_early, g.key)
@@ -149,7 +150,12 @@ impl<T> Drop for Completer<T> {
                 None if early => Box::new(Cancelled {
                     id: CoroutineId::NONE,
                 }),
-                None => Box::new(e),
+                None => Box::new(self.failure.take().unwrap_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "the coroutine never ran: its runtime thread was shut down",
+                    )
+                })),
             };
             self.state.finish(Err(outcome));
         }
