@@ -565,3 +565,35 @@ fn shutdown_cancels_ten_thousand_parked_coroutines_and_leaves_no_fd_or_event() {
     assert_eq!(common::open_fds(), fds_before, "no fd left behind");
     println!("child-finished");
 }
+
+/// A panic in `on_thread_start` fails `build` with the panic's message, and leaves no thread
+/// running: before, `build` returned a runtime one thread short, whose spawns there never ran
+/// and whose shutdown blamed a panic "while shutting down".
+#[test]
+fn a_panic_in_on_thread_start_fails_build_and_leaves_no_thread() {
+    let _w = watchdog(30);
+    let started = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let (s, t) = (started.clone(), stopped.clone());
+    let e = Builder::new()
+        .threads(3)
+        .on_thread_start(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            if evco::runtime::thread_index() == Some(1) {
+                panic!("no config for thread 1");
+            }
+        })
+        .on_thread_stop(move || {
+            t.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .expect_err("build must fail when on_thread_start panics");
+    assert!(e.to_string().contains("no config for thread 1"), "{e}");
+    assert!(e.to_string().contains("on_thread_start"), "{e}");
+    assert_eq!(started.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        stopped.load(Ordering::SeqCst),
+        3,
+        "every thread went through its stop before build returned"
+    );
+}

@@ -126,6 +126,8 @@ impl Builder {
 
     /// Runs `f` on each runtime thread once its scheduler is installed, before any coroutine
     /// runs there (outside coroutines: it may spawn, e.g. with `Handle::current()`).
+    /// [`build`](Builder::build) returns once it has run on every thread; if it panics on one,
+    /// `build` shuts the threads down and returns an error carrying the panic's message.
     pub fn on_thread_start(mut self, f: impl Fn() + Send + Sync + 'static) -> Builder {
         self.on_thread_start = Some(Arc::new(f));
         self
