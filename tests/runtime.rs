@@ -597,3 +597,39 @@ fn a_panic_in_on_thread_start_fails_build_and_leaves_no_thread() {
         "every thread went through its stop before build returned"
     );
 }
+
+/// `serve` on an address something already listens on is refused, as a plain bind would be,
+/// even when that listener set `SO_REUSEPORT` too (an earlier `serve`, another server's
+/// `bind_reuseport`): joining its group would silently split the connections between the two.
+/// Nothing is left listening by the refused call.
+#[test]
+fn serve_on_an_address_already_served_is_refused() {
+    let _w = watchdog(30);
+    let rt = runtime(2);
+    let addr = rt.serve("127.0.0.1:0", |_| {}).unwrap();
+    let e = rt.serve(addr, |_| panic!("never served")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+    let other = evco::net::TcpListener::bind_reuseport("127.0.0.1:0").unwrap();
+    let taken = other.local_addr().unwrap();
+    let e = rt.serve(taken, |_| panic!("never served")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let e = rt
+        .serve(plain.local_addr().unwrap(), |_| panic!("never served"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+    // Once the other listener is gone, its port can be served.
+    drop(other);
+    let served = rt
+        .serve(taken, |mut c| {
+            let _ = c.write_all(b"hi");
+        })
+        .unwrap();
+    assert_eq!(served, taken);
+    let mut got = String::new();
+    let mut c = std::net::TcpStream::connect(taken).unwrap();
+    c.set_read_timeout(Some(BOUND)).unwrap();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "hi");
+    rt.shutdown(BOUND).unwrap();
+}
