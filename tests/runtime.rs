@@ -633,3 +633,31 @@ fn serve_on_an_address_already_served_is_refused() {
     assert_eq!(got, "hi");
     rt.shutdown(BOUND).unwrap();
 }
+
+/// A cancel that lands while the target thread is spawning the coroutine (after it looked for an
+/// early cancel, before the handle learnt the coroutine's key) is not lost: the coroutine, which
+/// would sleep for an hour, is cancelled. The cancel is sent after a varying spin so that some
+/// land in that window.
+#[test]
+fn a_cancel_racing_the_spawn_on_the_target_thread_is_never_lost() {
+    let _w = watchdog(120);
+    // Big stacks: each spawn maps one, which widens the window.
+    let rt = Builder::new()
+        .threads(1)
+        .stack_size(16 << 20)
+        .build()
+        .unwrap();
+    for i in 0..20_000u32 {
+        let h = rt.spawn(|| evco::time::sleep(Duration::from_secs(3600)));
+        for _ in 0..(i % 256) * 16 {
+            std::hint::spin_loop();
+        }
+        h.cancel().unwrap();
+        match h.join_timeout(BOUND) {
+            Ok(Err(p)) => assert!(p.is::<Cancelled>(), "{}", panic_text(&p)),
+            Ok(Ok(())) => panic!("round {i}: slept an hour"),
+            Err(_) => panic!("round {i}: the cancel was lost, the coroutine sleeps on"),
+        }
+    }
+    rt.shutdown(BOUND).unwrap();
+}

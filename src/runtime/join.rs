@@ -89,7 +89,8 @@ impl<T> Completer<T> {
     }
 
     /// On the target thread (its inbox's callback, or a spawn made on that thread itself):
-    /// spawns the coroutine that runs `f`, unless the handle cancelled it first. A failure (no stack) is reported to the handle.
+    /// spawns the coroutine that runs `f`, unless the handle cancelled it first (or cancels it
+    /// while it is being spawned). A failure (no stack) is reported to the handle.
     pub(super) fn start<F>(self, stack_size: usize, f: F)
     where
         F: FnOnce() -> T + 'static,
@@ -110,7 +111,20 @@ impl<T> Completer<T> {
             }
         };
         match crate::scheduler::spawn_with(None, stack_size, body) {
-            Ok(h) => state.lock().key = Some(h.key()),
+            Ok(h) => {
+                // A `cancel` that came since the look above found no key and only set
+                // `cancel_early`: it is acted on here, or it would be lost. Setting the key
+                // and looking again under one lock leaves no gap for another.
+                let early = {
+                    let mut g = state.lock();
+                    g.key = Some(h.key());
+                    g.cancel_early
+                };
+                if early {
+                    // Not started yet: its body is dropped unrun, which reports `Cancelled`.
+                    let _ = h.cancel();
+                }
+            }
             Err(e) => {
                 if let Some(c) = cell.take() {
                     c.fail(e);
