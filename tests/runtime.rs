@@ -661,3 +661,56 @@ fn a_cancel_racing_the_spawn_on_the_target_thread_is_never_lost() {
     }
     rt.shutdown(BOUND).unwrap();
 }
+
+/// In a child forked after a runtime was built, none of its threads exist. Before, a spawn there
+/// was posted to a queue nobody takes from (its join waited for ever), a join of a coroutine
+/// still running in the parent waited for ever, and shutting the runtime down (or dropping it)
+/// panicked in std's join. Now each reports an error at once, and `evco::run` works as ever.
+#[test]
+fn a_forked_child_gets_errors_from_its_parents_runtime_not_hangs() {
+    let Some(_w) = common::in_child(
+        "a_forked_child_gets_errors_from_its_parents_runtime_not_hangs",
+        30,
+    ) else {
+        return;
+    };
+    let rt = runtime(2);
+    assert_eq!(rt.spawn(|| 1).join().unwrap(), 1);
+    let (tx, rx) = mpsc::channel::<()>();
+    let running = rt.spawn(move || {
+        let _ = rx.recv();
+    });
+    // SAFETY: the child only runs Rust code that allocates and makes its own threads; the
+    // parent's locks it could meet (the allocator's) are taken care of by the C library.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _w = watchdog(20); // the parent's watchdog thread is not here
+            let e = rt.spawn(|| 2).join().unwrap_err();
+            let e = e.downcast::<std::io::Error>().expect("an io::Error");
+            assert!(e.to_string().contains("forked"), "{e}");
+            let e = running.join().unwrap_err();
+            let e = e.downcast::<std::io::Error>().expect("an io::Error");
+            assert!(e.to_string().contains("forked"), "{e}");
+            let e = rt.serve("127.0.0.1:0", |_| {}).unwrap_err();
+            assert!(e.to_string().contains("forked"), "{e}");
+            assert_eq!(evco::run(|| evco::spawn(|| 3).join().unwrap()), 3);
+            let e = rt.shutdown(BOUND).unwrap_err();
+            assert!(e.to_string().contains("forked"), "{e}");
+        }));
+        // SAFETY: ends the forked child at once, running nothing of the parent's.
+        unsafe { libc::_exit(i32::from(code.is_err())) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; writes its status to `status`.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child failed (status {status:#x})"
+    );
+    drop(tx);
+    running.join().unwrap();
+    rt.shutdown(BOUND).unwrap();
+    println!("child-finished");
+}

@@ -83,8 +83,8 @@ impl<T> Completer<T> {
         }
     }
 
-    /// Spawn failed: the handle reports `e`.
-    fn fail(mut self, e: io::Error) {
+    /// Spawn failed (or could not be attempted): the handle reports `e`.
+    pub(super) fn fail(mut self, e: io::Error) {
         self.why = Some(e);
     }
 
@@ -180,6 +180,8 @@ pub struct JoinHandle<T> {
     pub(super) state: Arc<JoinState<T>>,
     pub(super) inbox: Arc<Inbox>,
     pub(super) thread: usize,
+    /// `runtime::FORKS` when spawned: in a forked child the coroutine's thread does not exist.
+    pub(super) forks: u64,
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
@@ -261,6 +263,9 @@ impl<T> JoinHandle<T> {
                 let mut g = self.state.lock();
                 if g.outcome.is_some() {
                     return Ok(true);
+                }
+                if super::FORKS.load(std::sync::atomic::Ordering::Relaxed) != self.forks {
+                    return Err(super::forked_child());
                 }
                 let s = Signal::new()?;
                 g.waiter = Some(s.clone());

@@ -40,6 +40,9 @@
 //! - A cross-thread [`JoinHandle`] always ends: with the result, the panic, [`Cancelled`]
 //!   (cancelled, or stopped by the shutdown), or an `io::Error` when its closure never ran (the
 //!   thread had shut down, or no stack could be had).
+//! - In a child forked after the runtime was built, none of its threads exist: a spawn or a
+//!   `serve` there fails, a join of a coroutine not finished before the fork reports an
+//!   `io::Error` instead of waiting, and a shutdown (or the drop) joins nothing.
 //!
 //! [`Cancelled`]: crate::coroutine::Cancelled
 
@@ -154,7 +157,14 @@ impl Builder {
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
         static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
+        static AT_FORK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registers a child handler that only bumps an atomic (async-signal-safe), once
+        // per process.
+        AT_FORK.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(count_fork));
+        });
         let shared = Arc::new(Shared {
+            forks: FORKS.load(Ordering::Relaxed),
             id: NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed),
             inboxes: OnceLock::new(),
             next: AtomicUsize::new(0),
@@ -164,8 +174,27 @@ impl Builder {
     }
 }
 
+/// How many times this process's line of ancestors forked since the first runtime was built:
+/// bumped in every forked child. A runtime built before a fork has no threads in the child.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// `pthread_atfork`'s child handler (see [`FORKS`]).
+extern "C" fn count_fork() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn forked_child() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the runtime was built before this process was forked: its threads are in the parent",
+    )
+}
+
 /// What the threads of a runtime and its handles share.
 struct Shared {
+    /// [`FORKS`] when it was built: another value means this is a forked child, where none of
+    /// its threads exist.
+    forks: u64,
     /// Tells runtimes apart (a thread of one is not a thread of another).
     id: u64,
     /// Each thread's inbox, by index; set once every thread is up.
@@ -178,6 +207,11 @@ struct Shared {
 impl Shared {
     fn inboxes(&self) -> &[Arc<Inbox>] {
         self.inboxes.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether this process is a child forked since the runtime was built.
+    fn in_forked_child(&self) -> bool {
+        FORKS.load(Ordering::Relaxed) != self.forks
     }
 }
 
@@ -298,6 +332,13 @@ impl Runtime {
         if self.threads.is_empty() {
             return Ok(0);
         }
+        if self.handle.shared.in_forked_child() {
+            // The threads are the parent's: none to stop or join here (std's join would panic,
+            // finding them never ended). Their handles are forgotten, not dropped (detaching a
+            // thread that does not exist).
+            std::mem::forget(std::mem::take(&mut self.threads));
+            return Err(forked_child());
+        }
         if self.handle.thread_index().is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::Deadlock,
@@ -327,6 +368,10 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        if self.handle.shared.in_forked_child() {
+            let _ = self.stop(Duration::ZERO); // nothing to do here but forget the threads
+            return;
+        }
         if self.handle.thread_index().is_some() {
             // Dropped on one of its own threads: tell them to stop, join none.
             let deadline = crate::event::deadline_after(DEFAULT_SHUTDOWN_TIMEOUT);
@@ -441,6 +486,17 @@ impl Handle {
         let completer = Completer::new(state.clone());
         let stack_size = self.shared.stack_size;
         let inbox = self.shared.inboxes()[thread].clone();
+        if self.shared.in_forked_child() {
+            // Posted, it would sit in a queue no thread takes from: the handle would wait for
+            // ever.
+            completer.fail(forked_child());
+            return JoinHandle {
+                state,
+                inbox,
+                thread,
+                forks: self.shared.forks,
+            };
+        }
         if self.thread_index() == Some(thread) {
             // Onto the calling thread itself: spawned here and now, as its inbox's callback
             // would (no eventfd write, no loop pass).
@@ -449,6 +505,7 @@ impl Handle {
                 state,
                 inbox,
                 thread,
+                forks: self.shared.forks,
             };
         }
         // A closure that cannot be posted is dropped here, and its completer reports why.
@@ -459,6 +516,7 @@ impl Handle {
             state,
             inbox,
             thread,
+            forks: self.shared.forks,
         }
     }
 }

@@ -130,6 +130,9 @@ impl Handle {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
+        if self.shared.in_forked_child() {
+            return Err(super::forked_child());
+        }
         // Not into a group already listening there (an earlier serve's, another server's).
         let first = unshared_reuseport_socket(addr)?;
         let bound = first
