@@ -714,3 +714,40 @@ fn a_forked_child_gets_errors_from_its_parents_runtime_not_hangs() {
     rt.shutdown(BOUND).unwrap();
     println!("child-finished");
 }
+
+/// A `serve` that reaches a thread after its shutdown closed the listeners (while it waits for
+/// its coroutines) starts no accept loop there: one would be a coroutine that never ends, and a
+/// shutdown with no deadline would wait for it for ever.
+#[test]
+fn a_serve_that_arrives_during_shutdown_does_not_keep_the_thread_alive() {
+    let _w = watchdog(30);
+    let rt = runtime(1);
+    let handle = rt.handle().clone();
+    let first = rt.serve("127.0.0.1:0", |_| {}).unwrap();
+    // Keeps the thread in its shutdown's wait for coroutines until released.
+    let (release, held) = evco::sync::shared::oneshot::channel::<()>();
+    let holder = rt.spawn(move || {
+        let _ = held.recv();
+    });
+    let stopper = std::thread::spawn(move || rt.shutdown(Duration::MAX));
+    // The listeners are closed once a connect is refused.
+    loop {
+        match std::net::TcpStream::connect(first) {
+            Ok(_) => std::thread::yield_now(),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    let late = handle.serve("127.0.0.1:0", |_| {});
+    drop(release);
+    holder.join().unwrap();
+    assert_eq!(
+        stopper.join().unwrap().unwrap(),
+        0,
+        "nothing was left to cancel"
+    );
+    if let Ok(addr) = late {
+        let refused = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    }
+}

@@ -26,6 +26,11 @@ pub(super) fn request_stop(deadline: Option<Instant>) {
     });
 }
 
+/// Whether this runtime thread has been told to stop (its listeners are closed, or about to be).
+pub(super) fn stopping() -> bool {
+    STOP.with(Cell::get).is_some()
+}
+
 /// Starts `n` threads for `shared`; each reports its inbox, then waits for the word to go.
 pub(super) fn start(shared: Arc<Shared>, n: usize, b: &Builder) -> io::Result<Runtime> {
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<Arc<Inbox>>)>();
