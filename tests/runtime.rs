@@ -751,3 +751,28 @@ fn a_serve_that_arrives_during_shutdown_does_not_keep_the_thread_alive() {
         assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
     }
 }
+
+/// `shutdown` from one of the runtime's own coroutines cannot join the threads; it says so, but
+/// it does stop them, with the timeout it was given (before, its error said the runtime could
+/// not be shut down, and the runtime's drop then stopped it anyway with the default timeout).
+#[test]
+fn shutdown_from_a_runtime_thread_stops_it_with_its_timeout_and_says_so() {
+    let _w = watchdog(30);
+    let rt = runtime(2);
+    let handle = rt.handle().clone();
+    let sleeper = rt
+        .spawn_on(1, || evco::time::sleep(Duration::from_secs(3600)))
+        .unwrap();
+    let e = handle
+        .spawn_on(0, move || rt.shutdown(Duration::ZERO).unwrap_err())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Deadlock);
+    assert!(
+        e.to_string().contains("stops (with the timeout given)"),
+        "{e}"
+    );
+    let p = sleeper.join().unwrap_err();
+    assert!(p.is::<Cancelled>(), "{}", panic_text(&p));
+}

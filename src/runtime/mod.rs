@@ -313,7 +313,8 @@ impl Runtime {
     /// Closing a reuseport listener drops the connections queued on it that were not accepted
     /// yet (the kernel resets them); those accepted carry on until the deadline.
     ///
-    /// An error when called from one of the runtime's own threads (it cannot join itself).
+    /// Called from one of the runtime's own threads, it cannot join them: it tells them to
+    /// stop (with `timeout`) and returns an error at once; they end on their own.
     ///
     /// [`serve`]: Runtime::serve
     pub fn shutdown(mut self, timeout: Duration) -> io::Result<usize> {
@@ -339,15 +340,19 @@ impl Runtime {
             std::mem::forget(std::mem::take(&mut self.threads));
             return Err(forked_child());
         }
-        if self.handle.thread_index().is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::Deadlock,
-                "a runtime cannot be shut down from one of its own threads",
-            ));
-        }
         let deadline = crate::event::deadline_after(timeout);
         for inbox in self.handle.shared.inboxes() {
             let _ = inbox.post(Msg::Run(Box::new(move || worker::request_stop(deadline))));
+        }
+        if self.handle.thread_index().is_some() {
+            // It cannot join itself: the threads stop on their own, detached.
+            self.threads.clear();
+            return Err(io::Error::new(
+                io::ErrorKind::Deadlock,
+                "a runtime shut down from one of its own threads stops (with the timeout \
+                 given), but cannot join its threads there: they end on their own, and how \
+                 many coroutines were cancelled is not known",
+            ));
         }
         let mut cancelled = 0;
         let mut panicked = false;
@@ -373,12 +378,8 @@ impl Drop for Runtime {
             return;
         }
         if self.handle.thread_index().is_some() {
-            // Dropped on one of its own threads: tell them to stop, join none.
-            let deadline = crate::event::deadline_after(DEFAULT_SHUTDOWN_TIMEOUT);
-            for inbox in self.handle.shared.inboxes() {
-                let _ = inbox.post(Msg::Run(Box::new(move || worker::request_stop(deadline))));
-            }
-            self.threads.clear();
+            // Dropped on one of its own threads: they are told to stop, and none is joined.
+            let _ = self.stop(DEFAULT_SHUTDOWN_TIMEOUT);
             return;
         }
         if let Err(e) = self.stop(DEFAULT_SHUTDOWN_TIMEOUT) {
