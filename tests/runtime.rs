@@ -565,3 +565,214 @@ fn shutdown_cancels_ten_thousand_parked_coroutines_and_leaves_no_fd_or_event() {
     assert_eq!(common::open_fds(), fds_before, "no fd left behind");
     println!("child-finished");
 }
+
+/// A panic in `on_thread_start` fails `build` with the panic's message, and leaves no thread
+/// running: before, `build` returned a runtime one thread short, whose spawns there never ran
+/// and whose shutdown blamed a panic "while shutting down".
+#[test]
+fn a_panic_in_on_thread_start_fails_build_and_leaves_no_thread() {
+    let _w = watchdog(30);
+    let started = Arc::new(AtomicUsize::new(0));
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let (s, t) = (started.clone(), stopped.clone());
+    let e = Builder::new()
+        .threads(3)
+        .on_thread_start(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            if evco::runtime::thread_index() == Some(1) {
+                panic!("no config for thread 1");
+            }
+        })
+        .on_thread_stop(move || {
+            t.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .expect_err("build must fail when on_thread_start panics");
+    assert!(e.to_string().contains("no config for thread 1"), "{e}");
+    assert!(e.to_string().contains("on_thread_start"), "{e}");
+    assert_eq!(started.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        stopped.load(Ordering::SeqCst),
+        3,
+        "every thread went through its stop before build returned"
+    );
+}
+
+/// `serve` on an address something already listens on is refused, as a plain bind would be,
+/// even when that listener set `SO_REUSEPORT` too (an earlier `serve`, another server's
+/// `bind_reuseport`): joining its group would silently split the connections between the two.
+/// Nothing is left listening by the refused call.
+#[test]
+fn serve_on_an_address_already_served_is_refused() {
+    let _w = watchdog(30);
+    let rt = runtime(2);
+    let addr = rt.serve("127.0.0.1:0", |_| {}).unwrap();
+    let e = rt.serve(addr, |_| panic!("never served")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+    let other = evco::net::TcpListener::bind_reuseport("127.0.0.1:0").unwrap();
+    let taken = other.local_addr().unwrap();
+    let e = rt.serve(taken, |_| panic!("never served")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let e = rt
+        .serve(plain.local_addr().unwrap(), |_| panic!("never served"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrInUse, "{e}");
+    // Once the other listener is gone, its port can be served.
+    drop(other);
+    let served = rt
+        .serve(taken, |mut c| {
+            let _ = c.write_all(b"hi");
+        })
+        .unwrap();
+    assert_eq!(served, taken);
+    let mut got = String::new();
+    let mut c = std::net::TcpStream::connect(taken).unwrap();
+    c.set_read_timeout(Some(BOUND)).unwrap();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "hi");
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// A cancel that lands while the target thread is spawning the coroutine (after it looked for an
+/// early cancel, before the handle learnt the coroutine's key) is not lost: the coroutine, which
+/// would sleep for an hour, is cancelled. The cancel is sent after a varying spin so that some
+/// land in that window.
+#[test]
+fn a_cancel_racing_the_spawn_on_the_target_thread_is_never_lost() {
+    let _w = watchdog(120);
+    // Big stacks: each spawn maps one, which widens the window.
+    let rt = Builder::new()
+        .threads(1)
+        .stack_size(16 << 20)
+        .build()
+        .unwrap();
+    for i in 0..20_000u32 {
+        let h = rt.spawn(|| evco::time::sleep(Duration::from_secs(3600)));
+        for _ in 0..(i % 256) * 16 {
+            std::hint::spin_loop();
+        }
+        h.cancel().unwrap();
+        match h.join_timeout(BOUND) {
+            Ok(Err(p)) => assert!(p.is::<Cancelled>(), "{}", panic_text(&p)),
+            Ok(Ok(())) => panic!("round {i}: slept an hour"),
+            Err(_) => panic!("round {i}: the cancel was lost, the coroutine sleeps on"),
+        }
+    }
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// In a child forked after a runtime was built, none of its threads exist. Before, a spawn there
+/// was posted to a queue nobody takes from (its join waited for ever), a join of a coroutine
+/// still running in the parent waited for ever, and shutting the runtime down (or dropping it)
+/// panicked in std's join. Now each reports an error at once, and `evco::run` works as ever.
+#[test]
+fn a_forked_child_gets_errors_from_its_parents_runtime_not_hangs() {
+    let Some(_w) = common::in_child(
+        "a_forked_child_gets_errors_from_its_parents_runtime_not_hangs",
+        30,
+    ) else {
+        return;
+    };
+    let rt = runtime(2);
+    assert_eq!(rt.spawn(|| 1).join().unwrap(), 1);
+    let (tx, rx) = mpsc::channel::<()>();
+    let running = rt.spawn(move || {
+        let _ = rx.recv();
+    });
+    // SAFETY: the child only runs Rust code that allocates and makes its own threads; the
+    // parent's locks it could meet (the allocator's) are taken care of by the C library.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _w = watchdog(20); // the parent's watchdog thread is not here
+            let e = rt.spawn(|| 2).join().unwrap_err();
+            let e = e.downcast::<std::io::Error>().expect("an io::Error");
+            assert!(e.to_string().contains("forked"), "{e}");
+            let e = running.join().unwrap_err();
+            let e = e.downcast::<std::io::Error>().expect("an io::Error");
+            assert!(e.to_string().contains("forked"), "{e}");
+            let e = rt.serve("127.0.0.1:0", |_| {}).unwrap_err();
+            assert!(e.to_string().contains("forked"), "{e}");
+            assert_eq!(evco::run(|| evco::spawn(|| 3).join().unwrap()), 3);
+            let e = rt.shutdown(BOUND).unwrap_err();
+            assert!(e.to_string().contains("forked"), "{e}");
+        }));
+        // SAFETY: ends the forked child at once, running nothing of the parent's.
+        unsafe { libc::_exit(i32::from(code.is_err())) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; writes its status to `status`.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child failed (status {status:#x})"
+    );
+    drop(tx);
+    running.join().unwrap();
+    rt.shutdown(BOUND).unwrap();
+    println!("child-finished");
+}
+
+/// A `serve` that reaches a thread after its shutdown closed the listeners (while it waits for
+/// its coroutines) starts no accept loop there: one would be a coroutine that never ends, and a
+/// shutdown with no deadline would wait for it for ever.
+#[test]
+fn a_serve_that_arrives_during_shutdown_does_not_keep_the_thread_alive() {
+    let _w = watchdog(30);
+    let rt = runtime(1);
+    let handle = rt.handle().clone();
+    let first = rt.serve("127.0.0.1:0", |_| {}).unwrap();
+    // Keeps the thread in its shutdown's wait for coroutines until released.
+    let (release, held) = evco::sync::shared::oneshot::channel::<()>();
+    let holder = rt.spawn(move || {
+        let _ = held.recv();
+    });
+    let stopper = std::thread::spawn(move || rt.shutdown(Duration::MAX));
+    // The listeners are closed once a connect is refused.
+    loop {
+        match std::net::TcpStream::connect(first) {
+            Ok(_) => std::thread::yield_now(),
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    let late = handle.serve("127.0.0.1:0", |_| {});
+    drop(release);
+    holder.join().unwrap();
+    assert_eq!(
+        stopper.join().unwrap().unwrap(),
+        0,
+        "nothing was left to cancel"
+    );
+    if let Ok(addr) = late {
+        let refused = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
+    }
+}
+
+/// `shutdown` from one of the runtime's own coroutines cannot join the threads; it says so, but
+/// it does stop them, with the timeout it was given (before, its error said the runtime could
+/// not be shut down, and the runtime's drop then stopped it anyway with the default timeout).
+#[test]
+fn shutdown_from_a_runtime_thread_stops_it_with_its_timeout_and_says_so() {
+    let _w = watchdog(30);
+    let rt = runtime(2);
+    let handle = rt.handle().clone();
+    let sleeper = rt
+        .spawn_on(1, || evco::time::sleep(Duration::from_secs(3600)))
+        .unwrap();
+    let e = handle
+        .spawn_on(0, move || rt.shutdown(Duration::ZERO).unwrap_err())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Deadlock);
+    assert!(
+        e.to_string().contains("stops (with the timeout given)"),
+        "{e}"
+    );
+    let p = sleeper.join().unwrap_err();
+    assert!(p.is::<Cancelled>(), "{}", panic_text(&p));
+}

@@ -395,6 +395,32 @@ fn a_oneshot_receive_cancelled_after_the_send_leaves_the_value() {
     });
 }
 
+/// A `Receiver` is `Sync`: two waiters may share it. One takes the value; the other must learn
+/// that the sender is gone, not stay parked for ever.
+#[test]
+fn a_oneshot_send_wakes_every_waiter_of_a_shared_receiver() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (tx, rx) = oneshot::channel::<u32>();
+        let rx = std::rc::Rc::new(rx);
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let r = rx.clone();
+                evco::spawn(move || r.recv())
+            })
+            .collect();
+        evco::yield_now().unwrap(); // both park
+        tx.send(7).unwrap();
+        let mut got: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+        got.sort_by_key(|r| r.is_err());
+        assert!(matches!(got[0], Ok(7)), "{got:?}");
+        assert!(
+            matches!(got[1], Err(oneshot::RecvError::Closed)),
+            "the other waiter: {got:?}"
+        );
+    });
+}
+
 // ---- Mutex ----
 
 #[test]

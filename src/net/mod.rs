@@ -61,8 +61,8 @@ mod unix;
 pub(crate) use sock::Sock;
 
 pub use dns::{lookup_host, set_nameservers};
-pub(crate) use tcp::reuseport_socket;
 pub use tcp::{Incoming, TcpListener, TcpStream};
+pub(crate) use tcp::{reuseport_socket, unshared_reuseport_socket};
 pub use udp::UdpSocket;
 pub use unix::{Incoming as UnixIncoming, UnixDatagram, UnixListener, UnixStream};
 

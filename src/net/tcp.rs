@@ -340,6 +340,32 @@ pub(crate) fn reuseport_socket(addr: impl ToSocketAddrs) -> io::Result<Socket> {
     })
 }
 
+/// [`reuseport_socket`] for a new group of listeners (`Runtime::serve`'s first): refused with
+/// `AddrInUse` when something listens on the address already, even with `SO_REUSEPORT` set
+/// (which would let the new group join it and split the connections with it unseen). A probe
+/// socket with `SO_REUSEADDR` only binds there first: Linux refuses it whenever any listener
+/// holds the address, and lets it pass over connections and `TIME_WAIT`s. Port 0 needs no
+/// probe (the kernel picks a port no group uses).
+pub(crate) fn unshared_reuseport_socket(addr: impl ToSocketAddrs) -> io::Result<Socket> {
+    each_addr(addr, |a| {
+        if a.port() != 0 {
+            let probe = Socket::new(Domain::for_address(a), Type::STREAM, None)?;
+            probe.set_reuse_address(true)?;
+            probe.bind(&a.into()).map_err(|e| {
+                if e.kind() == io::ErrorKind::AddrInUse {
+                    io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{a}: address in use (something listens there already)"),
+                    )
+                } else {
+                    e
+                }
+            })?;
+        }
+        reuseport_socket(a)
+    })
+}
+
 /// Tries `f` on every address `addr` resolves to; returns the first success or the last error.
 pub(crate) fn each_addr<T>(
     addr: impl ToSocketAddrs,

@@ -84,13 +84,14 @@ impl<T> Completer<T> {
         }
     }
 
-    /// Spawn failed: the handle reports `e`.
-    fn fail(mut self, e: io::Error) {
+    /// Spawn failed (or could not be attempted): the handle reports `e`.
+    pub(super) fn fail(mut self, e: io::Error) {
         self.failure = Some(e);
     }
 
     /// On the target thread (its inbox's callback, or a spawn made on that thread itself):
-    /// spawns the coroutine that runs `f`, unless the handle cancelled it first. A failure (no stack) is reported to the handle.
+    /// spawns the coroutine that runs `f`, unless the handle cancelled it first (or cancels it
+    /// while it is being spawned). A failure (no stack) is reported to the handle.
     pub(super) fn start<F>(self, stack_size: usize, f: F)
     where
         F: FnOnce() -> T + 'static,
@@ -111,7 +112,20 @@ impl<T> Completer<T> {
             }
         };
         match crate::scheduler::spawn_with(None, stack_size, body) {
-            Ok(h) => state.lock().key = Some(h.key()),
+            Ok(h) => {
+                // A `cancel` that came since the look above found no key and only set
+                // `cancel_early`: it is acted on here, or it would be lost. Setting the key
+                // and looking again under one lock leaves no gap for another.
+                let early = {
+                    let mut g = state.lock();
+                    g.key = Some(h.key());
+                    g.cancel_early
+                };
+                if early {
+                    // Not started yet: its body is dropped unrun, which reports `Cancelled`.
+                    let _ = h.cancel();
+                }
+            }
             Err(e) => {
                 if let Some(c) = cell.take() {
                     c.fail(e);
@@ -172,6 +186,8 @@ pub struct JoinHandle<T> {
     pub(super) state: Arc<JoinState<T>>,
     pub(super) inbox: Arc<Inbox>,
     pub(super) thread: usize,
+    /// `runtime::FORKS` when spawned: in a forked child the coroutine's thread does not exist.
+    pub(super) forks: u64,
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
@@ -253,6 +269,9 @@ impl<T> JoinHandle<T> {
                 let mut g = self.state.lock();
                 if g.outcome.is_some() {
                     return Ok(true);
+                }
+                if super::FORKS.load(std::sync::atomic::Ordering::Relaxed) != self.forks {
+                    return Err(super::forked_child());
                 }
                 let s = Signal::new()?;
                 g.waiter = Some(s.clone());

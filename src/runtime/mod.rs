@@ -40,6 +40,9 @@
 //! - A cross-thread [`JoinHandle`] always ends: with the result, the panic, [`Cancelled`]
 //!   (cancelled, or stopped by the shutdown), or an `io::Error` when its closure never ran (the
 //!   thread had shut down, or no stack could be had).
+//! - In a child forked after the runtime was built, none of its threads exist: a spawn or a
+//!   `serve` there fails, a join of a coroutine not finished before the fork reports an
+//!   `io::Error` instead of waiting, and a shutdown (or the drop) joins nothing.
 //!
 //! [`Cancelled`]: crate::coroutine::Cancelled
 
@@ -126,6 +129,8 @@ impl Builder {
 
     /// Runs `f` on each runtime thread once its scheduler is installed, before any coroutine
     /// runs there (outside coroutines: it may spawn, e.g. with `Handle::current()`).
+    /// [`build`](Builder::build) returns once it has run on every thread; if it panics on one,
+    /// `build` shuts the threads down and returns an error carrying the panic's message.
     pub fn on_thread_start(mut self, f: impl Fn() + Send + Sync + 'static) -> Builder {
         self.on_thread_start = Some(Arc::new(f));
         self
@@ -152,7 +157,14 @@ impl Builder {
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
         static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
+        static AT_FORK: std::sync::Once = std::sync::Once::new();
+        // SAFETY: registers a child handler that only bumps an atomic (async-signal-safe), once
+        // per process.
+        AT_FORK.call_once(|| unsafe {
+            libc::pthread_atfork(None, None, Some(count_fork));
+        });
         let shared = Arc::new(Shared {
+            forks: FORKS.load(Ordering::Relaxed),
             id: NEXT_RUNTIME.fetch_add(1, Ordering::Relaxed),
             inboxes: OnceLock::new(),
             next: AtomicUsize::new(0),
@@ -162,8 +174,27 @@ impl Builder {
     }
 }
 
+/// How many times this process's line of ancestors forked since the first runtime was built:
+/// bumped in every forked child. A runtime built before a fork has no threads in the child.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// `pthread_atfork`'s child handler (see [`FORKS`]).
+extern "C" fn count_fork() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn forked_child() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "the runtime was built before this process was forked: its threads are in the parent",
+    )
+}
+
 /// What the threads of a runtime and its handles share.
 struct Shared {
+    /// [`FORKS`] when it was built: another value means this is a forked child, where none of
+    /// its threads exist.
+    forks: u64,
     /// Tells runtimes apart (a thread of one is not a thread of another).
     id: u64,
     /// Each thread's inbox, by index; set once every thread is up.
@@ -176,6 +207,11 @@ struct Shared {
 impl Shared {
     fn inboxes(&self) -> &[Arc<Inbox>] {
         self.inboxes.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether this process is a child forked since the runtime was built.
+    fn in_forked_child(&self) -> bool {
+        FORKS.load(Ordering::Relaxed) != self.forks
     }
 }
 
@@ -277,7 +313,8 @@ impl Runtime {
     /// Closing a reuseport listener drops the connections queued on it that were not accepted
     /// yet (the kernel resets them); those accepted carry on until the deadline.
     ///
-    /// An error when called from one of the runtime's own threads (it cannot join itself).
+    /// Called from one of the runtime's own threads, it cannot join them: it tells them to
+    /// stop (with `timeout`) and returns an error at once; they end on their own.
     ///
     /// [`serve`]: Runtime::serve
     pub fn shutdown(mut self, timeout: Duration) -> io::Result<usize> {
@@ -296,15 +333,26 @@ impl Runtime {
         if self.threads.is_empty() {
             return Ok(0);
         }
-        if self.handle.thread_index().is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::Deadlock,
-                "a runtime cannot be shut down from one of its own threads",
-            ));
+        if self.handle.shared.in_forked_child() {
+            // The threads are the parent's: none to stop or join here (std's join would panic,
+            // finding them never ended). Their handles are forgotten, not dropped (detaching a
+            // thread that does not exist).
+            std::mem::forget(std::mem::take(&mut self.threads));
+            return Err(forked_child());
         }
         let deadline = crate::event::deadline_after(timeout);
         for inbox in self.handle.shared.inboxes() {
             let _ = inbox.post(Msg::Run(Box::new(move || worker::request_stop(deadline))));
+        }
+        if self.handle.thread_index().is_some() {
+            // It cannot join itself: the threads stop on their own, detached.
+            self.threads.clear();
+            return Err(io::Error::new(
+                io::ErrorKind::Deadlock,
+                "a runtime shut down from one of its own threads stops (with the timeout \
+                 given), but cannot join its threads there: they end on their own, and how \
+                 many coroutines were cancelled is not known",
+            ));
         }
         let mut cancelled = 0;
         let mut panicked = false;
@@ -325,13 +373,13 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        if self.handle.shared.in_forked_child() {
+            let _ = self.stop(Duration::ZERO); // nothing to do here but forget the threads
+            return;
+        }
         if self.handle.thread_index().is_some() {
-            // Dropped on one of its own threads: tell them to stop, join none.
-            let deadline = crate::event::deadline_after(DEFAULT_SHUTDOWN_TIMEOUT);
-            for inbox in self.handle.shared.inboxes() {
-                let _ = inbox.post(Msg::Run(Box::new(move || worker::request_stop(deadline))));
-            }
-            self.threads.clear();
+            // Dropped on one of its own threads: they are told to stop, and none is joined.
+            let _ = self.stop(DEFAULT_SHUTDOWN_TIMEOUT);
             return;
         }
         if let Err(e) = self.stop(DEFAULT_SHUTDOWN_TIMEOUT) {
@@ -439,6 +487,17 @@ impl Handle {
         let completer = Completer::new(state.clone());
         let stack_size = self.shared.stack_size;
         let inbox = self.shared.inboxes()[thread].clone();
+        if self.shared.in_forked_child() {
+            // Posted, it would sit in a queue no thread takes from: the handle would wait for
+            // ever.
+            completer.fail(forked_child());
+            return JoinHandle {
+                state,
+                inbox,
+                thread,
+                forks: self.shared.forks,
+            };
+        }
         if self.thread_index() == Some(thread) {
             // Onto the calling thread itself: spawned here and now, as its inbox's callback
             // would (no eventfd write, no loop pass).
@@ -447,6 +506,7 @@ impl Handle {
                 state,
                 inbox,
                 thread,
+                forks: self.shared.forks,
             };
         }
         // A closure that cannot be posted is dropped here, and its completer reports why.
@@ -457,6 +517,7 @@ impl Handle {
             state,
             inbox,
             thread,
+            forks: self.shared.forks,
         }
     }
 }

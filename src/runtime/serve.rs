@@ -9,7 +9,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use super::{Handle, Runtime};
-use crate::net::{TcpListener, TcpStream, reuseport_socket};
+use crate::net::{TcpListener, TcpStream, reuseport_socket, unshared_reuseport_socket};
 use crate::scheduler::Msg;
 
 thread_local! {
@@ -95,7 +95,10 @@ impl Handle {
     /// Serves `addr` from every thread: binds one `SO_REUSEPORT` listener per thread (the
     /// kernel spreads connections over them; port 0 picks one port for all), and on each
     /// thread an accept loop runs `handler` in a coroutine of its own per connection. Returns
-    /// the bound address once every listener is bound (connections queue from then on).
+    /// the bound address once every listener is bound (connections queue from then on). An
+    /// `AddrInUse` error when something listens on `addr` already, `SO_REUSEPORT` or not. A
+    /// thread that has begun shutting down when the call reaches it closes its listener at
+    /// once instead (connections to it are refused).
     ///
     /// [`Runtime::shutdown`] closes the listeners first: connections queued on a listener and
     /// not yet accepted are reset by the kernel; accepted ones carry on until the deadline. An
@@ -129,7 +132,11 @@ impl Handle {
     where
         F: Fn(TcpStream) + Send + Sync + 'static,
     {
-        let first = reuseport_socket(addr)?;
+        if self.shared.in_forked_child() {
+            return Err(super::forked_child());
+        }
+        // Not into a group already listening there (an earlier serve's, another server's).
+        let first = unshared_reuseport_socket(addr)?;
         let bound = first
             .local_addr()?
             .as_socket()
@@ -143,6 +150,12 @@ impl Handle {
         for (i, listener) in listeners.into_iter().enumerate() {
             let handler = handler.clone();
             self.shared.inboxes()[i].post(Msg::Run(Box::new(move || {
+                if super::worker::stopping() {
+                    // Past `close_listeners`: an accept loop now would never be cancelled,
+                    // and a shutdown with no deadline would wait for it for ever.
+                    drop(listener);
+                    return;
+                }
                 let accept = move || accept_loop(listener, handler, stack_size);
                 match crate::coroutine::Builder::new().spawn(accept) {
                     Ok(h) => LISTENERS.with(|l| l.borrow_mut().push(h)),

@@ -26,21 +26,28 @@ pub(super) fn request_stop(deadline: Option<Instant>) {
     });
 }
 
+/// Whether this runtime thread has been told to stop (its listeners are closed, or about to be).
+pub(super) fn stopping() -> bool {
+    STOP.with(Cell::get).is_some()
+}
+
 /// Starts `n` threads for `shared`; each reports its inbox, then waits for the word to go.
 pub(super) fn start(shared: Arc<Shared>, n: usize, b: &Builder) -> io::Result<Runtime> {
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, io::Result<Arc<Inbox>>)>();
+    let (started_tx, started_rx) = mpsc::channel::<io::Result<()>>();
     let mut threads = Vec::with_capacity(n);
     let mut gos = Vec::with_capacity(n);
     let mut failure = None;
     for i in 0..n {
         let (go_tx, go_rx) = mpsc::channel::<bool>();
         let ready = ready_tx.clone();
+        let started = started_tx.clone();
         let shared = shared.clone();
         let on_start = b.on_thread_start.clone();
         let on_stop = b.on_thread_stop.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("{}-{i}", b.name_prefix))
-            .spawn(move || main(i, shared, ready, go_rx, on_start, on_stop));
+            .spawn(move || main(i, shared, (ready, go_rx, started), on_start, on_stop));
         match spawned {
             Ok(t) => {
                 threads.push(t);
@@ -53,6 +60,7 @@ pub(super) fn start(shared: Arc<Shared>, n: usize, b: &Builder) -> io::Result<Ru
         }
     }
     drop(ready_tx);
+    drop(started_tx);
     let mut inboxes: Vec<Option<Arc<Inbox>>> = vec![None; threads.len()];
     for _ in 0..threads.len() {
         match ready_rx.recv() {
@@ -79,18 +87,45 @@ pub(super) fn start(shared: Arc<Shared>, n: usize, b: &Builder) -> io::Result<Ru
     for go in &gos {
         let _ = go.send(true);
     }
-    Ok(Runtime {
+    let mut rt = Runtime {
         handle: Handle { shared },
         threads,
-    })
+    };
+    // Each thread reports once `on_thread_start` has run there. One that panicked has begun
+    // its shutdown: stop the others too, rather than hand back a runtime a thread short.
+    let mut failure = None;
+    for _ in 0..n {
+        match started_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(_) => {
+                failure.get_or_insert(io::Error::other("a runtime thread died starting"));
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        let _ = rt.stop(std::time::Duration::ZERO);
+        return Err(e);
+    }
+    Ok(rt)
 }
+
+/// A starting thread's channels to `start`: its inbox (or why it has none) out, the word to
+/// go in, and how its `on_thread_start` went out.
+type Handshake = (
+    mpsc::Sender<(usize, io::Result<Arc<Inbox>>)>,
+    mpsc::Receiver<bool>,
+    mpsc::Sender<io::Result<()>>,
+);
 
 /// A runtime thread. Returns how many coroutines it cancelled at the deadline.
 fn main(
     index: usize,
     shared: Arc<Shared>,
-    ready: mpsc::Sender<(usize, io::Result<Arc<Inbox>>)>,
-    go: mpsc::Receiver<bool>,
+    (ready, go, started): Handshake,
     on_start: Option<super::ThreadHook>,
     on_stop: Option<super::ThreadHook>,
 ) -> usize {
@@ -116,12 +151,27 @@ fn main(
         return 0;
     }
     CURRENT.with(|c| *c.borrow_mut() = Some((Handle { shared }, index)));
-    if let Some(f) = &on_start {
-        f();
-    }
-    // The hold keeps the loop waiting for posts: it ends only when the stop comes.
-    if let Err(e) = scheduler::block_outside(|| STOP.with(Cell::get).is_some(), None) {
-        log::error!("evco: runtime thread {index}: its loop failed: {e}");
+    let hook = match &on_start {
+        Some(f) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f())).map_err(|p| {
+            io::Error::other(format!(
+                "on_thread_start panicked on runtime thread {index}: {}",
+                crate::event::panic_message(&*p)
+            ))
+        }),
+        None => Ok(()),
+    };
+    let hook_ok = hook.is_ok();
+    let _ = started.send(hook);
+    drop(started);
+    if hook_ok {
+        // The hold keeps the loop waiting for posts: it ends only when the stop comes.
+        if let Err(e) = scheduler::block_outside(|| STOP.with(Cell::get).is_some(), None) {
+            log::error!("evco: runtime thread {index}: its loop failed: {e}");
+        }
+    } else {
+        // `build` fails: this thread winds down at once (what `on_thread_start` spawned is
+        // cancelled), and `build` stops the others.
+        request_stop(Some(Instant::now()));
     }
     let deadline = STOP.with(Cell::get).flatten();
     super::serve::close_listeners();

@@ -33,7 +33,7 @@ use std::io;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
-use super::{WaitQueue, lock, notify, passed, wait};
+use super::{WaitQueue, lock, notify_all, passed, wait};
 
 struct State<T> {
     value: Option<T>,
@@ -91,9 +91,11 @@ impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let mut st = lock(&self.inner);
         st.sender = false;
-        let waiter = st.waiters.pop();
+        // Every waiter (a `Receiver` is `Sync`, several may share it): one takes the value,
+        // the others find the sender gone. Waking only the first would leave them parked.
+        let waiters = st.waiters.take();
         drop(st);
-        notify(waiter);
+        notify_all(waiters);
     }
 }
 
