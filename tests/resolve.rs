@@ -917,3 +917,129 @@ unsafe fn hostent(ent: *const libc::hostent) -> (String, Vec<IpAddr>) {
         )
     }
 }
+
+/// Every field of every entry of a `getaddrinfo` list: flags, family, socket type, protocol,
+/// the sockaddr's bytes, the canonical name.
+type Entry = (i32, i32, i32, i32, Vec<u8>, Option<String>);
+
+/// libc's (the hooked) `getaddrinfo` with these hints `(flags, family, socktype, protocol)`
+/// (`None`: a NULL hints pointer): every entry, or the `EAI_*` code.
+fn getaddrinfo_entries(
+    node: &str,
+    service: Option<&str>,
+    hints: Option<[i32; 4]>,
+) -> Result<Vec<Entry>, i32> {
+    let node = CString::new(node).unwrap();
+    let service = service.map(|s| CString::new(s).unwrap());
+    // SAFETY: all-zero addrinfo is empty hints.
+    let mut h: libc::addrinfo = unsafe { std::mem::zeroed() };
+    if let Some([flags, family, socktype, protocol]) = hints {
+        (h.ai_flags, h.ai_family, h.ai_socktype, h.ai_protocol) =
+            (flags, family, socktype, protocol);
+    }
+    let mut res = std::ptr::null_mut();
+    // SAFETY: valid C strings (or NULL), hints (or NULL) and out-pointer.
+    let rc = unsafe {
+        libc::getaddrinfo(
+            node.as_ptr(),
+            service.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            if hints.is_some() {
+                &h
+            } else {
+                std::ptr::null()
+            },
+            &mut res,
+        )
+    };
+    if rc != 0 {
+        return Err(rc);
+    }
+    let mut out = Vec::new();
+    let mut p = res;
+    // SAFETY: the list getaddrinfo returned: each `ai_addr` holds `ai_addrlen` bytes, a
+    // non-null `ai_canonname` is a C string; freed once, with libc's freeaddrinfo.
+    unsafe {
+        while let Some(ai) = p.as_ref() {
+            let addr = std::slice::from_raw_parts(ai.ai_addr.cast::<u8>(), ai.ai_addrlen as usize);
+            let canon = ai
+                .ai_canonname
+                .as_ref()
+                .map(|c| CStr::from_ptr(c).to_string_lossy().into_owned());
+            out.push((
+                ai.ai_flags,
+                ai.ai_family,
+                ai.ai_socktype,
+                ai.ai_protocol,
+                addr.to_vec(),
+                canon,
+            ));
+            p = ai.ai_next;
+        }
+        libc::freeaddrinfo(res);
+    }
+    Ok(out)
+}
+
+/// Each entry's `ai_flags` are the caller's, as glibc's are (the hooks used to leave the
+/// `AI_NUMERICHOST` of their own calls in them, and take `AI_CANONNAME` out): numeric hosts
+/// compared with libc's own answer outside coroutines, hosts-file names with the hints given.
+#[test]
+fn entries_carry_the_callers_flags_as_glibcs_do() {
+    let _w = watchdog(30);
+    let server = Responder::start(zone(), Hold::default());
+    let hosts = "10.1.2.6 flags.evco.test\nfd00::6 flags.evco.test\n";
+    let _g = configure(Some(&resolv_conf(server.addr)), hosts, "files dns");
+    let numeric = [
+        ("127.0.0.1", Some("80"), Some([libc::AI_CANONNAME, 0, 0, 0])),
+        ("127.1", None, None),
+        (
+            "::1",
+            Some("80"),
+            Some([libc::AI_PASSIVE, 0, libc::SOCK_DGRAM, 0]),
+        ),
+        (
+            "fe80::1%lo",
+            Some("80"),
+            Some([libc::AI_ADDRCONFIG, 0, 0, 0]),
+        ),
+    ];
+    let call_all = move || {
+        numeric
+            .iter()
+            .map(|(n, s, h)| getaddrinfo_entries(n, *s, *h))
+            .collect::<Vec<_>>()
+    };
+    let want = call_all();
+    assert_eq!(on_new_scheduler(call_all), want);
+    let named = on_new_scheduler(|| {
+        [
+            Some([libc::AI_CANONNAME, 0, 0, 0]),
+            Some([
+                libc::AI_V4MAPPED | libc::AI_ALL | libc::AI_CANONNAME,
+                libc::AF_INET6,
+                0,
+                0,
+            ]),
+            Some([libc::AI_PASSIVE, 0, libc::SOCK_STREAM, 0]),
+            None,
+        ]
+        .map(|h| {
+            (
+                h,
+                getaddrinfo_entries("flags.evco.test", Some("80"), h).unwrap(),
+            )
+        })
+    });
+    for (hints, entries) in named {
+        // glibc's flags for NULL hints: AI_V4MAPPED | AI_ADDRCONFIG.
+        let flags = hints.map_or(libc::AI_V4MAPPED | libc::AI_ADDRCONFIG, |h| h[0]);
+        assert!(!entries.is_empty());
+        for e in &entries {
+            assert_eq!(e.0, flags, "{hints:?}: {entries:?}");
+        }
+        if flags & libc::AI_CANONNAME != 0 {
+            assert_eq!(entries[0].5.as_deref(), Some("flags.evco.test"));
+        }
+    }
+    assert_eq!(server.queries(), 0);
+}

@@ -112,6 +112,21 @@ impl AiList {
         }
     }
 
+    /// Sets every entry's `ai_flags` to `flags`: glibc copies the caller's flags into each
+    /// entry, and the lists made here come from calls with `AI_NUMERICHOST` added (and
+    /// `AI_CANONNAME` taken out), which would show otherwise.
+    fn set_flags(&mut self, flags: c_int) {
+        let mut p = self.0;
+        // SAFETY: a well-formed list owned by `self`: each node valid until its `ai_next` is
+        // null.
+        unsafe {
+            while let Some(ai) = p.as_mut() {
+                ai.ai_flags = flags;
+                p = ai.ai_next;
+            }
+        }
+    }
+
     /// The entries' addresses, in order (IPv4 and IPv6 entries only).
     pub(super) fn addresses(&self) -> Vec<IpAddr> {
         let mut out = Vec::new();
@@ -248,7 +263,12 @@ pub(super) fn lookup(node: &CStr, service: Option<&CStr>, hints: &libc::addrinfo
     numeric.ai_flags |= libc::AI_NUMERICHOST;
     match libc_getaddrinfo(node, service, &numeric) {
         Err(f) if f.code == libc::EAI_NONAME => {}
-        answered => return answered,
+        answered => {
+            return answered.map(|mut list| {
+                list.set_flags(hints.ai_flags);
+                list
+            });
+        }
     }
     match stop_cancellation(|| lookup_name(node, service, hints)) {
         Ok(answer) => answer,
@@ -327,6 +347,7 @@ fn glibc_list(
     if list.0.is_null() {
         return Err(Failure::code(libc::EAI_NODATA));
     }
+    list.set_flags(hints.ai_flags);
     if hints.ai_flags & libc::AI_CANONNAME != 0 {
         let name = CString::new(canonical).map_err(|_| Failure::code(libc::EAI_FAIL))?;
         // SAFETY: strdup copies a C string into libc's allocator, as glibc's own canonical
