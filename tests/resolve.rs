@@ -1043,3 +1043,30 @@ fn entries_carry_the_callers_flags_as_glibcs_do() {
     }
     assert_eq!(server.queries(), 0);
 }
+
+/// A service name with `AI_NUMERICSERV` is glibc's `EAI_NONAME`, for a name as for a numeric
+/// host, and asks no name server (the hooks used to look the name up, refuse every address's
+/// entry, and report `EAI_NODATA`).
+#[test]
+fn a_service_name_with_ai_numericserv_is_eai_noname() {
+    let _w = watchdog(30);
+    let server = Responder::start(zone(), Hold::default());
+    let _g = configure(
+        Some(&resolv_conf(server.addr)),
+        "10.1.2.7 serv.evco.test\n",
+        "files dns",
+    );
+    let hints = Some([libc::AI_NUMERICSERV, 0, libc::SOCK_STREAM, 0]);
+    let want = getaddrinfo_entries("127.0.0.1", Some("http"), hints);
+    assert_eq!(want, Err(libc::EAI_NONAME));
+    let (refused, numeric_port) = on_new_scheduler(move || {
+        (
+            ["127.0.0.1", "serv.evco.test", "svc.evco.test"]
+                .map(|host| getaddrinfo_entries(host, Some("http"), hints)),
+            getaddrinfo_entries("serv.evco.test", Some("80"), hints),
+        )
+    });
+    assert_eq!(refused, [want.clone(), want.clone(), want]);
+    assert_eq!(numeric_port.unwrap().len(), 1, "a numeric port is fine");
+    assert_eq!(server.queries(), 0, "no name server asked");
+}

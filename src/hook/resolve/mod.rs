@@ -270,10 +270,38 @@ pub(super) fn lookup(node: &CStr, service: Option<&CStr>, hints: &libc::addrinfo
             });
         }
     }
+    if let Some(failure) = service_failure(service, hints) {
+        return Err(failure);
+    }
     match stop_cancellation(|| lookup_name(node, service, hints)) {
         Ok(answer) => answer,
         Err(e) => Err(Failure::of(&e)),
     }
+}
+
+/// glibc's failure for `service` alone, when it has one that the numeric probe in [`lookup`]
+/// reports as `EAI_NONAME` too: a service name with `AI_NUMERICSERV`. Without this the name
+/// would be looked up and every address's entry refused, which reads as `EAI_NODATA`. Asked of
+/// libc with no host (the loopback addresses, of both families: nothing else can fail).
+fn service_failure(service: Option<&CStr>, hints: &libc::addrinfo) -> Option<Failure> {
+    let service = service?;
+    if hints.ai_flags & libc::AI_NUMERICSERV == 0 {
+        return None;
+    }
+    // SAFETY: addrinfo is plain data; all-zero is an empty set of hints.
+    let mut h: libc::addrinfo = unsafe { std::mem::zeroed() };
+    h.ai_flags = libc::AI_NUMERICSERV;
+    h.ai_socktype = hints.ai_socktype;
+    h.ai_protocol = hints.ai_protocol;
+    let mut res = std::ptr::null_mut();
+    // SAFETY: no host, the caller's service (a C string), hints and `res` that outlive the
+    // call.
+    let code = unsafe { real::getaddrinfo(std::ptr::null(), service.as_ptr(), &h, &mut res) };
+    drop(AiList(res));
+    (code != 0).then(|| Failure {
+        code,
+        errno: errno(),
+    })
 }
 
 /// A name's lookup: the hosts file and evdns, or glibc's on the pool (module docs).
