@@ -880,6 +880,16 @@ unsafe extern "C" {
     ) -> libc::c_int;
     fn gethostbyname(name: *const libc::c_char) -> *mut libc::hostent;
     fn gethostbyname2(name: *const libc::c_char, af: libc::c_int) -> *mut libc::hostent;
+    fn gethostbyname2_r(
+        name: *const libc::c_char,
+        af: libc::c_int,
+        ret: *mut libc::hostent,
+        buf: *mut libc::c_char,
+        len: libc::size_t,
+        result: *mut *mut libc::hostent,
+        h_errnop: *mut libc::c_int,
+    ) -> libc::c_int;
+    fn __h_errno_location() -> *mut libc::c_int;
     fn gethostbyname_r(
         name: *const libc::c_char,
         ret: *mut libc::hostent,
@@ -1069,4 +1079,60 @@ fn a_service_name_with_ai_numericserv_is_eai_noname() {
     assert_eq!(refused, [want.clone(), want.clone(), want]);
     assert_eq!(numeric_port.unwrap().len(), 1, "a numeric port is fine");
     assert_eq!(server.queries(), 0, "no name server asked");
+}
+
+/// `gethostbyname2` and `gethostbyname2_r` of an address literal of the other family answer
+/// as libc's do outside coroutines: `HOST_NOT_FOUND`, the `_r` form returning 0 (the hooks
+/// used to report `NO_RECOVERY`, and `EIO` from `_r`); of its own family, the address.
+#[test]
+fn gethostbyname2_of_a_literal_of_the_other_family_is_host_not_found() {
+    let _w = watchdog(30);
+    let _g = configure(None, "", "files dns");
+    /// A call's hostent (name, aliases, addresses), h_errno when it failed, `_r`'s value.
+    type Outcome = (Option<(String, Vec<String>, Vec<IpAddr>)>, i32, i32);
+    fn call_all() -> Vec<Outcome> {
+        let cases = [
+            ("::1", libc::AF_INET),
+            ("1.2.3.4", libc::AF_INET6),
+            ("1.2.3.4", libc::AF_INET),
+            ("::1", libc::AF_INET6),
+        ];
+        let mut out = Vec::new();
+        for (name, af) in cases {
+            let c = CString::new(name).unwrap();
+            // SAFETY: a valid C string; the hostent is read before the next call; glibc's
+            // h_errno location is this thread's.
+            let (plain, h) = unsafe {
+                let ent = gethostbyname2(c.as_ptr(), af);
+                (described(ent), *__h_errno_location())
+            };
+            // h_errno says something only when the call failed.
+            let h = if plain.is_none() { h } else { 0 };
+            out.push((plain, h, 0));
+            // SAFETY: all-zero is a valid hostent to fill.
+            let mut ret: libc::hostent = unsafe { std::mem::zeroed() };
+            let mut result = std::ptr::null_mut();
+            let mut h = 0;
+            let mut buf = [0u8; 1024];
+            // SAFETY: valid pointers and a buffer of the length given.
+            let rc = unsafe {
+                gethostbyname2_r(
+                    c.as_ptr(),
+                    af,
+                    &mut ret,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                    &mut h,
+                )
+            };
+            // SAFETY: NULL or `ret`, filled in.
+            let r = unsafe { described(result) };
+            out.push((r, if rc == 0 && result.is_null() { h } else { 0 }, rc));
+        }
+        out
+    }
+    let want = call_all();
+    assert_eq!(want[0], (None, 1, 0), "libc: HOST_NOT_FOUND");
+    assert_eq!(on_new_scheduler(call_all), want);
 }

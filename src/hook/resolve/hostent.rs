@@ -24,7 +24,7 @@ use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::net::IpAddr;
 
-use super::{Failure, errno_of, lookup, pool, stop_cancellation};
+use super::{EAI_ADDRFAMILY, Failure, errno_of, lookup, pool, stop_cancellation};
 use crate::os::real::{self, set_errno};
 use crate::scheduler;
 
@@ -77,7 +77,9 @@ fn resolve(name: &CStr, af: c_int) -> Result<Host, Failure> {
 /// The `h_errno` and the `_r` forms' return value for a failure (module docs).
 fn errors_of(f: Failure) -> (c_int, c_int) {
     match f.code {
-        libc::EAI_NONAME => (HOST_NOT_FOUND, 0),
+        // An address of the other family (`gethostbyname2("::1", AF_INET)`): glibc's
+        // HOST_NOT_FOUND, `_r` returning 0.
+        libc::EAI_NONAME | EAI_ADDRFAMILY => (HOST_NOT_FOUND, 0),
         libc::EAI_NODATA => (NO_DATA, 0),
         libc::EAI_AGAIN => (TRY_AGAIN, libc::EAGAIN),
         libc::EAI_SYSTEM => (NETDB_INTERNAL, f.errno),

@@ -393,7 +393,7 @@ fn glibc_list(
 
 /// glibc's `EAI_ADDRFAMILY` (not in the libc crate for Linux): the host has no address of the
 /// family asked.
-const EAI_ADDRFAMILY: c_int = -9;
+pub(super) const EAI_ADDRFAMILY: c_int = -9;
 
 /// glibc's own `getaddrinfo`, on the pool, with the coroutine parked.
 fn pooled(node: &CStr, service: Option<&CStr>, hints: &libc::addrinfo) -> io::Result<Lookup> {
