@@ -1136,3 +1136,33 @@ fn gethostbyname2_of_a_literal_of_the_other_family_is_host_not_found() {
     assert_eq!(want[0], (None, 1, 0), "libc: HOST_NOT_FOUND");
     assert_eq!(on_new_scheduler(call_all), want);
 }
+
+/// A name no DNS question can carry (a label over 63 bytes, over 253 bytes in all) is
+/// glibc's `EAI_NONAME` (its res_mkquery refuses it, so nothing is sent), and no query is
+/// made; `gethostbyname` says `HOST_NOT_FOUND`. The hooks used to hand it to evdns, which
+/// refused the request, and report `EAI_FAIL`. A hosts-file entry of such a name still
+/// answers, as glibc's files source does.
+#[test]
+fn a_name_no_query_can_carry_is_eai_noname() {
+    let _w = watchdog(30);
+    let server = Responder::start(zone(), Hold::default());
+    let long_label = format!("{}.evco.test", "b".repeat(64));
+    let long_name = format!("{}.evco.test", "a.".repeat(130));
+    let hosts = format!("10.1.2.8 {long_label}\n");
+    let _g = configure(Some(&resolv_conf(server.addr)), &hosts, "files dns");
+    let (got, h_errno, listed) = on_new_scheduler(move || {
+        let got = [long_name.as_str(), &format!("c{long_label}")]
+            .map(|n| getaddrinfo(n, libc::AF_UNSPEC).map_err(|e| e.0));
+        let c = CString::new(long_name).unwrap();
+        // SAFETY: a valid C string; glibc's h_errno location is this thread's.
+        let h_errno = unsafe {
+            assert!(gethostbyname(c.as_ptr()).is_null());
+            *__h_errno_location()
+        };
+        (got, h_errno, getaddrinfo(&long_label, libc::AF_INET))
+    });
+    assert_eq!(got, [Err(libc::EAI_NONAME), Err(libc::EAI_NONAME)]);
+    assert_eq!(h_errno, 1, "HOST_NOT_FOUND");
+    assert_eq!(listed, Ok(ips(&["10.1.2.8"])));
+    assert_eq!(server.queries(), 0, "nothing sent");
+}

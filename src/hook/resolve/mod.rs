@@ -319,6 +319,10 @@ fn lookup_name(node: &CStr, service: Option<&CStr>, hints: &libc::addrinfo) -> i
     let v6 = hints.ai_family != libc::AF_INET;
     let (canonical, mut addrs) = match conf.local_answer(name, v4, v6) {
         Some(found) => found,
+        // A name no query can carry (a label over 63 bytes, over 253 in all): glibc's
+        // res_mkquery refuses it and getaddrinfo reports EAI_NONAME; evdns would refuse the
+        // request, which reads as EAI_FAIL.
+        None if !fits_a_query(name) => return Ok(Err(Failure::code(libc::EAI_NONAME))),
         None => {
             let answer = match query::query(resolver(sched)?, node, v4, v6)? {
                 Answer::Truncated => {
@@ -346,6 +350,13 @@ fn lookup_name(node: &CStr, service: Option<&CStr>, hints: &libc::addrinfo) -> i
         addrs.retain(IpAddr::is_ipv6);
     }
     Ok(glibc_list(&canonical, &addrs, service, hints))
+}
+
+/// Whether `name` fits in a DNS question: labels of at most 63 bytes, at most 253 in all
+/// (without the root's trailing dot).
+fn fits_a_query(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.len() <= 253 && name.split('.').all(|label| label.len() <= 63)
 }
 
 /// `addrs` as libc's own list for `service` and `hints` (see "The result" in the module docs).
