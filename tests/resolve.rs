@@ -1166,3 +1166,58 @@ fn a_name_no_query_can_carry_is_eai_noname() {
     assert_eq!(listed, Ok(ips(&["10.1.2.8"])));
     assert_eq!(server.queries(), 0, "nothing sent");
 }
+
+/// `getnameinfo` inside a coroutine writes the caller's buffers as libc's does outside one:
+/// each string and its NUL, nothing past them, and the host name even when the service then
+/// does not fit (`EAI_OVERFLOW`). The hook used to copy back the whole of each buffer
+/// (zero-filled past the string) and, on any failure, nothing. Buffers are pre-filled with
+/// 0xAA to show every byte written. In a child process: see `in_child`.
+#[test]
+fn getnameinfo_writes_only_what_libc_writes() {
+    let _w = watchdog(30);
+    if !in_child("getnameinfo_writes_only_what_libc_writes") {
+        return;
+    }
+    let _g = configure(None, "", "files dns");
+    fn calls() -> Vec<(i32, Vec<u8>, Vec<u8>)> {
+        let sa = socket2::SockAddr::from("127.0.0.1:80".parse::<SocketAddr>().unwrap());
+        let mut out = vec![];
+        // (hostlen, servlen, flags)
+        for (hl, sl, flags) in [
+            (64, 16, 0),
+            (64, 2, 0),
+            (64, 16, libc::NI_NUMERICSERV),
+            (64, 0, 0),
+            (3, 16, 0),
+            (1, 16, 0),
+        ] {
+            let (mut host, mut serv) = (vec![0xaau8; 80], vec![0xaau8; 32]);
+            let serv_ptr = if sl > 0 {
+                serv.as_mut_ptr().cast()
+            } else {
+                std::ptr::null_mut()
+            };
+            // SAFETY: a valid sockaddr of its length; buffers longer than the lengths given.
+            let rc = unsafe {
+                libc::getnameinfo(
+                    sa.as_ptr().cast(),
+                    sa.len(),
+                    host.as_mut_ptr().cast(),
+                    hl,
+                    serv_ptr,
+                    sl,
+                    flags,
+                )
+            };
+            out.push((rc, host, serv));
+        }
+        out
+    }
+    let want = calls();
+    assert_eq!(want[1].0, libc::EAI_OVERFLOW, "a 2-byte service buffer");
+    let got = on_new_scheduler(calls);
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(g, w, "call {i}");
+    }
+    println!("child-finished");
+}

@@ -451,11 +451,16 @@ pub(super) unsafe extern "C" fn getnameinfo(
     let addr = unsafe { std::slice::from_raw_parts(sa.cast::<u8>(), salen as usize) }.to_vec();
     let want_serv = !serv.is_null() && servlen > 0;
     let (hl, sl) = (
-        hostlen as usize,
-        if want_serv { servlen as usize } else { 0 },
+        (hostlen as usize).min(MAX_NAME_BUFFER),
+        if want_serv {
+            (servlen as usize).min(MAX_NAME_BUFFER)
+        } else {
+            0
+        },
     );
     let call = move || {
-        let (mut h, mut s) = (vec![0u8; hl], vec![0u8; sl]);
+        // Not NUL: what glibc wrote is what ends with the first NUL (see `copy_out`).
+        let (mut h, mut s) = (vec![0xffu8; hl], vec![0xffu8; sl]);
         // SAFETY: a copy of the caller's sockaddr (sockaddr_storage-aligned by copying into
         // one), and buffers of the lengths given.
         let code = unsafe {
@@ -485,16 +490,17 @@ pub(super) unsafe extern "C" fn getnameinfo(
     let outcome = stop_cancellation(|| pool::run(call));
     match outcome {
         Ok((code, err, h, s)) => {
-            if code == 0 {
-                // SAFETY: the caller's buffers of `hostlen` and `servlen` bytes; the copies are
-                // of those lengths.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(h.as_ptr(), host.cast::<u8>(), hl);
-                    if sl > 0 {
-                        std::ptr::copy_nonoverlapping(s.as_ptr(), serv.cast::<u8>(), sl);
-                    }
+            // What glibc wrote, failed or not (a host name before a service that does not
+            // fit, say), and nothing else: glibc writes each string and its NUL only.
+            // SAFETY: the caller's buffers of `hostlen` and `servlen` bytes; `h` and `s` are
+            // no longer than those.
+            unsafe {
+                copy_out(&h, host);
+                if sl > 0 {
+                    copy_out(&s, serv);
                 }
-            } else if code == libc::EAI_SYSTEM {
+            }
+            if code == libc::EAI_SYSTEM {
                 set_errno(err);
             }
             code
@@ -503,5 +509,24 @@ pub(super) unsafe extern "C" fn getnameinfo(
             set_errno(errno_of(&e));
             libc::EAI_SYSTEM
         }
+    }
+}
+
+/// The most bytes of each `getnameinfo` buffer a pooled call is given (a caller's larger
+/// buffer gets at most this many written, and a name longer than this is `EAI_OVERFLOW`; no
+/// DNS name comes near it): the scratch copies are filled in whole before the call.
+const MAX_NAME_BUFFER: usize = 1 << 16;
+
+/// Copies the string glibc wrote into `scratch` (pre-filled with non-NUL bytes), through its
+/// NUL, to `out`; nothing when it wrote none.
+///
+/// # Safety
+///
+/// `out` is writable for `scratch.len()` bytes.
+unsafe fn copy_out(scratch: &[u8], out: *mut c_char) {
+    if let Some(nul) = scratch.iter().position(|&b| b == 0) {
+        // SAFETY: `nul + 1 <= scratch.len()` bytes, which `out` has room for (the caller's
+        // contract).
+        unsafe { std::ptr::copy_nonoverlapping(scratch.as_ptr(), out.cast::<u8>(), nul + 1) };
     }
 }
