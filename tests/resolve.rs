@@ -1221,3 +1221,38 @@ fn getnameinfo_writes_only_what_libc_writes() {
     }
     println!("child-finished");
 }
+
+/// With a search list, a truncated answer is still asked again over TCP, for the search-list
+/// name that came truncated, and the names are tried in `res_search`'s order (`ndots`);
+/// `AI_CANONNAME` is the name that answered. evdns's own search moved on to the next name on
+/// the truncation (as on any error), and the lookup ended with the last name's NXDOMAIN:
+/// the hooks answered `EAI_NONAME` for a name with addresses. In a child process (the pool):
+/// see `in_child`.
+#[test]
+fn a_truncated_answer_to_a_search_list_name_is_asked_again_over_tcp() {
+    let _w = watchdog(30);
+    if !in_child("a_truncated_answer_to_a_search_list_name_is_asked_again_over_tcp") {
+        return;
+    }
+    let server = Responder::start(zone(), Hold::default());
+    let conf = format!(
+        "search nope.test evco.test\nnameserver {}\noptions timeout:0.3 attempts:1 ndots:2\n",
+        server.addr
+    );
+    let _g = configure(Some(&conf), "", "files dns");
+    let (got, canonical) = on_new_scheduler(|| {
+        let got = ["big", "big.evco.test", "svc", "nowhere"]
+            .map(|name| getaddrinfo(name, libc::AF_INET).map_err(|e| e.0));
+        let canon = getaddrinfo_entries("svc", None, Some([libc::AI_CANONNAME, 0, 1, 0]));
+        (got, canon.unwrap()[0].5.clone())
+    });
+    let big = ips(&["10.9.0.1", "10.9.0.2", "10.9.0.3"]);
+    let svc = ips(&["127.0.0.7", "127.0.0.8"]);
+    assert_eq!(
+        got,
+        [Ok(big.clone()), Ok(big), Ok(svc), Err(libc::EAI_NONAME)]
+    );
+    assert_eq!(canonical.as_deref(), Some("svc.evco.test"));
+    assert!(server.tcp_queries.load(SeqCst) >= 2, "a TCP retry for each");
+    println!("child-finished");
+}

@@ -16,9 +16,10 @@
 //!    recursion into the hook).
 //! 2. **`nsswitch.conf`'s `hosts:` line names only `files` and `dns`** (`net::dns::conf`): the
 //!    hosts file, then `localhost`/`*.localhost` as the loopback addresses (never the network),
-//!    then the name servers through evdns on the scheduler's own resolver (`query`): only the
-//!    calling coroutine is suspended. No query is made when the hosts file answers, and
-//!    nothing is suspended then.
+//!    then the name servers through evdns on the scheduler's own resolver (`query`), each
+//!    name of the search list in `res_search`'s order (`dns_answer`): only the calling
+//!    coroutine is suspended. No query is made when the hosts file answers, and nothing is
+//!    suspended then.
 //! 3. **Other NSS sources** (`myhostname`, `mdns`, `resolve`, `ldap`, ...), IDN flags and names
 //!    that are not UTF-8: glibc's own `getaddrinfo`, run on a small thread pool (`pool`) while
 //!    the coroutine is parked.
@@ -32,8 +33,8 @@
 //! with the caller's service, family, socket type, protocol and flags. Its socket-type
 //! expansion, port, `AI_V4MAPPED` mapping and `AI_ADDRCONFIG` filtering are therefore glibc's.
 //! With `AI_CANONNAME`, the first entry's `ai_canonname` (a separate allocation, as glibc's) is
-//! the hosts file's canonical name or the name asked for: evdns's plain queries do not report
-//! CNAMEs. Addresses come IPv4 first, then IPv6, without glibc's RFC 6724 sorting
+//! the hosts file's canonical name or the name that answered (the search list's, without the
+//! root's dot): evdns's plain queries do not report CNAMEs. Addresses come IPv4 first, then IPv6, without glibc's RFC 6724 sorting
 //! (`/etc/gai.conf`).
 //!
 //! # Errors
@@ -323,33 +324,73 @@ fn lookup_name(node: &CStr, service: Option<&CStr>, hints: &libc::addrinfo) -> i
         // res_mkquery refuses it and getaddrinfo reports EAI_NONAME; evdns would refuse the
         // request, which reads as EAI_FAIL.
         None if !fits_a_query(name) => return Ok(Err(Failure::code(libc::EAI_NONAME))),
-        None => {
-            let answer = match query::query(resolver(sched)?, node, v4, v6)? {
-                Answer::Truncated => {
-                    let (servers, asked) = (conf.servers().to_vec(), name.to_string());
-                    pool::run(move || tcp::query(&servers, &asked, v4, v6))?
-                }
-                answer => answer,
-            };
-            match answer {
-                Answer::Addrs(addrs) => (name.to_string(), addrs),
-                Answer::Failed(libc::EAI_SYSTEM) => {
-                    return Ok(Err(Failure {
-                        code: libc::EAI_SYSTEM,
-                        errno: libc::ECANCELED,
-                    }));
-                }
-                Answer::Failed(code) => return Ok(Err(Failure::code(code))),
-                // The TCP retry's answer is never truncated (it reads whole replies).
-                Answer::Truncated => return Ok(Err(Failure::code(libc::EAI_FAIL))),
-            }
-        }
+        None => match dns_answer(&conf, sched, name, v4, v6)? {
+            Ok(found) => found,
+            Err(f) => return Ok(Err(f)),
+        },
     };
     if mapped && hints.ai_flags & libc::AI_ALL == 0 && addrs.iter().any(IpAddr::is_ipv6) {
         // AI_V4MAPPED without AI_ALL: IPv4 addresses only when there is no IPv6 one.
         addrs.retain(IpAddr::is_ipv6);
     }
     Ok(glibc_list(&canonical, &addrs, service, hints))
+}
+
+/// The name servers' answer for `name`: its canonical name (the name that answered) and
+/// addresses. Each of the search list's names is asked in turn (`Conf::candidates`) as
+/// glibc's `res_search` does: the first with addresses answers; NXDOMAIN and no data go on to
+/// the next; a timeout or another failure ends the search. A truncated answer is asked again
+/// over TCP on the pool. When none answers: `EAI_NODATA` if one of them exists, else the last
+/// failure.
+fn dns_answer(
+    conf: &Conf,
+    sched: &Scheduler,
+    name: &str,
+    v4: bool,
+    v6: bool,
+) -> io::Result<Result<(String, Vec<IpAddr>), Failure>> {
+    let dns = resolver(sched)?;
+    let (mut nodata, mut last) = (false, libc::EAI_NONAME);
+    for candidate in conf.candidates(name) {
+        // A search domain can make a name too long to ask: glibc skips it too.
+        let Some(asked) = CString::new(candidate.as_str())
+            .ok()
+            .filter(|_| fits_a_query(&candidate))
+        else {
+            continue;
+        };
+        let answer = match query::query(dns, &asked, v4, v6)? {
+            Answer::Truncated => {
+                let (servers, asked) = (conf.servers().to_vec(), candidate.clone());
+                pool::run(move || tcp::query(&servers, &asked, v4, v6))?
+            }
+            answer => answer,
+        };
+        match answer {
+            Answer::Addrs(addrs) => {
+                let canonical = candidate.strip_suffix('.').unwrap_or(&candidate);
+                return Ok(Ok((canonical.to_string(), addrs)));
+            }
+            Answer::Failed(libc::EAI_SYSTEM) => {
+                return Ok(Err(Failure {
+                    code: libc::EAI_SYSTEM,
+                    errno: libc::ECANCELED,
+                }));
+            }
+            Answer::Failed(code @ (libc::EAI_NONAME | libc::EAI_NODATA)) => {
+                nodata |= code == libc::EAI_NODATA;
+                last = code;
+            }
+            Answer::Failed(code) => return Ok(Err(Failure::code(code))),
+            // The TCP retry's answer is never truncated (it reads whole replies).
+            Answer::Truncated => return Ok(Err(Failure::code(libc::EAI_FAIL))),
+        }
+    }
+    Ok(Err(Failure::code(if nodata {
+        libc::EAI_NODATA
+    } else {
+        last
+    })))
 }
 
 /// Whether `name` fits in a DNS question: labels of at most 63 bytes, at most 253 in all

@@ -5,7 +5,10 @@
 //! `evdns_getaddrinfo`: that one reports a timeout, a truncated answer and a refusal all as
 //! `EAI_FAIL`, and the hooks must tell them apart (a timeout is `EAI_AGAIN`, as glibc's; a
 //! truncated answer is asked again through glibc, which retries over TCP, as libevent 2.1 does
-//! not). The resolver's search list, `ndots`, timeouts and attempts apply as to `lookup_host`.
+//! not). Each request asks one name (`DNS_QUERY_NO_SEARCH`): the caller tries the search
+//! list's names itself (`Conf::candidates`), since evdns's search moves on to the next name on
+//! any error, a truncated answer's included, and so never reports it. The resolver's timeouts
+//! and attempts apply as to `lookup_host`.
 //!
 //! # Lifecycle
 //!
@@ -34,6 +37,8 @@ const DNS_ERR_TRUNCATED: c_int = 65;
 const DNS_ERR_TIMEOUT: c_int = 67;
 const DNS_ERR_CANCEL: c_int = 69;
 const DNS_ERR_NODATA: c_int = 70;
+/// evdns's `DNS_QUERY_NO_SEARCH`: the name as given (the caller tries the search list).
+const DNS_QUERY_NO_SEARCH: c_int = 1;
 /// The outcome of a request evdns refused to start (no name server, no memory): `EAI_FAIL`, as
 /// `evdns_getaddrinfo` reports it.
 const REFUSED: c_int = -1;
@@ -71,7 +76,8 @@ struct Part {
     v6: bool,
 }
 
-/// Asks `dns` for `name`'s A (`v4`) and AAAA (`v6`) records and parks the running scheduled
+/// Asks `dns` for `name`'s A (`v4`) and AAAA (`v6`) records, without the search list, and
+/// parks the running scheduled
 /// coroutine until both are answered. Errors: the coroutine was cancelled (or cannot wait).
 pub(super) fn query(
     dns: *mut sys::evdns_base,
@@ -106,7 +112,15 @@ pub(super) fn query(
         };
         // SAFETY: `dns` is this scheduler's live resolver; `name` outlives the call (evdns
         // copies it); `arg` is taken back by `answered`, once (module docs).
-        let request = unsafe { resolve(dns, name.as_ptr(), 0, Some(answered), arg.cast()) };
+        let request = unsafe {
+            resolve(
+                dns,
+                name.as_ptr(),
+                DNS_QUERY_NO_SEARCH,
+                Some(answered),
+                arg.cast(),
+            )
+        };
         if request.is_null() {
             // Refused at once, with no callback to come: the argument is ours again.
             // SAFETY: made by Box::into_raw above and handed to nobody.

@@ -2,8 +2,9 @@
 //! TCP): on a pool thread, the A and/or AAAA questions are asked again of the resolver's
 //! configured name servers (resolv.conf's, `EVCO_RESOLV_CONF`'s or `set_nameservers`'s, in
 //! order) over TCP, with plain blocking sockets (a pool thread is outside every coroutine), and
-//! the answers' addresses are read from the replies. The name is asked as given, without the
-//! search list. Each server gets [`TIMEOUT`] to connect and answer.
+//! the answers' addresses are read from the replies. The name is the one whose UDP answer came
+//! truncated (a search-list name included). Each server gets [`TIMEOUT`] to connect and
+//! answer.
 
 use std::ffi::c_int;
 use std::io::{self, Read, Write};

@@ -78,10 +78,11 @@ pub(super) fn new_resolver(
     // SAFETY: `dns` is live; both strings are NUL-terminated and only read.
     unsafe { sys::evdns_base_set_option(dns, c"max-inflight:".as_ptr(), MAX_INFLIGHT.as_ptr()) };
     let conf = match servers {
-        Some(given) => Conf::read(given.to_vec()),
-        None => Conf::read(servers_of(
-            &std::fs::read_to_string(resolv_conf_path()).unwrap_or_default(),
-        )),
+        Some(given) => Conf::read(given.to_vec(), Search::none()),
+        None => {
+            let text = std::fs::read_to_string(resolv_conf_path()).unwrap_or_default();
+            Conf::read(servers_of(&text), Search::of(&text))
+        }
     };
     if servers.is_none() {
         let file = c_path(resolv_conf_path())?;
@@ -110,10 +111,12 @@ pub(crate) struct Conf {
     files_and_dns_only: bool,
     #[cfg_attr(not(all(feature = "hook", target_os = "linux")), allow(dead_code))]
     servers: Vec<SocketAddr>,
+    #[cfg_attr(not(all(feature = "hook", target_os = "linux")), allow(dead_code))]
+    search: Search,
 }
 
 impl Conf {
-    fn read(servers: Vec<SocketAddr>) -> Conf {
+    fn read(servers: Vec<SocketAddr>, search: Search) -> Conf {
         let hosts = std::fs::read_to_string(hosts_path()).unwrap_or_default();
         let nsswitch = path("EVCO_NSSWITCH", "/etc/nsswitch.conf");
         let nsswitch = std::fs::read_to_string(nsswitch).unwrap_or_default();
@@ -123,6 +126,25 @@ impl Conf {
                 .iter()
                 .all(|s| *s == "files" || *s == "dns"),
             servers,
+            search,
+        }
+    }
+
+    /// The names to ask the name servers for `name`, in order, as glibc's `res_search` tries
+    /// them: the name as given first when it has at least `ndots` dots, else last; each search
+    /// domain appended to it; only the name when it ends with the root's dot. (The hooks ask
+    /// each one themselves: evdns's own search moves to the next name on any error, a
+    /// truncated answer's included, and so never reports the truncation.)
+    #[cfg_attr(not(all(feature = "hook", target_os = "linux")), allow(dead_code))]
+    pub(crate) fn candidates(&self, name: &str) -> Vec<String> {
+        if name.ends_with('.') {
+            return vec![name.to_string()];
+        }
+        let searched = self.search.domains.iter().map(|d| format!("{name}.{d}"));
+        if name.matches('.').count() >= self.search.ndots {
+            std::iter::once(name.to_string()).chain(searched).collect()
+        } else {
+            searched.chain(std::iter::once(name.to_string())).collect()
         }
     }
 
@@ -142,8 +164,8 @@ impl Conf {
         }
         // Every resolver made sets it (`new_resolver`); were one ever made another way, the
         // files are read now.
-        let servers = std::fs::read_to_string(resolv_conf_path()).unwrap_or_default();
-        let c = Rc::new(Conf::read(servers_of(&servers)));
+        let text = std::fs::read_to_string(resolv_conf_path()).unwrap_or_default();
+        let c = Rc::new(Conf::read(servers_of(&text), Search::of(&text)));
         CONF.with(|slot| *slot.borrow_mut() = Some(c.clone()));
         Ok(c)
     }
@@ -202,6 +224,76 @@ fn servers_of(resolv_conf: &str) -> Vec<SocketAddr> {
         servers.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53));
     }
     servers
+}
+
+/// A resolv.conf file's search list and `ndots`.
+#[derive(Debug)]
+struct Search {
+    domains: Vec<String>,
+    ndots: usize,
+}
+
+impl Search {
+    /// No search domains (`set_nameservers`'s resolvers).
+    fn none() -> Search {
+        Search {
+            domains: Vec::new(),
+            ndots: 1,
+        }
+    }
+
+    /// The last `search` or `domain` line's domains (the host name's domain when there is
+    /// none, as glibc and evdns take it) and `options ndots:N` (1 by default, at most 15).
+    fn of(resolv_conf: &str) -> Search {
+        let mut search = Search::none();
+        let mut listed = false;
+        for line in resolv_conf.lines() {
+            let line = line.split(['#', ';']).next().unwrap_or("");
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("search") => {
+                    search.domains = words.map(|d| d.trim_end_matches('.').to_string()).collect();
+                    listed = true;
+                }
+                Some("domain") => {
+                    search.domains = words
+                        .next()
+                        .map(|d| d.trim_end_matches('.').to_string())
+                        .into_iter()
+                        .collect();
+                    listed = true;
+                }
+                Some("options") => {
+                    for n in words.filter_map(|o| o.strip_prefix("ndots:")) {
+                        if let Ok(n) = n.parse::<usize>() {
+                            search.ndots = n.min(15);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        search.domains.retain(|d| !d.is_empty());
+        if !listed {
+            search.domains = host_domain().into_iter().collect();
+        }
+        search
+    }
+}
+
+/// The domain of this host's name (what follows its first dot), if it has one.
+fn host_domain() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let name = std::ffi::CStr::from_bytes_until_nul(&buf)
+        .ok()?
+        .to_str()
+        .ok()?;
+    let (_, domain) = name.split_once('.')?;
+    (!domain.is_empty()).then(|| domain.trim_end_matches('.').to_string())
 }
 
 /// `localhost`, `*.localhost`, with or without the root's trailing dot, in any case.
@@ -336,6 +428,7 @@ mod tests {
             hosts: Hosts::default(),
             files_and_dns_only: true,
             servers: Vec::new(),
+            search: Search::none(),
         };
         for name in ["localhost", "LocalHost.", "a.b.localhost"] {
             let (_, addrs) = conf.local_answer(name, true, false).unwrap();
@@ -343,5 +436,24 @@ mod tests {
         }
         assert!(conf.local_answer("localhost.example", true, true).is_none());
         assert!(conf.local_answer("notlocalhost", true, true).is_none());
+    }
+
+    #[test]
+    fn dns_search_candidates_come_in_res_search_order() {
+        let search = Search::of("domain old.test\nsearch a.test b.test. ; c\noptions ndots:2\n");
+        assert_eq!(search.domains, ["a.test", "b.test"]);
+        let conf = Conf {
+            hosts: Hosts::default(),
+            files_and_dns_only: true,
+            servers: Vec::new(),
+            search,
+        };
+        assert_eq!(conf.candidates("x.y"), ["x.y.a.test", "x.y.b.test", "x.y"]);
+        assert_eq!(
+            conf.candidates("x.y.z"),
+            ["x.y.z", "x.y.z.a.test", "x.y.z.b.test"]
+        );
+        assert_eq!(conf.candidates("x."), ["x."]);
+        assert_eq!(Search::of("options ndots:99").ndots, 15);
     }
 }
