@@ -472,16 +472,24 @@ fn by_addr(addr: Vec<u8>, ty: c_int) -> Result<Host, (c_int, c_int)> {
                 // SAFETY: glibc filled `ent` in (and the buffer it points into, alive here).
                 return Ok(unsafe { owned(&ent) });
             }
-            return Err(match (rc, h) {
-                (0, 0) => (HOST_NOT_FOUND, 0),
-                (0, h) => (h, 0),
-                (rc, _) => (NETDB_INTERNAL, rc),
-            });
+            return Err(reverse_failure(rc, h));
         }
     };
     match stop_cancellation(|| pool::run(call)) {
         Ok(answer) => answer,
         Err(e) => Err((NETDB_INTERNAL, errno_of(&e))),
+    }
+}
+
+/// A failed `gethostbyaddr_r`'s `(h_errno, errno)` from its return value `rc` and `h_errno`
+/// `h`: glibc's own `h_errno` whenever it set one (`TRY_AGAIN` with `EAGAIN` for a name server
+/// that timed out; `NETDB_INTERNAL` with `ERANGE`), so the hooks report what glibc reports.
+fn reverse_failure(rc: c_int, h: c_int) -> (c_int, c_int) {
+    match (rc, h) {
+        (0, 0) => (HOST_NOT_FOUND, 0),
+        (0, h) => (h, 0),
+        (rc, 0) => (NETDB_INTERNAL, rc),
+        (rc, h) => (h, rc),
     }
 }
 
@@ -527,4 +535,24 @@ pub(in crate::hook) unsafe extern "C" fn gethostbyaddr_r(
     });
     // SAFETY: the caller's out-pointers (checked non-null) and buffer of `buflen` bytes.
     unsafe { answer_r(answer, ret, buf, buflen, result, h_errnop) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_reverse_failures_keep_glibcs_h_errno() {
+        assert_eq!(
+            reverse_failure(libc::EAGAIN, TRY_AGAIN),
+            (TRY_AGAIN, libc::EAGAIN)
+        );
+        assert_eq!(
+            reverse_failure(libc::ERANGE, NETDB_INTERNAL),
+            (NETDB_INTERNAL, libc::ERANGE)
+        );
+        assert_eq!(reverse_failure(libc::EIO, 0), (NETDB_INTERNAL, libc::EIO));
+        assert_eq!(reverse_failure(0, NO_DATA), (NO_DATA, 0));
+        assert_eq!(reverse_failure(0, 0), (HOST_NOT_FOUND, 0));
+    }
 }
