@@ -1256,3 +1256,22 @@ fn a_truncated_answer_to_a_search_list_name_is_asked_again_over_tcp() {
     assert!(server.tcp_queries.load(SeqCst) >= 2, "a TCP retry for each");
     println!("child-finished");
 }
+
+/// A hosts file (or resolv.conf, nsswitch.conf) with bytes that are not UTF-8, here a Latin-1
+/// comment, still counts: its entries answer, with no query. The files used to be read as
+/// UTF-8 and, failing that, as empty: every hosts-file name went to the name servers (here
+/// `EAI_NONAME`), where glibc, which reads bytes, answers from the file.
+#[test]
+fn a_hosts_file_with_latin1_bytes_still_answers() {
+    let _w = watchdog(30);
+    let server = Responder::start(zone(), Hold::default());
+    let _g = configure(Some(&resolv_conf(server.addr)), "", "files dns");
+    std::fs::write(
+        dir().join("hosts"),
+        b"# caf\xe9 (Latin-1)\n10.1.2.9 latin.evco.test\n",
+    )
+    .unwrap();
+    let got = on_new_scheduler(|| getaddrinfo("latin.evco.test", libc::AF_INET));
+    assert_eq!(got, Ok(ips(&["10.1.2.9"])));
+    assert_eq!(server.queries(), 0);
+}

@@ -49,6 +49,15 @@ fn hosts_path() -> OsString {
     path("EVCO_HOSTS", "/etc/hosts")
 }
 
+/// A configuration file's text, empty when it cannot be read. Bytes that are not UTF-8 (a
+/// Latin-1 comment, say) become U+FFFD: the rest of the file still counts, as it does for
+/// glibc, which reads these files as bytes.
+fn read_text(p: OsString) -> String {
+    std::fs::read(p)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
+}
+
 fn c_path(p: OsString) -> io::Result<CString> {
     use std::os::unix::ffi::OsStringExt;
     CString::new(p.into_vec())
@@ -80,7 +89,7 @@ pub(super) fn new_resolver(
     let conf = match servers {
         Some(given) => Conf::read(given.to_vec(), Search::none()),
         None => {
-            let text = std::fs::read_to_string(resolv_conf_path()).unwrap_or_default();
+            let text = read_text(resolv_conf_path());
             Conf::read(servers_of(&text), Search::of(&text))
         }
     };
@@ -117,9 +126,9 @@ pub(crate) struct Conf {
 
 impl Conf {
     fn read(servers: Vec<SocketAddr>, search: Search) -> Conf {
-        let hosts = std::fs::read_to_string(hosts_path()).unwrap_or_default();
+        let hosts = read_text(hosts_path());
         let nsswitch = path("EVCO_NSSWITCH", "/etc/nsswitch.conf");
-        let nsswitch = std::fs::read_to_string(nsswitch).unwrap_or_default();
+        let nsswitch = read_text(nsswitch);
         Conf {
             hosts: Hosts::parse(&hosts),
             files_and_dns_only: hosts_sources(&nsswitch)
@@ -164,7 +173,7 @@ impl Conf {
         }
         // Every resolver made sets it (`new_resolver`); were one ever made another way, the
         // files are read now.
-        let text = std::fs::read_to_string(resolv_conf_path()).unwrap_or_default();
+        let text = read_text(resolv_conf_path());
         let c = Rc::new(Conf::read(servers_of(&text), Search::of(&text)));
         CONF.with(|slot| *slot.borrow_mut() = Some(c.clone()));
         Ok(c)
