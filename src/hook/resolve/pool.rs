@@ -11,6 +11,11 @@
 //! share of the request: the pool thread's result is dropped with the last share (an `addrinfo`
 //! list's owner frees it), and the eventfd closed with it. A forked child starts a pool of its
 //! own (the parent's threads are not in it).
+//!
+//! Known limits at `fork`: a coroutine of the forking thread that is parked on a request at
+//! that moment stays parked in the child (its answer comes to the parent's copy), and a fork
+//! while a pool thread holds the pool's lock leaves the child's first pooled lookup waiting
+//! for ever. Fork between lookups (as pre-fork servers do at start-up).
 
 use std::collections::VecDeque;
 use std::io;
