@@ -560,6 +560,11 @@ fn thread_names() -> Vec<String> {
         .collect()
 }
 
+/// How many resolver pool threads (`evco-dns`) this process has.
+fn pool_threads() -> usize {
+    thread_names().iter().filter(|n| *n == "evco-dns").count()
+}
+
 /// With only files and dns in nsswitch.conf, no pool thread is involved; with another NSS
 /// source, glibc's own `getaddrinfo` runs on the pool (a thread named `evco-dns` appears) and
 /// answers what libc answers outside coroutines. In a child process of its own, so that no
@@ -570,7 +575,6 @@ fn other_nss_sources_run_glibc_on_the_pool() {
     if !in_child("other_nss_sources_run_glibc_on_the_pool") {
         return;
     }
-    let pool_threads = || thread_names().iter().filter(|n| *n == "evco-dns").count();
     // Outside coroutines the hook is libc's call.
     let want = getaddrinfo("localhost", libc::AF_INET);
     {
@@ -633,7 +637,9 @@ fn getnameinfo_answers_as_libc_does() {
         (rc, name)
     }
     let want = name_of_loopback();
+    assert_eq!(pool_threads(), 0, "outside coroutines: libc's own call");
     let got = on_new_scheduler(name_of_loopback);
+    assert!(pool_threads() >= 1, "inside: the pool ran it");
     assert_eq!(got, want);
     println!("child-finished");
 }
@@ -656,6 +662,8 @@ fn gethostbyaddr_answers_as_libc_does() {
         let addr = [127u8, 0, 0, 1];
         // SAFETY: 4 bytes of an IPv4 address.
         let ent = unsafe { gethostbyaddr(addr.as_ptr().cast(), 4, libc::AF_INET) };
+        // SAFETY: `ent` is NULL or the hostent gethostbyaddr just returned, read before any
+        // other call could reuse its buffer.
         let plain = (unsafe { described(ent) }, 0, 0, false);
         // SAFETY: all-zero is a valid hostent to fill.
         let mut ret: libc::hostent = unsafe { std::mem::zeroed() };
@@ -688,11 +696,11 @@ fn gethostbyaddr_answers_as_libc_does() {
             let bad = gethostbyaddr(addr.as_ptr().cast(), 3, libc::AF_INET).is_null();
             (rc, rc_small, bad)
         };
+        // SAFETY: `result` is NULL or `&ret`, filled in from `buf`, both alive here.
         let r = (unsafe { described(result) }, rc, rc_small, bad);
         [plain, r]
     }
     let want = reverse_loopback();
-    let pool_threads = || thread_names().iter().filter(|n| *n == "evco-dns").count();
     assert_eq!(pool_threads(), 0, "outside coroutines: libc's own call");
     let got = on_new_scheduler(reverse_loopback);
     assert!(pool_threads() >= 1, "inside: the pool ran it");
