@@ -325,9 +325,14 @@ fn block_on_from_a_runtime_thread_is_an_error_not_a_deadlock() {
 }
 
 #[test]
-fn a_runtime_of_zero_threads_is_refused() {
+fn a_runtime_of_zero_or_too_many_threads_is_refused() {
     let e = Builder::new().threads(0).build().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    // Before the cap, usize::MAX panicked in Vec::with_capacity ("capacity overflow").
+    for n in [evco::runtime::MAX_THREADS + 1, usize::MAX] {
+        let e = Builder::new().threads(n).build().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{n}: {e}");
+    }
 }
 
 /// A spawn onto a runtime that has shut down never runs: its handle says so instead of

@@ -64,6 +64,10 @@ use crate::scheduler::{Inbox, Msg};
 pub use join::JoinHandle;
 use join::{Completer, JoinState};
 
+/// Most threads a runtime has: as many as the process has reactor doorbells (a close on one
+/// thread reaches a waiter on another through them), and far more than cores on any machine.
+pub const MAX_THREADS: usize = 1024;
+
 /// How long dropping a [`Runtime`] lets its coroutines finish before cancelling them.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -108,7 +112,8 @@ impl Builder {
         }
     }
 
-    /// The number of threads (at least one; default: `std::thread::available_parallelism`).
+    /// The number of threads (at least one, at most [`MAX_THREADS`]; default:
+    /// `std::thread::available_parallelism`).
     pub fn threads(mut self, n: usize) -> Builder {
         self.threads = Some(n);
         self
@@ -151,6 +156,12 @@ impl Builder {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     "a runtime needs at least one thread",
+                ));
+            }
+            Some(n) if n > MAX_THREADS => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("a runtime has at most {MAX_THREADS} threads ({n} asked)"),
                 ));
             }
             Some(n) => n,
