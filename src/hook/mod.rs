@@ -135,11 +135,12 @@
 //! # Name resolution
 //!
 //! `getaddrinfo`, `getnameinfo`, `gethostbyname`, `gethostbyname2`, `gethostbyaddr` and their
-//! `_r` forms are replaced, not wrapped (glibc resolves inside libc): inside a scheduled coroutine they answer
-//! from the hosts file and evdns on the scheduler's resolver (the configuration
-//! [`net::lookup_host`](crate::net::lookup_host) reads, `EVCO_RESOLV_CONF` included), or, with
-//! NSS sources beyond `files` and `dns`, run glibc's own call on a small thread pool while the
-//! coroutine is parked; outside coroutines they are libc's. See `resolve`'s module docs.
+//! `_r` forms are replaced, not wrapped (glibc resolves inside libc). Inside a scheduled
+//! coroutine, forward lookups answer from the hosts file and evdns on the scheduler's resolver
+//! (the configuration [`net::lookup_host`](crate::net::lookup_host) reads, `EVCO_RESOLV_CONF`
+//! included); reverse lookups, and forward ones with NSS sources beyond `files` and `dns`, run
+//! glibc's own call on a small thread pool while the coroutine is parked. Outside coroutines
+//! they are libc's. See `resolve`'s module docs.
 //!
 //! # Cancellation
 //!
