@@ -436,22 +436,36 @@ mod sentinel {
         unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), page, pattern.len()) };
     }
 
-    /// Checks the layout once, on the process's first stack, and copies its sentinel words.
-    fn learn(bottom: usize, top: usize) -> Option<Box<[usize]>> {
-        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-        let own_mapping = maps.lines().any(|line| {
+    /// Whether `maps` (the text of /proc/self/maps) shows `bottom..top` as generator lays a
+    /// stack out: a no-access mapping (its guard page) ends at `bottom`, and a read-write one
+    /// starts there and reaches at least `top`. The kernel merges the usable part with an
+    /// adjacent read-write anonymous mapping above it (a large `malloc`, another thread's
+    /// buffer), so the mapping may run on past `top`; the guard page below keeps anything from
+    /// merging into it from below.
+    pub(super) fn layout_confirmed(maps: &str, bottom: usize, top: usize) -> bool {
+        let mut guard_below = false;
+        let mut usable = false;
+        for line in maps.lines() {
             let Some((range, rest)) = line.split_once(' ') else {
-                return false;
+                continue;
             };
             let Some((lo, hi)) = range.split_once('-') else {
-                return false;
+                continue;
             };
             let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
             else {
-                return false;
+                continue;
             };
-            lo == bottom && hi == top && rest.starts_with("rw")
-        });
+            guard_below |= hi == bottom && rest.starts_with("---");
+            usable |= lo == bottom && hi >= top && rest.starts_with("rw");
+        }
+        guard_below && usable
+    }
+
+    /// Checks the layout once, on the process's first stack, and copies its sentinel words.
+    fn learn(bottom: usize, top: usize) -> Option<Box<[usize]>> {
+        let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+        let own_mapping = layout_confirmed(&maps, bottom, top);
         if !own_mapping || bottom % PAGE != 0 {
             log::debug!(
                 "evco: generator's stack layout is not the expected one; keeping bottom pages"
@@ -498,6 +512,50 @@ mod tests {
         stack.gn.resume();
         assert!(stack.gn.is_done());
         drop(stack);
+    }
+
+    #[test]
+    fn stack_layout_is_confirmed_when_the_kernel_merged_the_stack_with_the_mapping_above() {
+        let (guard, bottom, top, above) = (
+            0x7f00_0000_0000usize,
+            0x7f00_0000_1000,
+            0x7f00_0001_a000,
+            0x7f00_0002_0000,
+        );
+        let line = |lo: usize, hi: usize, perms: &str| {
+            format!("{lo:x}-{hi:x} {perms} 00000000 00:00 0 \n")
+        };
+        let own = line(guard, bottom, "---p") + &line(bottom, top, "rw-p");
+        assert!(
+            sentinel::layout_confirmed(&own, bottom, top),
+            "its own mapping"
+        );
+        // A read-write anonymous mapping right above (a large malloc) merges with the stack's.
+        let merged = line(guard, bottom, "---p") + &line(bottom, above, "rw-p");
+        assert!(
+            sentinel::layout_confirmed(&merged, bottom, top),
+            "merged upwards"
+        );
+        let no_guard = line(guard, bottom, "r--p") + &line(bottom, top, "rw-p");
+        assert!(
+            !sentinel::layout_confirmed(&no_guard, bottom, top),
+            "no guard page below"
+        );
+        let starts_lower = line(guard, bottom - 0x800, "---p") + &line(bottom - 0x800, top, "rw-p");
+        assert!(
+            !sentinel::layout_confirmed(&starts_lower, bottom, top),
+            "bottom inside a mapping"
+        );
+        let too_short = line(guard, bottom, "---p") + &line(bottom, top - 0x1000, "rw-p");
+        assert!(
+            !sentinel::layout_confirmed(&too_short, bottom, top),
+            "ends below the top"
+        );
+        let read_only = line(guard, bottom, "---p") + &line(bottom, top, "r--p");
+        assert!(
+            !sentinel::layout_confirmed(&read_only, bottom, top),
+            "not writable"
+        );
     }
 
     #[test]
