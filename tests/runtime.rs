@@ -336,18 +336,71 @@ fn a_runtime_of_zero_or_too_many_threads_is_refused() {
 }
 
 /// A spawn onto a runtime that has shut down never runs: its handle says so instead of
-/// hanging. (Handles outlive their runtime.)
+/// hanging, and the closure (with what it captured) is dropped at once, not kept until the
+/// handle goes. (Handles outlive their runtime.)
 #[test]
 fn a_spawn_after_shutdown_reports_that_it_never_ran() {
     let _w = watchdog(30);
     let rt = runtime(1);
     let handle = rt.handle().clone();
     rt.shutdown(BOUND).unwrap();
-    let p = handle.spawn(|| 1).join().unwrap_err();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let guard = DropCounter(drops.clone());
+    let h = handle.spawn(move || {
+        let _g = guard;
+        1
+    });
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "the unrun closure was dropped");
+    assert!(h.is_finished());
+    let p = h.join().unwrap_err();
     let e = p
         .downcast_ref::<std::io::Error>()
         .expect("an io::Error payload");
     assert!(e.to_string().contains("never ran"), "{e}");
+}
+
+/// A spawn whose coroutine cannot be made (a stack size over `MAX_STACK_SIZE`) reports the
+/// spawn's own error through the handle, from another thread and from the target thread
+/// itself, and drops the closure; the thread goes on serving spawns that fit.
+#[test]
+fn a_spawn_that_cannot_have_a_stack_reports_why_through_its_handle() {
+    let _w = watchdog(30);
+    let drops = Arc::new(AtomicUsize::new(0));
+    // From thread 1 onto itself (spawned at once, no inbox in between), in `on_thread_start`:
+    // every coroutine of this runtime would need the oversized stack.
+    let (tx, rx) = std::sync::mpsc::channel::<JoinHandle<()>>();
+    let tx = StdMutex::new(tx);
+    let own_drops = drops.clone();
+    let rt = Builder::new()
+        .threads(2)
+        .stack_size(evco::coroutine::MAX_STACK_SIZE + 4096)
+        .on_thread_start(move || {
+            if evco::runtime::thread_index() == Some(1) {
+                let guard = DropCounter(own_drops.clone());
+                let h = Handle::current().expect("a runtime thread");
+                let j = h.spawn_on(1, move || drop(guard)).expect("thread 1 exists");
+                tx.lock().unwrap().send(j).unwrap();
+            }
+        })
+        .build()
+        .unwrap();
+    let check = |p: Box<dyn std::any::Any + Send>| {
+        let e = p
+            .downcast_ref::<std::io::Error>()
+            .unwrap_or_else(|| panic!("an io::Error payload, not {}", panic_text(&p)));
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("stack"), "{e}");
+    };
+    let own = rx.recv().unwrap();
+    assert!(own.is_finished(), "reported before spawn_on returned");
+    check(own.join().unwrap_err());
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "the closure was dropped");
+    // From outside, through thread 1's inbox.
+    let guard = DropCounter(drops.clone());
+    let from_outside = rt.spawn_on(1, move || drop(guard)).unwrap();
+    check(from_outside.join().unwrap_err());
+    assert_eq!(drops.load(Ordering::SeqCst), 2, "the closure was dropped");
+    assert_eq!(rt.shutdown(BOUND).unwrap(), 0);
 }
 
 /// 4 threads x 10,000 coroutines (in waves of 1,000 per thread at once: 40,000 live stacks

@@ -2,23 +2,51 @@
 //! completion its coroutine reports through.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::UnsafeCell;
 use std::fmt;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::coroutine::{Cancelled, CoroutineId};
-use crate::scheduler::{Inbox, Msg, Scheduler, Signal};
+use crate::scheduler::{Inbox, Job, Msg, Scheduler, Signal};
 
 type Outcome<T> = std::thread::Result<T>;
 
-/// What a cross-thread spawn shares between the coroutine and its handle.
-pub(super) struct JoinState<T> {
+/// A cross-thread spawn: the closure, and what the coroutine and its handle share, in one
+/// allocation (an `Arc` the poster, the target thread's inbox and the handle hold). `B` is
+/// [`Body<F>`] where it is made and `dyn Erased` in the handle, which does not know `F`.
+pub(super) struct Spawn<T, B: ?Sized> {
     inner: Mutex<Inner<T>>,
+    /// Set by `cancel` before the coroutine was spawned (as `Inner::cancel_early`, which is
+    /// the one decisions are made under the lock with): read without the lock by `start`, to
+    /// skip a spawn that would only be cancelled.
+    cancelled: AtomicBool,
+    /// True while the target thread is spawning the coroutine: a body dropped then (no stack
+    /// could be had) leaves the report to the spawner, which has the error. Only the target
+    /// thread touches it.
+    spawning: AtomicBool,
+    stack_size: usize,
+    body: B,
 }
+
+/// What the handle's state is, seen without the closure's type.
+pub(super) type Shared<T> = Spawn<T, dyn Erased>;
+
+/// The closure of a spawn, until the target thread takes it.
+pub(super) struct Body<F>(UnsafeCell<Option<F>>);
+
+// SAFETY: the closure (`Send`) is reached only through `Job::run` and `Job::abandon`, which
+// the posted message calls exactly once between them (`Posted` gives its `Arc` up to one or the
+// other), or through `start_here`, which takes the place of posting; no two threads ever reach
+// it at once, and the handle never does.
+unsafe impl<F: Send> Sync for Body<F> {}
+
+/// [`Body<F>`] with its type forgotten.
+pub(super) trait Erased: Send + Sync {}
+impl<F: Send> Erased for Body<F> {}
 
 struct Inner<T> {
     outcome: Option<Outcome<T>>,
@@ -32,9 +60,13 @@ struct Inner<T> {
     cancel_early: bool,
 }
 
-impl<T> JoinState<T> {
-    pub(super) fn new() -> Arc<JoinState<T>> {
-        Arc::new(JoinState {
+impl<T, F> Spawn<T, Body<F>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    pub(super) fn new(stack_size: usize, f: F) -> Arc<Spawn<T, Body<F>>> {
+        Arc::new(Spawn {
             inner: Mutex::new(Inner {
                 outcome: None,
                 taken: false,
@@ -42,9 +74,57 @@ impl<T> JoinState<T> {
                 key: None,
                 cancel_early: false,
             }),
+            cancelled: AtomicBool::new(false),
+            spawning: AtomicBool::new(false),
+            stack_size,
+            body: Body(UnsafeCell::new(Some(f))),
         })
     }
 
+    /// Takes the closure (`None` once taken).
+    ///
+    /// # Safety
+    ///
+    /// Called only from `Job::run`, `Job::abandon` or `start_here` (see `Body`'s `Sync`).
+    unsafe fn take_body(&self) -> Option<F> {
+        // SAFETY: per the contract, nothing else reaches the cell meanwhile.
+        unsafe { (*self.body.0.get()).take() }
+    }
+
+    /// Spawns the coroutine on the calling thread, the target itself (instead of posting).
+    pub(super) fn start_here(self: Arc<Self>) {
+        // SAFETY: the job was never posted: this is the one call that reaches its closure.
+        if let Some(f) = unsafe { self.take_body() } {
+            let stack_size = self.stack_size;
+            Completer::new(self).start(stack_size, f);
+        }
+    }
+}
+
+impl<T, F> Job for Spawn<T, Body<F>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Arc<Self>) {
+        // SAFETY: called once, from the posted message (see `Body`).
+        if let Some(f) = unsafe { self.take_body() } {
+            let stack_size = self.stack_size;
+            Completer::new(self).start(stack_size, f);
+        }
+    }
+
+    fn abandon(&self) {
+        // SAFETY: called once, instead of `run`, from the posted message (see `Body`).
+        drop(unsafe { self.take_body() });
+        self.finish(Err(Box::new(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "the coroutine never ran: its runtime thread was shut down",
+        ))));
+    }
+}
+
+impl<T, B: ?Sized> Spawn<T, B> {
     fn lock(&self) -> MutexGuard<'_, Inner<T>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -62,62 +142,52 @@ impl<T> JoinState<T> {
             w.notify();
         }
     }
+
+    /// Reports that the spawn failed (or could not be attempted) with `e`.
+    pub(super) fn fail(&self, e: io::Error) {
+        self.finish(Err(Box::new(e)));
+    }
 }
 
 /// Reports the coroutine's end to its handle, however it ends: a `Drop` before the body ran
-/// (the closure dropped unrun because its thread went, or no stack could be had) reports why:
-/// the spawn's error in `failure`, or that the thread had shut down. (The error is made only
-/// then: an `io::Error` made up front would cost every spawn two allocations, freed on the
-/// other thread.)
-pub(super) struct Completer<T> {
-    state: Arc<JoinState<T>>,
+/// (its coroutine cancelled, or shut down, before its first turn) reports it cancelled.
+struct Completer<T> {
+    job: Arc<Shared<T>>,
     ran: bool,
-    failure: Option<io::Error>,
 }
 
-impl<T> Completer<T> {
-    pub(super) fn new(state: Arc<JoinState<T>>) -> Completer<T> {
-        Completer {
-            state,
-            ran: false,
-            failure: None,
-        }
-    }
-
-    /// Spawn failed (or could not be attempted): the handle reports `e`.
-    pub(super) fn fail(mut self, e: io::Error) {
-        self.failure = Some(e);
+impl<T: Send + 'static> Completer<T> {
+    fn new(job: Arc<Shared<T>>) -> Completer<T> {
+        Completer { job, ran: false }
     }
 
     /// On the target thread (its inbox's callback, or a spawn made on that thread itself):
     /// spawns the coroutine that runs `f`, unless the handle cancelled it first (or cancels it
     /// while it is being spawned). A failure (no stack) is reported to the handle.
-    pub(super) fn start<F>(self, stack_size: usize, f: F)
+    fn start<F>(self, stack_size: usize, f: F)
     where
         F: FnOnce() -> T + 'static,
-        T: 'static,
     {
-        if self.state.lock().cancel_early {
+        if self.job.cancelled.load(Ordering::Acquire) {
             return; // the drop reports it cancelled
         }
-        let state = self.state.clone();
-        // The body takes the completer when it starts; a body dropped unrun (its coroutine
-        // cancelled before its first turn) drops it, which reports the cancellation.
-        let cell = Rc::new(Cell::new(Some(self)));
-        let mine = cell.clone();
+        let job = self.job.clone();
+        // The body takes the completer along; a body dropped unrun (its coroutine cancelled
+        // before its first turn) drops it, which reports the cancellation.
         let body = move || {
-            if let Some(c) = mine.take() {
-                let id = crate::coroutine::current().map_or(CoroutineId::NONE, |c| c.id());
-                c.run(id, f);
-            }
+            let id = crate::coroutine::current().map_or(CoroutineId::NONE, |c| c.id());
+            self.run(id, f);
         };
-        match crate::scheduler::spawn_with(None, stack_size, body) {
+        job.spawning.store(true, Ordering::Relaxed);
+        let spawned = crate::scheduler::spawn_with(None, stack_size, body);
+        job.spawning.store(false, Ordering::Relaxed);
+        match spawned {
             Ok(h) => {
                 // A `cancel` that came since the look above found no key and only set
                 // `cancel_early`: it is acted on here, or it would be lost. Setting the key
                 // and looking again under one lock leaves no gap for another.
                 let early = {
-                    let mut g = state.lock();
+                    let mut g = job.lock();
                     g.key = Some(h.key());
                     g.cancel_early
                 };
@@ -126,53 +196,36 @@ impl<T> Completer<T> {
                     let _ = h.cancel();
                 }
             }
-            Err(e) => {
-                if let Some(c) = cell.take() {
-                    c.fail(e);
-                }
-            }
+            Err(e) => job.fail(e),
         }
     }
 
     /// Runs `f` as the coroutine's body and reports its result or panic. A cancellation is
     /// reported as [`Cancelled`] and goes on unwinding.
-    pub(super) fn run(mut self, id: CoroutineId, f: impl FnOnce() -> T) {
+    fn run(mut self, id: CoroutineId, f: impl FnOnce() -> T) {
         self.ran = true;
         match catch_unwind(AssertUnwindSafe(f)) {
-            Ok(v) => self.state.finish(Ok(v)),
+            Ok(v) => self.job.finish(Ok(v)),
             Err(p) if crate::coroutine::is_cancellation(&*p) => {
-                self.state.finish(Err(Box::new(Cancelled { id })));
+                self.job.finish(Err(Box::new(Cancelled { id })));
                 resume_unwind(p)
             }
-            Err(p) => self.state.finish(Err(p)),
+            Err(p) => self.job.finish(Err(p)),
         }
     }
 }
 
 impl<T> Drop for Completer<T> {
     fn drop(&mut self) {
-        if !self.ran {
-            let (early, key) = {
-                let g = self.state.lock();
-                (g.cancel_early, g.key)
-            };
-            let outcome: Box<dyn Any + Send> = match key {
-                // Spawned, but cancelled (or shut down) before its first turn.
-                Some((_, id)) => Box::new(Cancelled {
-                    id: CoroutineId::from_u64(id),
-                }),
-                None if early => Box::new(Cancelled {
-                    id: CoroutineId::NONE,
-                }),
-                None => Box::new(self.failure.take().unwrap_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        "the coroutine never ran: its runtime thread was shut down",
-                    )
-                })),
-            };
-            self.state.finish(Err(outcome));
+        if self.ran || self.job.spawning.load(Ordering::Relaxed) {
+            return; // reported by `run`, or by the spawner (with its error)
         }
+        let key = self.job.lock().key;
+        let id = key.map_or(CoroutineId::NONE, |(_, id)| CoroutineId::from_u64(id));
+        // Spawned, but cancelled (or shut down) before its first turn; or cancelled before it
+        // was spawned.
+        let outcome: Box<dyn Any + Send> = Box::new(Cancelled { id });
+        self.job.finish(Err(outcome));
     }
 }
 
@@ -183,7 +236,7 @@ impl<T> Drop for Completer<T> {
 /// has a scheduler, it runs that thread's loop; on any other thread it blocks the thread.
 /// Dropping the handle detaches the coroutine.
 pub struct JoinHandle<T> {
-    pub(super) state: Arc<JoinState<T>>,
+    pub(super) state: Arc<Shared<T>>,
     pub(super) inbox: Arc<Inbox>,
     pub(super) thread: usize,
     /// `runtime::FORKS` when spawned: in a forked child the coroutine's thread does not exist.
@@ -204,16 +257,24 @@ impl<T> JoinHandle<T> {
     /// ([`Cancelled`] if it was cancelled, an `io::Error` if it never ran because its thread
     /// was shut down first or no stack could be had).
     pub fn join(self) -> std::thread::Result<T> {
+        if let Some(outcome) = self.take_outcome() {
+            return outcome;
+        }
         match self.wait(None) {
             Ok(true) => {}
             Ok(false) => unreachable!("a wait without a deadline ends notified"),
             Err(e) => return Err(Box::new(e)),
         }
-        let mut g = self.state.lock();
-        g.taken = true;
-        g.outcome
-            .take()
+        self.take_outcome()
             .unwrap_or_else(|| Err(Box::new(io::Error::other("coroutine result already taken"))))
+    }
+
+    /// The outcome, if the coroutine has finished (it is taken: `join` consumes the handle).
+    fn take_outcome(&self) -> Option<std::thread::Result<T>> {
+        let mut g = self.state.lock();
+        let outcome = g.outcome.take()?;
+        g.taken = true;
+        Some(outcome)
     }
 
     /// [`join`](JoinHandle::join) for at most `timeout`: the handle back when it passed first.
@@ -250,6 +311,7 @@ impl<T> JoinHandle<T> {
                 Some(k) => k,
                 None => {
                     g.cancel_early = true;
+                    self.state.cancelled.store(true, Ordering::Release);
                     return Ok(());
                 }
             }
@@ -278,7 +340,7 @@ impl<T> JoinHandle<T> {
                 s
             };
             /// Takes the waiter off the state however the wait ends (unwinding included).
-            struct Unlist<'a, T>(&'a JoinState<T>);
+            struct Unlist<'a, T>(&'a Shared<T>);
             impl<T> Drop for Unlist<'_, T> {
                 fn drop(&mut self) {
                     self.0.lock().waiter = None;

@@ -59,10 +59,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::coroutine::DEFAULT_STACK_SIZE;
-use crate::scheduler::{Inbox, Msg};
+use crate::scheduler::{Inbox, Msg, Posted};
 
 pub use join::JoinHandle;
-use join::{Completer, JoinState};
+use join::Spawn;
 
 /// Most threads a runtime has: as many as the process has reactor doorbells (a close on one
 /// thread reaches a waiter on another through them), and far more than cores on any machine.
@@ -494,42 +494,27 @@ impl Handle {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let state = JoinState::new();
-        let completer = Completer::new(state.clone());
-        let stack_size = self.shared.stack_size;
+        let job = Spawn::new(self.shared.stack_size, f);
         let inbox = self.shared.inboxes()[thread].clone();
-        if self.shared.in_forked_child() {
-            // Posted, it would sit in a queue no thread takes from: the handle would wait for
-            // ever.
-            completer.fail(forked_child());
-            return JoinHandle {
-                state,
-                inbox,
-                thread,
-                forks: self.shared.forks,
-            };
-        }
-        if self.thread_index() == Some(thread) {
-            // Onto the calling thread itself: spawned here and now, as its inbox's callback
-            // would (no eventfd write, no loop pass).
-            completer.start(stack_size, f);
-            return JoinHandle {
-                state,
-                inbox,
-                thread,
-                forks: self.shared.forks,
-            };
-        }
-        // A closure that cannot be posted is dropped here, and its completer reports why.
-        let _ = inbox.post(Msg::Run(Box::new(move || {
-            completer.start(stack_size, f);
-        })));
-        JoinHandle {
-            state,
+        let handle = JoinHandle {
+            state: job.clone(),
             inbox,
             thread,
             forks: self.shared.forks,
+        };
+        if self.shared.in_forked_child() {
+            // Posted, it would sit in a queue no thread takes from: the handle would wait for
+            // ever. (The closure goes with the handle's share.)
+            job.fail(forked_child());
+        } else if self.thread_index() == Some(thread) {
+            // Onto the calling thread itself: spawned here and now, as its inbox's callback
+            // would (no eventfd write, no loop pass).
+            job.start_here();
+        } else {
+            // A job that cannot be posted is dropped here, which reports why.
+            let _ = handle.inbox.post(Msg::Start(Posted::new(job)));
         }
+        handle
     }
 }
 

@@ -58,7 +58,7 @@ use crate::reactor::{GONE, Reactor};
 use crate::sys;
 use crate::timer::{Alarm, TimerHeap};
 
-pub(crate) use remote::{Inbox, Msg, Signal};
+pub(crate) use remote::{Inbox, Job, Msg, Posted, Signal};
 pub use spawn::{JoinHandle, SchedulerGuard, base, enter, live_coroutines, run, shutdown, spawn};
 pub(crate) use spawn::{spawn_with, wind_down};
 #[cfg(all(feature = "hook", target_os = "linux"))]

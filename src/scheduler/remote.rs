@@ -6,7 +6,8 @@
 //! pushes a [`Msg`], and writes the eventfd only when it is the first to post since the owner
 //! last emptied the queue (`rung`), so a burst of posts costs one write and one loop wake-up.
 //! The owner's callback ([`inbox_ready`]) clears the eventfd and `rung`, then takes the messages:
-//! closures to run on the owner thread ([`Msg::Run`], how a spawn crosses), unparks of one of its
+//! closures and jobs to run on the owner thread ([`Msg::Run`], [`Msg::Start`]: how a spawn
+//! crosses), unparks of one of its
 //! coroutines ([`Msg::Wake`]) and bare loop wake-ups ([`Msg::Poke`]). Nothing here needs
 //! `evthread_use_pthreads`: no other thread ever calls into the owner's base; the eventfd is the
 //! only thing they touch.
@@ -27,7 +28,7 @@
 //! - When the scheduler goes, its inbox is closed first (`open` cleared; later posts fail, and
 //!   their messages are dropped on the posting thread), the event is deleted, and what was left
 //!   in the queue is dropped on the owner thread. Messages own only `Send` values.
-//! - The callback never unwinds into libevent: a panicking [`Msg::Run`] closure is caught and
+//! - The callback never unwinds into libevent: a panicking [`Msg::Run`] closure (or job) is caught and
 //!   logged.
 
 use std::cell::Cell;
@@ -53,10 +54,47 @@ const INBOX_BATCH: usize = 1024;
 pub(crate) enum Msg {
     /// Run on the owner thread, from its loop, outside any coroutine.
     Run(Box<dyn FnOnce() + Send>),
+    /// Run a job on the owner thread, from its loop, outside any coroutine: what
+    /// [`Run`](Msg::Run) does, for work that comes with its own shared allocation (a
+    /// cross-thread spawn's closure and join state are one), so posting it allocates nothing.
+    Start(Posted),
     /// Unpark the coroutine in task-table `slot` if its id is `id` and it is parked.
     Wake { slot: usize, id: u64 },
     /// Only wake the loop (a caller blocked outside coroutines re-checks its condition).
     Poke,
+}
+
+/// Work another thread hands over in one allocation it shares with the poster (see
+/// [`Msg::Start`]).
+pub(crate) trait Job: Send + Sync {
+    /// Runs on the owner thread, from its loop: called at most once per job.
+    fn run(self: Arc<Self>);
+    /// The job will never run (its inbox was closed, or its thread is gone): called instead of
+    /// [`run`](Job::run), on whatever thread drops the message.
+    fn abandon(&self);
+}
+
+/// A posted [`Job`]: runs it once, or abandons it when dropped unrun.
+pub(crate) struct Posted(Option<Arc<dyn Job>>);
+
+impl Posted {
+    pub(crate) fn new(job: Arc<dyn Job>) -> Posted {
+        Posted(Some(job))
+    }
+
+    fn run(mut self) {
+        if let Some(job) = self.0.take() {
+            job.run();
+        }
+    }
+}
+
+impl Drop for Posted {
+    fn drop(&mut self) {
+        if let Some(job) = self.0.take() {
+            job.abandon();
+        }
+    }
 }
 
 /// A scheduler's inbox (see the module docs). Shared with every thread that posts to it.
@@ -295,6 +333,14 @@ unsafe extern "C" fn inbox_ready(_fd: sys::evutil_socket_t, _what: c_short, arg:
                 if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
                     log::error!(
                         "evco: a closure posted to this thread panicked: {}",
+                        crate::event::panic_message(&*p)
+                    );
+                }
+            }
+            Msg::Start(job) => {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run())) {
+                    log::error!(
+                        "evco: a job posted to this thread panicked: {}",
                         crate::event::panic_message(&*p)
                     );
                 }
