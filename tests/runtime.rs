@@ -350,7 +350,11 @@ fn a_spawn_after_shutdown_reports_that_it_never_ran() {
         let _g = guard;
         1
     });
-    assert_eq!(drops.load(Ordering::SeqCst), 1, "the unrun closure was dropped");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "the unrun closure was dropped"
+    );
     assert!(h.is_finished());
     let p = h.join().unwrap_err();
     let e = p

@@ -1,12 +1,29 @@
 //! [`JoinHandle`]: the `Send` handle of a coroutine spawned onto a runtime thread, and the
 //! completion its coroutine reports through.
+//!
+//! # Invariants
+//!
+//! - One allocation per spawn ([`Spawn`]): the closure, the outcome and what names the
+//!   coroutine on its thread. The closure is taken exactly once, by the target thread when the
+//!   posted job runs (or by the spawning thread when it is the target), or dropped when the
+//!   job is abandoned; the handle never touches it.
+//! - The outcome is set once (`finish` ignores later reports), by whoever learns how the
+//!   coroutine ended: its body (result, panic, `Cancelled`), the completer dropped unrun
+//!   (`Cancelled`), the spawner (no stack), or the abandoned job (never ran). `finish` takes the
+//!   listed waiter under the same lock it sets the outcome with, then notifies it: a joiner
+//!   that was notified is no longer listed.
+//! - Cancel against spawn: `cancel` sets `cancelled` and then reads the coroutine's id; the
+//!   target thread publishes the id and then reads `cancelled` (all `SeqCst`). So a cancel is
+//!   never lost: either `cancel` finds the id and posts the cancellation, or the target thread
+//!   sees `cancelled` and cancels the coroutine it just spawned (before its first turn), or
+//!   both, which is harmless (cancelling a finished coroutine does nothing).
 
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,10 +37,12 @@ type Outcome<T> = std::thread::Result<T>;
 /// [`Body<F>`] where it is made and `dyn Erased` in the handle, which does not know `F`.
 pub(super) struct Spawn<T, B: ?Sized> {
     inner: Mutex<Inner<T>>,
-    /// Set by `cancel` before the coroutine was spawned (as `Inner::cancel_early`, which is
-    /// the one decisions are made under the lock with): read without the lock by `start`, to
-    /// skip a spawn that would only be cancelled.
+    /// Set by `cancel` (see "Cancel against spawn" below).
     cancelled: AtomicBool,
+    /// The coroutine's id once spawned (0, `CoroutineId::NONE`, before), and its task-table
+    /// slot (written before the id): what `cancel` names it by on its thread.
+    id: AtomicU64,
+    slot: AtomicUsize,
     /// True while the target thread is spawning the coroutine: a body dropped then (no stack
     /// could be had) leaves the report to the spawner, which has the error. Only the target
     /// thread touches it.
@@ -54,10 +73,6 @@ struct Inner<T> {
     taken: bool,
     /// Whoever waits in `join` (one at a time: `join` takes the handle).
     waiter: Option<Arc<Signal>>,
-    /// The coroutine, once spawned: its task-table slot and id on its thread.
-    key: Option<(usize, u64)>,
-    /// `cancel` came before the coroutine was spawned: it never starts.
-    cancel_early: bool,
 }
 
 impl<T, F> Spawn<T, Body<F>>
@@ -71,10 +86,10 @@ where
                 outcome: None,
                 taken: false,
                 waiter: None,
-                key: None,
-                cancel_early: false,
             }),
             cancelled: AtomicBool::new(false),
+            id: AtomicU64::new(0),
+            slot: AtomicUsize::new(0),
             spawning: AtomicBool::new(false),
             stack_size,
             body: Body(UnsafeCell::new(Some(f))),
@@ -179,21 +194,20 @@ impl<T: Send + 'static> Completer<T> {
             self.run(id, f);
         };
         job.spawning.store(true, Ordering::Relaxed);
-        let spawned = crate::scheduler::spawn_with(None, stack_size, body);
+        let spawned = crate::scheduler::spawn_keyed(stack_size, body);
         job.spawning.store(false, Ordering::Relaxed);
         match spawned {
-            Ok(h) => {
-                // A `cancel` that came since the look above found no key and only set
-                // `cancel_early`: it is acted on here, or it would be lost. Setting the key
-                // and looking again under one lock leaves no gap for another.
-                let early = {
-                    let mut g = job.lock();
-                    g.key = Some(h.key());
-                    g.cancel_early
-                };
-                if early {
+            Ok((slot, id)) => {
+                // See "Cancel against spawn": the key is published before `cancelled` is
+                // looked at again, and `cancel` sets `cancelled` before it looks for the key,
+                // all `SeqCst`, so at least one of the two sees the other.
+                job.slot.store(slot, Ordering::Relaxed);
+                job.id.store(id, Ordering::SeqCst);
+                if job.cancelled.load(Ordering::SeqCst) {
                     // Not started yet: its body is dropped unrun, which reports `Cancelled`.
-                    let _ = h.cancel();
+                    if let Some(s) = Scheduler::current() {
+                        let _ = s.cancel_by_key(slot, id);
+                    }
                 }
             }
             Err(e) => job.fail(e),
@@ -220,8 +234,7 @@ impl<T> Drop for Completer<T> {
         if self.ran || self.job.spawning.load(Ordering::Relaxed) {
             return; // reported by `run`, or by the spawner (with its error)
         }
-        let key = self.job.lock().key;
-        let id = key.map_or(CoroutineId::NONE, |(_, id)| CoroutineId::from_u64(id));
+        let id = CoroutineId::from_u64(self.job.id.load(Ordering::SeqCst));
         // Spawned, but cancelled (or shut down) before its first turn; or cancelled before it
         // was spawned.
         let outcome: Box<dyn Any + Send> = Box::new(Cancelled { id });
@@ -257,32 +270,19 @@ impl<T> JoinHandle<T> {
     /// ([`Cancelled`] if it was cancelled, an `io::Error` if it never ran because its thread
     /// was shut down first or no stack could be had).
     pub fn join(self) -> std::thread::Result<T> {
-        if let Some(outcome) = self.take_outcome() {
-            return outcome;
-        }
         match self.wait(None) {
-            Ok(true) => {}
-            Ok(false) => unreachable!("a wait without a deadline ends notified"),
-            Err(e) => return Err(Box::new(e)),
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => unreachable!("a wait without a deadline ends with the outcome"),
+            Err(e) => Err(Box::new(e)),
         }
-        self.take_outcome()
-            .unwrap_or_else(|| Err(Box::new(io::Error::other("coroutine result already taken"))))
-    }
-
-    /// The outcome, if the coroutine has finished (it is taken: `join` consumes the handle).
-    fn take_outcome(&self) -> Option<std::thread::Result<T>> {
-        let mut g = self.state.lock();
-        let outcome = g.outcome.take()?;
-        g.taken = true;
-        Some(outcome)
     }
 
     /// [`join`](JoinHandle::join) for at most `timeout`: the handle back when it passed first.
     pub fn join_timeout(self, timeout: Duration) -> Result<std::thread::Result<T>, JoinHandle<T>> {
         let deadline = Instant::now().checked_add(timeout);
         match self.wait(deadline) {
-            Ok(true) => Ok(self.join()),
-            Ok(false) => Err(self),
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => Err(self),
             Err(e) => Ok(Err(Box::new(e))),
         }
     }
@@ -302,21 +302,16 @@ impl<T> JoinHandle<T> {
     /// once the request is on its way (the coroutine may still be running on its thread; one
     /// that finishes first is not affected). A coroutine not started yet never starts.
     pub fn cancel(&self) -> io::Result<()> {
-        let key = {
-            let mut g = self.state.lock();
-            if g.outcome.is_some() {
-                return Ok(());
-            }
-            match g.key {
-                Some(k) => k,
-                None => {
-                    g.cancel_early = true;
-                    self.state.cancelled.store(true, Ordering::Release);
-                    return Ok(());
-                }
-            }
-        };
-        let (slot, id) = key;
+        if self.is_finished() {
+            return Ok(());
+        }
+        // See "Cancel against spawn".
+        self.state.cancelled.store(true, Ordering::SeqCst);
+        let id = self.state.id.load(Ordering::SeqCst);
+        if id == 0 {
+            return Ok(()); // not spawned yet: the target thread sees `cancelled`
+        }
+        let slot = self.state.slot.load(Ordering::Relaxed);
         self.inbox.post(Msg::Run(Box::new(move || {
             if let Some(s) = Scheduler::current() {
                 let _ = s.cancel_by_key(slot, id);
@@ -324,31 +319,36 @@ impl<T> JoinHandle<T> {
         })))
     }
 
-    /// Waits until finished or `deadline`: `Ok(false)` at the deadline.
-    fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+    /// Waits until finished or `deadline` and takes the outcome: `None` at the deadline.
+    fn wait(&self, deadline: Option<Instant>) -> io::Result<Option<Outcome<T>>> {
         loop {
+            // One lock: the outcome if it is there, else the waiter listed.
             let signal = {
                 let mut g = self.state.lock();
-                if g.outcome.is_some() {
-                    return Ok(true);
+                if let Some(outcome) = g.outcome.take() {
+                    g.taken = true;
+                    return Ok(Some(outcome));
                 }
-                if super::FORKS.load(std::sync::atomic::Ordering::Relaxed) != self.forks {
+                if super::FORKS.load(Ordering::Relaxed) != self.forks {
                     return Err(super::forked_child());
                 }
                 let s = Signal::new()?;
                 g.waiter = Some(s.clone());
                 s
             };
-            /// Takes the waiter off the state however the wait ends (unwinding included).
-            struct Unlist<'a, T>(&'a Shared<T>);
+            /// Takes the waiter off the state however the wait ends (unwinding included),
+            /// unless `finish` took it already: it does so before it notifies.
+            struct Unlist<'a, T>(&'a Shared<T>, &'a Signal);
             impl<T> Drop for Unlist<'_, T> {
                 fn drop(&mut self) {
-                    self.0.lock().waiter = None;
+                    if !self.1.is_notified() {
+                        self.0.lock().waiter = None;
+                    }
                 }
             }
-            let _unlist = Unlist(&self.state);
-            if !signal.wait(deadline)? {
-                return Ok(self.is_finished());
+            let _unlist = Unlist(&self.state, &signal);
+            if !signal.wait(deadline)? && !self.is_finished() {
+                return Ok(None);
             }
         }
     }

@@ -60,7 +60,7 @@ use crate::timer::{Alarm, TimerHeap};
 
 pub(crate) use remote::{Inbox, Job, Msg, Posted, Signal};
 pub use spawn::{JoinHandle, SchedulerGuard, base, enter, live_coroutines, run, shutdown, spawn};
-pub(crate) use spawn::{spawn_with, wind_down};
+pub(crate) use spawn::{spawn_keyed, wind_down};
 #[cfg(all(feature = "hook", target_os = "linux"))]
 pub(crate) use task::in_scheduled_coroutine;
 pub use task::yield_now;

@@ -338,7 +338,8 @@ unsafe extern "C" fn inbox_ready(_fd: sys::evutil_socket_t, _what: c_short, arg:
                 }
             }
             Msg::Start(job) => {
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run())) {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()))
+                {
                     log::error!(
                         "evco: a job posted to this thread panicked: {}",
                         crate::event::panic_message(&*p)

@@ -34,10 +34,34 @@ where
     F: FnOnce() -> T + 'static,
     T: 'static,
 {
-    let sched = Scheduler::current_or_install()?;
     let value: Rc<Cell<Option<T>>> = Rc::new(Cell::new(None));
     let slot = value.clone();
-    let core = Core::new(name, stack_size, move || slot.set(Some(f())))?;
+    let task = spawn_task(name, stack_size, move || slot.set(Some(f())))?;
+    Ok(JoinHandle {
+        task,
+        value,
+        _not_send: PhantomData,
+    })
+}
+
+/// Spawns `body` with no join handle (a runtime spawn reports through its own state): its
+/// task-table slot and id, what names it in a cross-thread message.
+pub(crate) fn spawn_keyed(
+    stack_size: usize,
+    body: impl FnOnce() + 'static,
+) -> io::Result<(usize, u64)> {
+    let task = spawn_task(None, stack_size, body)?;
+    Ok((task.slot.get(), task.core.id().as_u64()))
+}
+
+/// Makes the task that runs `body`, lists it and queues it.
+fn spawn_task(
+    name: Option<Rc<str>>,
+    stack_size: usize,
+    body: impl FnOnce() + 'static,
+) -> io::Result<Rc<Task>> {
+    let sched = Scheduler::current_or_install()?;
+    let core = Core::new(name, stack_size, body)?;
     let task = Rc::new(Task {
         core,
         sched,
@@ -57,11 +81,7 @@ where
     let _busy = coroutine::Busy::enter();
     sched.insert(&task);
     sched.schedule(task.clone());
-    Ok(JoinHandle {
-        task,
-        value,
-        _not_send: PhantomData,
-    })
+    Ok(task)
 }
 
 /// Spawns `f` as a new coroutine on this thread's scheduler (installing one if needed).
@@ -276,12 +296,6 @@ impl<T> JoinHandle<T> {
                 "cancel outside the coroutine's scheduler (it was shut down or uninstalled)",
             )),
         }
-    }
-
-    /// Its task-table slot and id: what names it in a cross-thread message
-    /// (`Scheduler::cancel_by_key`).
-    pub(crate) fn key(&self) -> (usize, u64) {
-        (self.task.slot.get(), self.task.core.id().as_u64())
     }
 
     /// The coroutine's id.
