@@ -29,13 +29,18 @@
 //! # The result
 //!
 //! Every result is glibc's own layout, so that libc's `freeaddrinfo` (not hooked) frees it: it
-//! is made by libc's `getaddrinfo` itself, called with `AI_NUMERICHOST` for each address found,
-//! with the caller's service, family, socket type, protocol and flags. Its socket-type
-//! expansion, port, `AI_V4MAPPED` mapping and `AI_ADDRCONFIG` filtering are therefore glibc's.
+//! is made by libc's `getaddrinfo` itself, called with `AI_NUMERICHOST` once for each family
+//! found (with its unspecified address, `0.0.0.0` or `::`), with the caller's service, family,
+//! socket type, protocol and flags; every address of that family gets those entries (copies,
+//! one allocation each as glibc's, past the first address) with its own address put in. Its
+//! socket-type expansion, port, `AI_V4MAPPED` mapping and `AI_ADDRCONFIG` filtering are
+//! therefore glibc's.
 //! With `AI_CANONNAME`, the first entry's `ai_canonname` (a separate allocation, as glibc's) is
 //! the hosts file's canonical name or the name that answered (the search list's, without the
-//! root's dot): evdns's plain queries do not report CNAMEs. Addresses come IPv4 first, then IPv6, without glibc's RFC 6724 sorting
-//! (`/etc/gai.conf`).
+//! root's dot): evdns's plain queries do not report CNAMEs. Addresses come in the hosts file's
+//! order, or A records before AAAA ones, without glibc's RFC 6724 sorting (`/etc/gai.conf`):
+//! where glibc puts `::1` before `127.0.0.1` for a `localhost` the hosts file lists with both,
+//! the hooks put it after.
 //!
 //! # Errors
 //!
@@ -45,8 +50,8 @@
 //! ECANCELED` (the lookup is cancelled with it; a pooled call still runs to its end, its result
 //! freed).
 //!
-//! `getnameinfo` (reverse lookups) runs on the pool unless `NI_NUMERICHOST` asks for no lookup.
-//! `gethostbyaddr` is not hooked.
+//! `getnameinfo` (reverse lookups) runs on the pool unless `NI_NUMERICHOST` asks for no lookup,
+//! and so do `gethostbyaddr` and `gethostbyaddr_r` (see `hostent`).
 
 mod hostent;
 mod pool;
@@ -353,23 +358,27 @@ fn dns_answer(
     let (mut nodata, mut last) = (false, libc::EAI_NONAME);
     for candidate in conf.candidates(name) {
         // A search domain can make a name too long to ask: glibc skips it too.
-        let Some(asked) = CString::new(candidate.as_str())
-            .ok()
-            .filter(|_| fits_a_query(&candidate))
-        else {
+        if !fits_a_query(&candidate) {
+            continue;
+        }
+        let Ok(asked) = CString::new(candidate) else {
             continue;
         };
         let answer = match query::query(dns, &asked, v4, v6)? {
             Answer::Truncated => {
-                let (servers, asked) = (conf.servers().to_vec(), candidate.clone());
+                let servers = conf.servers().to_vec();
+                let asked = asked.to_str().unwrap_or_default().to_string();
                 pool::run(move || tcp::query(&servers, &asked, v4, v6))?
             }
             answer => answer,
         };
         match answer {
             Answer::Addrs(addrs) => {
-                let canonical = candidate.strip_suffix('.').unwrap_or(&candidate);
-                return Ok(Ok((canonical.to_string(), addrs)));
+                let mut canonical = asked.into_string().unwrap_or_default();
+                if canonical.ends_with('.') {
+                    canonical.pop();
+                }
+                return Ok(Ok((canonical, addrs)));
             }
             Answer::Failed(libc::EAI_SYSTEM) => {
                 return Ok(Err(Failure {
@@ -396,11 +405,18 @@ fn dns_answer(
 /// Whether `name` fits in a DNS question: labels of at most 63 bytes, at most 253 in all
 /// (without the root's trailing dot).
 fn fits_a_query(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    name.len() <= 253 && name.split('.').all(|label| label.len() <= 63)
+    let name = name.strip_suffix('.').unwrap_or(name).as_bytes();
+    name.len() <= 253 && name.split(|&b| b == b'.').all(|label| label.len() <= 63)
 }
 
 /// `addrs` as libc's own list for `service` and `hints` (see "The result" in the module docs).
+///
+/// libc is asked once per family, with that family's unspecified address (`0.0.0.0`, `::`):
+/// what glibc makes of a numeric host (the family's refusal, `AI_V4MAPPED`'s mapping,
+/// `AI_ADDRCONFIG`, the entries of each socket type and their port) depends on its family
+/// alone. Each address then gets a copy of its family's entries ([`copy_entries`]) with the
+/// address put in ([`set_address`]); the first address of a family takes libc's entries
+/// themselves.
 fn glibc_list(
     canonical: &str,
     addrs: &[IpAddr],
@@ -410,24 +426,54 @@ fn glibc_list(
     let mut each = *hints;
     each.ai_flags = (each.ai_flags | libc::AI_NUMERICHOST) & !libc::AI_CANONNAME;
     let mut list = AiList(std::ptr::null_mut());
-    let mut text = String::with_capacity(48);
-    for addr in addrs {
-        use std::fmt::Write;
-        text.clear();
-        let _ = write!(text, "{addr}\0");
-        let numeric = CStr::from_bytes_with_nul(text.as_bytes())
-            .map_err(|_| Failure::code(libc::EAI_FAIL))?;
-        match libc_getaddrinfo(numeric, service, &each) {
-            Ok(entries) => list.append(entries),
-            // An address AI_ADDRCONFIG (or the family) leaves out.
-            Err(f) if matches!(f.code, libc::EAI_NONAME | libc::EAI_FAMILY | EAI_ADDRFAMILY) => {}
-            Err(f) => return Err(f),
-        }
+    /// What libc made of one family so far.
+    #[derive(Clone, Copy)]
+    enum Family {
+        NotAsked,
+        /// Left out (the hints' family, `AI_ADDRCONFIG`).
+        Refused,
+        /// The first address's `count` entries from `head`, in `list` (which owns them).
+        Entries(*const libc::addrinfo, usize),
+    }
+    let mut families = [Family::NotAsked; 2];
+    for &addr in addrs {
+        let (family, unspecified) = match addr {
+            IpAddr::V4(_) => (&mut families[0], c"0.0.0.0"),
+            IpAddr::V6(_) => (&mut families[1], c"::"),
+        };
+        let entries = match *family {
+            Family::Refused => continue,
+            Family::Entries(head, count) => copy_entries(head, count, addr)?,
+            Family::NotAsked => match libc_getaddrinfo(unspecified, service, &each) {
+                Ok(mut entries) => {
+                    let mut count = 0;
+                    let mut p = entries.0;
+                    // SAFETY: the list libc just made, owned by `entries`: each node valid
+                    // until its `ai_next` is null.
+                    while let Some(ai) = unsafe { p.as_mut() } {
+                        set_address(ai, addr);
+                        count += 1;
+                        p = ai.ai_next;
+                    }
+                    *family = Family::Entries(entries.0.cast_const(), count);
+                    entries.set_flags(hints.ai_flags);
+                    entries
+                }
+                // A family AI_ADDRCONFIG (or the hints' family) leaves out.
+                Err(f)
+                    if matches!(f.code, libc::EAI_NONAME | libc::EAI_FAMILY | EAI_ADDRFAMILY) =>
+                {
+                    *family = Family::Refused;
+                    continue;
+                }
+                Err(f) => return Err(f),
+            },
+        };
+        list.append(entries);
     }
     if list.0.is_null() {
         return Err(Failure::code(libc::EAI_NODATA));
     }
-    list.set_flags(hints.ai_flags);
     if hints.ai_flags & libc::AI_CANONNAME != 0 {
         let name = CString::new(canonical).map_err(|_| Failure::code(libc::EAI_FAIL))?;
         // SAFETY: strdup copies a C string into libc's allocator, as glibc's own canonical
@@ -441,6 +487,72 @@ fn glibc_list(
         }
     }
     Ok(list)
+}
+
+/// Copies of the `count` entries from `head` on, each with `addr` put in, as a list of its
+/// own in glibc's layout: each entry one `malloc`ed block, the `addrinfo` followed by its
+/// `ai_addrlen` bytes of sockaddr (`ai_addr` points there), no canonical name; libc's
+/// `freeaddrinfo` frees it as it frees glibc's.
+///
+/// `head` starts a run of at least `count` well-formed entries of a list that outlives the
+/// call, with no canonical name past its first (the lists `glibc_list` asks libc for).
+fn copy_entries(head: *const libc::addrinfo, count: usize, addr: IpAddr) -> Lookup {
+    let mut copies = AiList(std::ptr::null_mut());
+    let mut tail: *mut *mut libc::addrinfo = &mut copies.0;
+    let mut p = head;
+    for _ in 0..count {
+        // SAFETY: `p` is one of the `count` valid entries from `head` (the caller's word).
+        let from = unsafe { &*p };
+        let len = from.ai_addrlen as usize;
+        // SAFETY: a fresh block of `addrinfo` and sockaddr sizes, written whole below before
+        // anything reads it: the addrinfo (8-aligned, malloc's alignment), then the `len`
+        // sockaddr bytes copied from the entry's, which holds that many; the new entry is
+        // linked at the end of `copies` (through `tail`, its last `ai_next`), which frees it.
+        unsafe {
+            let block = libc::malloc(size_of::<libc::addrinfo>() + len).cast::<libc::addrinfo>();
+            if block.is_null() {
+                return Err(Failure::code(libc::EAI_MEMORY));
+            }
+            let sa = block.add(1).cast::<libc::sockaddr>();
+            std::ptr::copy_nonoverlapping(from.ai_addr.cast::<u8>(), sa.cast::<u8>(), len);
+            block.write(libc::addrinfo {
+                ai_addr: sa,
+                ai_canonname: std::ptr::null_mut(),
+                ai_next: std::ptr::null_mut(),
+                ..*from
+            });
+            set_address(&mut *block, addr);
+            *tail = block;
+            tail = &raw mut (*block).ai_next;
+        }
+        p = from.ai_next;
+    }
+    Ok(copies)
+}
+
+/// Puts `addr` in an entry of its family's (an IPv4 address in an `AF_INET6` entry as
+/// `AI_V4MAPPED` maps it), leaving its port and the rest as they are.
+fn set_address(ai: &mut libc::addrinfo, addr: IpAddr) {
+    let len = ai.ai_addrlen as usize;
+    // SAFETY: an entry of a well-formed list: `ai_addr` holds `ai_addrlen` bytes of the family
+    // `ai_family` names, checked against the sockaddr's size before it is written.
+    unsafe {
+        match (ai.ai_family, addr) {
+            (libc::AF_INET, IpAddr::V4(v4)) if len >= size_of::<libc::sockaddr_in>() => {
+                let sin = &mut *ai.ai_addr.cast::<libc::sockaddr_in>();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+            }
+            (libc::AF_INET6, _) if len >= size_of::<libc::sockaddr_in6>() => {
+                let sin6 = &mut *ai.ai_addr.cast::<libc::sockaddr_in6>();
+                sin6.sin6_addr.s6_addr = match addr {
+                    IpAddr::V6(v6) => v6.octets(),
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                };
+            }
+            // glibc makes no AF_INET entry of an IPv6 address.
+            _ => {}
+        }
+    }
 }
 
 /// glibc's `EAI_ADDRFAMILY` (not in the libc crate for Linux): the host has no address of the

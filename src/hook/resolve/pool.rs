@@ -27,7 +27,10 @@ use crate::io::Interest;
 /// Most pool threads at once.
 const MAX_THREADS: usize = 4;
 
-type Job = Box<dyn FnOnce() + Send>;
+/// A request's work: it returns what tells the waiter its answer is in, which the pool thread
+/// calls only once it counts itself idle again (see [`work`]).
+type Job = Box<dyn FnOnce() -> Notify + Send>;
+type Notify = Box<dyn FnOnce() + Send>;
 
 struct Pool {
     /// The process the threads belong to (a forked child has none of them).
@@ -76,10 +79,13 @@ pub(super) fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     submit(Box::new(move || {
         let value = f();
         *theirs.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(value);
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from `one` to the request's eventfd, which `theirs` keeps
-        // open. It cannot fail short of the counter's overflow, which one write never reaches.
-        unsafe { libc::write(theirs.done.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        Box::new(move || {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from `one` to the request's eventfd, which `theirs` keeps
+            // open. It cannot fail short of the counter's overflow, which one write never
+            // reaches.
+            unsafe { libc::write(theirs.done.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        })
     }))?;
     loop {
         if let Some(value) = request
@@ -129,15 +135,22 @@ fn submit(job: Job) -> io::Result<()> {
     Ok(())
 }
 
-/// A pool thread: runs queued jobs, forever.
+/// A pool thread: runs queued jobs, forever. It counts itself idle before it tells a job's
+/// waiter the answer is in: a coroutine that asks again at once (one lookup after another)
+/// then queues for this thread instead of starting another.
 fn work() {
     let mut p = pool();
     loop {
         match p.queue.pop_front() {
             Some(job) => {
                 drop(p);
-                job();
+                let notify = job();
                 p = pool();
+                p.idle += 1;
+                drop(p);
+                notify();
+                p = pool();
+                p.idle -= 1;
             }
             None => {
                 p.idle += 1;

@@ -212,29 +212,37 @@ unsafe extern "C" fn answered(
 /// answer; a truncated reply is asked again; NXDOMAIN is final; both timed out is `EAI_AGAIN`;
 /// a name with no address of either family is `EAI_NODATA`.
 fn merge(v4: Option<Outcome>, v6: Option<Outcome>) -> Answer {
-    let outcomes: Vec<Outcome> = [v4, v6].into_iter().flatten().collect();
-    let codes: Vec<c_int> = outcomes.iter().map(|(code, _)| *code).collect();
-    let addrs: Vec<IpAddr> = outcomes.into_iter().flat_map(|(_, a)| a).collect();
+    let mut codes = [None; 2];
+    let mut addrs = Vec::new();
+    for (code, outcome) in codes.iter_mut().zip([v4, v6]) {
+        if let Some((c, a)) = outcome {
+            *code = Some(c);
+            if addrs.is_empty() {
+                addrs = a;
+            } else {
+                addrs.extend(a);
+            }
+        }
+    }
     if !addrs.is_empty() {
         return Answer::Addrs(addrs);
     }
-    if codes.contains(&DNS_ERR_TRUNCATED) {
+    let codes = codes.iter().flatten().copied();
+    let has = |code: c_int| codes.clone().any(|c| c == code);
+    if has(DNS_ERR_TRUNCATED) {
         return Answer::Truncated;
     }
-    if codes.contains(&DNS_ERR_NOTEXIST) {
+    if has(DNS_ERR_NOTEXIST) {
         return Answer::Failed(libc::EAI_NONAME);
     }
-    if codes.contains(&DNS_ERR_CANCEL) {
+    if has(DNS_ERR_CANCEL) {
         return Answer::Failed(libc::EAI_SYSTEM);
     }
-    let timed_out = |c: &c_int| *c == DNS_ERR_TIMEOUT || *c == DNS_ERR_SERVERFAILED;
-    if !codes.is_empty() && codes.iter().all(timed_out) {
+    let timed_out = |c: c_int| c == DNS_ERR_TIMEOUT || c == DNS_ERR_SERVERFAILED;
+    if codes.clone().next().is_some() && codes.clone().all(timed_out) {
         return Answer::Failed(libc::EAI_AGAIN);
     }
-    if codes
-        .iter()
-        .any(|c| *c == DNS_ERR_NONE || *c == DNS_ERR_NODATA)
-    {
+    if has(DNS_ERR_NONE) || has(DNS_ERR_NODATA) {
         return Answer::Failed(libc::EAI_NODATA);
     }
     Answer::Failed(libc::EAI_FAIL)

@@ -307,8 +307,12 @@ fn host_domain() -> Option<String> {
 
 /// `localhost`, `*.localhost`, with or without the root's trailing dot, in any case.
 pub(crate) fn is_localhost(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-    name == "localhost" || name.ends_with(".localhost")
+    let name = name.strip_suffix('.').unwrap_or(name).as_bytes();
+    let Some(split) = name.len().checked_sub(b"localhost".len()) else {
+        return false;
+    };
+    let (head, tail) = name.split_at(split);
+    tail.eq_ignore_ascii_case(b"localhost") && (head.is_empty() || head.ends_with(b"."))
 }
 
 /// The sources of nsswitch.conf's `hosts:` line (actions in brackets left out); empty when it
@@ -370,7 +374,12 @@ impl Hosts {
     /// `name`'s addresses of the wanted families in file order, with the canonical name of the
     /// first line that has one; `None` when there is none.
     fn find(&self, name: &str, v4: bool, v6: bool) -> Option<(String, Vec<IpAddr>)> {
-        let lines = self.by_name.get(&name.to_ascii_lowercase())?;
+        // Keys are lower case: most names asked are already.
+        let lines = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.by_name.get(&name.to_ascii_lowercase())
+        } else {
+            self.by_name.get(name)
+        }?;
         let mut canonical = None;
         let mut addrs = Vec::new();
         for &i in lines {
