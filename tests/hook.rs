@@ -1539,3 +1539,60 @@ fn poll_for_pollrdnorm_alone_is_woken_by_data() {
         drop((r, w, sock, peer));
     });
 }
+
+/// `poll` over a list that names one fd twice, for `POLLIN` and for `POLLOUT`, with no
+/// timeout, in a coroutine: the pipe's write end is full, so only the second entry can become
+/// ready, and it does when a later coroutine drains the pipe. Before, the hook's temporary
+/// epoll instance kept only the first entry's events (the second `EPOLL_CTL_ADD` failed with
+/// `EEXIST`), so writability never woke the wait: here, never (the watchdog ended the test).
+#[test]
+fn poll_naming_one_fd_twice_is_woken_by_either_entrys_events() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let (r, w) = common::pipe();
+        let wfd = w.as_raw_fd();
+        // SAFETY: F_SETFL on an open fd.
+        assert_eq!(
+            unsafe { libc::fcntl(wfd, libc::F_SETFL, libc::O_NONBLOCK) },
+            0
+        );
+        let chunk = vec![0u8; 4096];
+        let mut queued = 0usize;
+        loop {
+            // SAFETY: writes from a live buffer of `chunk.len()` bytes to an open fd.
+            let n = unsafe { libc::write(wfd, chunk.as_ptr().cast(), chunk.len()) };
+            if n < 0 {
+                break;
+            }
+            queued += n as usize;
+        }
+        let waiter = evco::spawn(move || {
+            let mut fds = [
+                libc::pollfd {
+                    fd: wfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: wfd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            (n, fds[0].revents, fds[1].revents)
+        });
+        evco::yield_now().unwrap();
+        assert!(!waiter.is_finished(), "the poll waits: the pipe is full");
+        let mut buf = vec![0u8; 4096];
+        while queued > 0 {
+            // SAFETY: reads into a live buffer of `buf.len()` bytes from an open fd.
+            let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            assert!(n > 0, "{}", std::io::Error::last_os_error());
+            queued -= n as usize;
+        }
+        assert_eq!(waiter.join().unwrap(), (1, 0, libc::POLLOUT));
+        drop((r, w));
+    });
+}

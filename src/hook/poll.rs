@@ -210,35 +210,55 @@ fn wait_any(list: &[libc::pollfd], timeout: Option<Duration>) -> io::Result<()> 
     // SAFETY: `ep` was just made and is owned by nothing else. Owned, it is closed however the
     // wait ends, a cancellation's unwinding included.
     let owned = unsafe { OwnedFd::from_raw_fd(ep) };
-    for p in list.iter().filter(|p| p.fd >= 0) {
-        let mut events = 0u32;
-        for (poll_bit, epoll_bit) in [
-            (libc::POLLIN, libc::EPOLLIN),
-            (libc::POLLOUT, libc::EPOLLOUT),
-            (libc::POLLPRI, libc::EPOLLPRI),
-            (libc::POLLRDHUP, libc::EPOLLRDHUP),
-            // Asked for alone, without POLLIN/POLLOUT, these must be waited for too: an fd
-            // registered for none of its events would wake the wait only on a hang-up.
-            (libc::POLLRDNORM, libc::EPOLLRDNORM),
-            (libc::POLLRDBAND, libc::EPOLLRDBAND),
-            (libc::POLLWRNORM, libc::EPOLLWRNORM),
-            (libc::POLLWRBAND, libc::EPOLLWRBAND),
-        ] {
-            if p.events & poll_bit != 0 {
-                events |= epoll_bit as u32;
-            }
+    // One registration per fd, for the union of what its entries ask: an fd listed twice
+    // (`[{fd, POLLIN}, {fd, POLLOUT}]`) is woken by either entry's events, as poll is.
+    let mut wanted: Vec<(c_int, u32)> = list
+        .iter()
+        .filter(|p| p.fd >= 0)
+        .map(|p| (p.fd, epoll_events(p.events)))
+        .collect();
+    wanted.sort_unstable_by_key(|&(fd, _)| fd);
+    wanted.dedup_by(|(fd, events), (kept_fd, kept)| {
+        let same = fd == kept_fd;
+        if same {
+            *kept |= *events;
         }
+        same
+    });
+    for (fd, events) in wanted {
         let mut ev = libc::epoll_event {
             events,
-            u64: p.fd as u64,
+            u64: fd as u64,
         };
-        // SAFETY: `ev` is a valid epoll_event; a listed fd twice fails with EEXIST, which
-        // leaves the first registration (the zero-timeout poll reports both anyway).
-        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, p.fd, &mut ev) };
+        // SAFETY: `ev` is a valid epoll_event. A failure (an fd epoll refuses) leaves that fd
+        // out: see above.
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
     }
     let r = crate::io::wait_for(ep, Interest::READABLE, timeout);
     drop(owned);
     r
+}
+
+/// The epoll events that wait for what a `pollfd`'s `events` ask (the same bits, exactly).
+fn epoll_events(poll_events: libc::c_short) -> u32 {
+    let mut events = 0u32;
+    for (poll_bit, epoll_bit) in [
+        (libc::POLLIN, libc::EPOLLIN),
+        (libc::POLLOUT, libc::EPOLLOUT),
+        (libc::POLLPRI, libc::EPOLLPRI),
+        (libc::POLLRDHUP, libc::EPOLLRDHUP),
+        // Asked for alone, without POLLIN/POLLOUT, these must be waited for too: an fd
+        // registered for none of its events would wake the wait only on a hang-up.
+        (libc::POLLRDNORM, libc::EPOLLRDNORM),
+        (libc::POLLRDBAND, libc::EPOLLRDBAND),
+        (libc::POLLWRNORM, libc::EPOLLWRNORM),
+        (libc::POLLWRBAND, libc::EPOLLWRBAND),
+    ] {
+        if poll_events & poll_bit != 0 {
+            events |= epoll_bit as u32;
+        }
+    }
+    events
 }
 
 // ---- select ---------------------------------------------------------------------------------
