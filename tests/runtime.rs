@@ -29,6 +29,13 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     common::payload_kind(p)
 }
 
+/// The `io::Error` a join's `Err` carries (a closure that never ran, a join that could not
+/// wait); a failure naming the payload when it is something else.
+fn io_error(p: Box<dyn std::any::Any + Send>) -> std::io::Error {
+    *p.downcast::<std::io::Error>()
+        .unwrap_or_else(|p| panic!("not an io::Error payload: {}", panic_text(&p)))
+}
+
 #[test]
 fn a_cross_thread_join_handle_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
@@ -321,6 +328,20 @@ fn block_on_from_a_runtime_thread_is_an_error_not_a_deadlock() {
         .unwrap();
     assert_eq!(e.kind(), ErrorKind::Deadlock, "{e}");
     let rt = Arc::into_inner(rt).expect("the coroutine dropped its clone when it ended");
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// `block_on` re-raises a panic of its closure, whatever the payload: one that panics with an
+/// `io::Error` is not mistaken for a closure that never ran (the error `block_on` returns).
+#[test]
+fn block_on_re_raises_a_panic_even_with_an_io_error_payload() {
+    let _w = watchdog(30);
+    let rt = runtime(1);
+    let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(|| -> u8 { std::panic::panic_any(std::io::Error::other("the closure's own")) })
+    }))
+    .expect_err("the closure's panic comes through");
+    assert_eq!(io_error(p).to_string(), "the closure's own");
     rt.shutdown(BOUND).unwrap();
 }
 
@@ -724,6 +745,419 @@ fn a_cancel_racing_the_spawn_on_the_target_thread_is_never_lost() {
     rt.shutdown(BOUND).unwrap();
 }
 
+/// A joiner that gives up (a zero or tiny `join_timeout`) while the coroutine finishes on its
+/// thread, and waits again, neither loses the outcome nor misses the wake-up of its final
+/// `join` (a waiter left listed, or unlisted after the finish took it). Joined from a plain
+/// thread and from a coroutine on the other runtime thread; a lost wake-up hangs the final
+/// `join` (the watchdog fails the test).
+#[test]
+fn a_join_that_times_out_as_the_coroutine_finishes_still_gets_its_outcome() {
+    let _w = watchdog(120);
+    let rt = runtime(2);
+    fn rounds(h: &Handle, n: u64) {
+        for i in 0..n {
+            let j = h
+                .spawn_on(1, move || {
+                    for _ in 0..(i % 64) * 8 {
+                        std::hint::spin_loop();
+                    }
+                    i
+                })
+                .unwrap();
+            let mut pending = Some(j);
+            let mut outcome = None;
+            for k in 0..(i % 4) {
+                match pending
+                    .take()
+                    .unwrap()
+                    .join_timeout(Duration::from_micros(k * 3))
+                {
+                    Ok(r) => {
+                        outcome = Some(r);
+                        break;
+                    }
+                    Err(again) => pending = Some(again),
+                }
+            }
+            let r = outcome.unwrap_or_else(|| pending.take().unwrap().join());
+            assert_eq!(r.unwrap(), i, "round {i}: another coroutine's outcome");
+        }
+    }
+    let h = rt.handle();
+    rounds(h, 20_000);
+    let h2 = h.clone();
+    rt.spawn_on(0, move || rounds(&h2, 20_000))
+        .unwrap()
+        .join()
+        .unwrap();
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// A coroutine joining one it spawned on its own thread: a job that ends in its first turn,
+/// one that waits on a channel (fed after the joiner is parked), a `join_timeout` that passes
+/// while the job waits (then a `join`), and a joiner cancelled while it waits, each gets what
+/// a cross-thread join gets. A join that returned early would see another round's value; a
+/// lost wake-up hangs (the watchdog fails the test).
+#[test]
+fn joining_a_coroutine_spawned_on_the_joiners_own_thread_waits_for_its_outcome() {
+    let _w = watchdog(60);
+    let rt = runtime(2);
+    rt.spawn_on(0, || {
+        let h = Handle::current().unwrap();
+        for i in 0..1_000u64 {
+            // Ends in its first turn.
+            assert_eq!(h.spawn_on(0, move || i).unwrap().join().unwrap(), i);
+            // Waits for a message sent from the other thread once the job is parked.
+            let (tx, rx) = mpsc::channel::<u64>();
+            let job = h.spawn_on(0, move || rx.recv().unwrap() + 1).unwrap();
+            let sender = h.spawn_on(1, move || tx.send(i).unwrap()).unwrap();
+            let job = if i % 2 == 0 {
+                job
+            } else {
+                // Gives up while the job may still wait, then joins for good.
+                match job.join_timeout(Duration::ZERO) {
+                    Ok(r) => {
+                        assert_eq!(r.unwrap(), i + 1);
+                        sender.join().unwrap();
+                        continue;
+                    }
+                    Err(job) => job,
+                }
+            };
+            assert_eq!(job.join().unwrap(), i + 1, "round {i}");
+            sender.join().unwrap();
+        }
+        // A joiner cancelled while it waits for a job on its own thread (the turns below
+        // take it into its join) unwinds.
+        let (tx, rx) = mpsc::channel::<()>();
+        let job = h.spawn_on(0, move || rx.recv().map(|()| 7u8)).unwrap();
+        let joiner = h.spawn_on(0, move || job.join()).unwrap();
+        for _ in 0..3 {
+            evco::yield_now().unwrap();
+        }
+        assert!(!joiner.is_finished());
+        joiner.cancel().unwrap();
+        let e = joiner.join().unwrap_err();
+        assert!(
+            e.downcast_ref::<Cancelled>().is_some(),
+            "the joiner was cancelled"
+        );
+        drop(tx); // the job's recv fails; it ends, detached
+    })
+    .unwrap()
+    .join()
+    .unwrap();
+    rt.shutdown(BOUND).unwrap();
+}
+
+/// Spawns still queued when a runtime thread's inbox closes are abandoned, each handle told
+/// that its job never ran, even when one closure's destructor panics there. Before, that
+/// panic left the drain, stranded the spawn queued behind it (its `join` waited for ever) and
+/// failed the shutdown. The two are posted from another thread while `on_thread_stop` holds
+/// the thread: after its loop, before its scheduler (and inbox) goes.
+#[test]
+fn queued_spawns_are_abandoned_even_when_a_closures_destructor_panics() {
+    struct PanicOnDrop;
+    impl Drop for PanicOnDrop {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("a closure's destructor panics");
+            }
+        }
+    }
+    let _w = watchdog(30);
+    let (stopping_tx, stopping_rx) = std::sync::mpsc::channel::<()>();
+    let (posted_tx, posted_rx) = std::sync::mpsc::channel::<()>();
+    let (stopping_tx, posted_rx) = (StdMutex::new(stopping_tx), StdMutex::new(posted_rx));
+    let rt = Builder::new()
+        .threads(1)
+        .on_thread_stop(move || {
+            stopping_tx.lock().unwrap().send(()).unwrap();
+            posted_rx.lock().unwrap().recv().unwrap();
+        })
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
+    let poster = std::thread::spawn(move || {
+        stopping_rx.recv().unwrap();
+        let p = PanicOnDrop;
+        let bad = handle.spawn(move || drop(p));
+        let good = handle.spawn(|| 7u32);
+        posted_tx.send(()).unwrap();
+        (bad, good)
+    });
+    assert_eq!(rt.shutdown(BOUND).unwrap(), 0);
+    let (bad, good) = poster.join().unwrap();
+    for p in [bad.join().unwrap_err(), good.join().map(drop).unwrap_err()] {
+        let e = io_error(p);
+        assert!(e.to_string().contains("never ran"), "{e}");
+    }
+}
+
+/// Bad builder input and hooks that misbehave get errors, not panics or hangs: a thread name
+/// prefix with a NUL byte (std's thread builder would panic on it); an `on_thread_stop` that
+/// panics (the threads still wind down, and `shutdown` still counts); a coroutine joining its
+/// own cross-thread handle (it would wait for itself until shutdown).
+#[test]
+fn a_nul_in_the_name_prefix_a_panicking_stop_hook_and_a_self_join_are_errors() {
+    let _w = watchdog(30);
+    let e = Builder::new()
+        .threads(2)
+        .name_prefix("a\0b")
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+
+    let stops = Arc::new(AtomicUsize::new(0));
+    let counted = stops.clone();
+    let rt = Builder::new()
+        .threads(2)
+        .on_thread_stop(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            panic!("a stop hook panics");
+        })
+        .build()
+        .unwrap();
+    let (me_tx, me_rx) = std::sync::mpsc::channel::<JoinHandle<u8>>();
+    let me_rx = StdMutex::new(me_rx);
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<std::io::Error>();
+    let this = rt.spawn(move || {
+        let me = me_rx.lock().unwrap().recv().unwrap();
+        let e = match me.join_timeout(BOUND) {
+            Ok(Err(p)) => io_error(p),
+            Ok(Ok(_)) => panic!("joined itself"),
+            Err(_) => panic!("a self-join waited for its timeout"),
+        };
+        seen_tx.send(e).unwrap();
+        3
+    });
+    // A second handle of the same coroutine cannot be had: it joins the one it is given.
+    me_tx.send(this).unwrap();
+    let e = seen_rx.recv().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Deadlock, "{e}");
+    // A parked coroutine, cancelled at the deadline, still counted despite the hooks' panics.
+    let (_keep, rx) = mpsc::channel::<()>();
+    let parked = rt.spawn(move || rx.recv().is_ok());
+    assert_eq!(rt.shutdown(Duration::ZERO).unwrap(), 1);
+    assert_eq!(
+        stops.load(Ordering::SeqCst),
+        2,
+        "the hook ran on both threads"
+    );
+    assert!(parked.join().is_err());
+}
+
+/// A child forked from a runtime coroutine has that one runtime thread: the coroutine goes on
+/// there (a spawn onto the runtime fails, as everywhere in the child), and once it returns
+/// the thread winds down (its stop hook runs) and the child exits. Before, its loop waited for
+/// a stop nobody could post, and the child never exited.
+#[test]
+fn a_child_forked_from_a_runtime_coroutine_exits_when_its_coroutine_returns() {
+    let Some(_w) = common::in_child(
+        "a_child_forked_from_a_runtime_coroutine_exits_when_its_coroutine_returns",
+        30,
+    ) else {
+        return;
+    };
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (rfd, wfd) = (fds[0], fds[1]);
+    let rt = Builder::new()
+        .threads(1)
+        .on_thread_stop(move || {
+            // SAFETY: writes one byte from a static to the pipe's write end.
+            unsafe { libc::write(wfd, b"s".as_ptr().cast(), 1) };
+        })
+        .build()
+        .unwrap();
+    let pid = rt
+        .spawn(move || {
+            // SAFETY: the child runs this coroutine's Rust code on its one thread; the
+            // allocator's locks are the C library's to take care of.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: bounds the child: SIGALRM's default action ends it.
+                unsafe { libc::alarm(20) };
+                let h = Handle::current().unwrap();
+                let forked = h
+                    .spawn_on(0, || ())
+                    .unwrap()
+                    .join()
+                    .unwrap_err()
+                    .downcast::<std::io::Error>()
+                    .is_ok_and(|e| e.to_string().contains("forked"));
+                let msg: &[u8] = if forked { b"f" } else { b"?" };
+                // SAFETY: writes one byte to the pipe's write end.
+                unsafe { libc::write(wfd, msg.as_ptr().cast(), 1) };
+            }
+            pid
+        })
+        .join()
+        .unwrap();
+    assert!(pid > 0);
+    let mut status = 0;
+    // SAFETY: waits for the child forked above; writes its status to `status`.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child ended by itself (status {status:#x}; SIGALRM is 0xe)"
+    );
+    rt.shutdown(BOUND).unwrap();
+    // SAFETY: closes our write end (the child's copy is gone), then reads what both wrote.
+    unsafe { libc::close(wfd) };
+    let mut got = [0u8; 8];
+    // SAFETY: reads at most 8 bytes into `got`.
+    let n = unsafe { libc::read(rfd, got.as_mut_ptr().cast(), got.len()) };
+    // SAFETY: closes the read end.
+    unsafe { libc::close(rfd) };
+    assert_eq!(
+        &got[..n as usize],
+        b"fss",
+        "the child's spawn failed, both stop hooks ran"
+    );
+    println!("child-finished");
+}
+
+/// `shutdown` called inside a coroutine of another scheduler parks that coroutine, not its
+/// thread: a sibling coroutine there, spawned just before, runs meanwhile and sends what the
+/// runtime's last coroutine waits for, so it ends by itself and none is cancelled. Before,
+/// the join blocked the thread, the sibling never ran, and the shutdown waited out its hour
+/// (the watchdog fails the test).
+#[test]
+fn shutdown_inside_a_coroutine_parks_it_and_its_thread_runs_on() {
+    let _w = watchdog(30);
+    let rt = runtime(1);
+    let (tx, rx) = mpsc::channel::<u8>();
+    let waiter = rt.spawn(move || rx.recv().unwrap());
+    let cancelled = evco::run(move || {
+        evco::spawn(move || tx.send(9).unwrap());
+        rt.shutdown(Duration::from_secs(3600)).unwrap()
+    });
+    assert_eq!(cancelled, 0);
+    assert_eq!(waiter.join().unwrap(), 9);
+}
+
+/// A spawn whose post fails (the runtime was shut down) drops its closure on the posting
+/// coroutine; a destructor that waits there, and the coroutine is cancelled meanwhile: the
+/// cancellation goes on unwinding, the coroutine does not carry on after the spawn. Before,
+/// the drop's catch (there for panicking destructors) took the cancellation for a panic,
+/// logged it and let the cancelled coroutine run on.
+#[test]
+fn a_cancellation_inside_a_never_run_closures_drop_goes_on_unwinding() {
+    struct WaitingDrop;
+    impl Drop for WaitingDrop {
+        fn drop(&mut self) {
+            evco::time::sleep(Duration::from_secs(60));
+        }
+    }
+    let _w = watchdog(30);
+    let rt = runtime(1);
+    let h = rt.handle().clone();
+    rt.shutdown(BOUND).unwrap();
+    evco::run(move || {
+        let after = std::rc::Rc::new(std::cell::Cell::new(false));
+        let seen = after.clone();
+        let waiting = WaitingDrop;
+        let c = evco::spawn(move || {
+            let never = h.spawn(move || drop(waiting));
+            seen.set(true);
+            drop(never);
+        });
+        evco::yield_now().unwrap(); // `c` parks in the closure's drop
+        c.cancel().unwrap();
+        let p = c.join().unwrap_err();
+        assert!(
+            p.downcast_ref::<Cancelled>().is_some(),
+            "{}",
+            panic_text(&p)
+        );
+        assert!(
+            !after.get(),
+            "the cancelled coroutine ran on after the spawn"
+        );
+    });
+}
+
+/// The same drop, reached from a guard's destructor while the coroutine unwinds a panic: a
+/// cancellation there is not re-raised (a second panic out of a destructor aborts the
+/// process); the coroutine ends. Before, the process aborted ("panic in a destructor during
+/// cleanup"). Runs in a child: the failure is an abort.
+#[test]
+fn a_cancellation_inside_a_never_run_closures_drop_during_an_unwind_does_not_abort() {
+    struct WaitingDrop;
+    impl Drop for WaitingDrop {
+        fn drop(&mut self) {
+            evco::time::sleep(Duration::from_secs(60));
+        }
+    }
+    struct SpawnOnDrop(Option<Handle>);
+    impl Drop for SpawnOnDrop {
+        fn drop(&mut self) {
+            let waiting = WaitingDrop;
+            let never = self.0.take().unwrap().spawn(move || drop(waiting));
+            assert!(never.join().is_err());
+        }
+    }
+    let Some(_w) = common::in_child(
+        "a_cancellation_inside_a_never_run_closures_drop_during_an_unwind_does_not_abort",
+        30,
+    ) else {
+        return;
+    };
+    let rt = runtime(1);
+    let h = rt.handle().clone();
+    rt.shutdown(BOUND).unwrap();
+    evco::run(move || {
+        let c = evco::spawn(move || {
+            let _g = SpawnOnDrop(Some(h));
+            panic!("the first panic");
+        });
+        evco::yield_now().unwrap(); // `c` panics and parks in WaitingDrop's drop
+        c.cancel().unwrap();
+        // Ended, as cancelled (the cancel was asked for) or with its panic, not aborted.
+        let p = c.join().unwrap_err();
+        let text = panic_text(&p);
+        assert!(
+            p.downcast_ref::<Cancelled>().is_some() || text == "the first panic",
+            "{text}"
+        );
+    });
+    println!("child-finished");
+}
+
+/// `shutdown` inside a coroutine that cannot park (a bare `Coroutine`) joins the threads in
+/// place, as outside coroutines. Before, it took the helper-thread path, whose wait failed
+/// at once: it returned an error while the threads still ran.
+#[test]
+fn shutdown_inside_a_bare_coroutine_joins_the_threads() {
+    let _w = watchdog(30);
+    let rt = runtime(1);
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let ended = Arc::new(AtomicUsize::new(0));
+    let e = ended.clone();
+    let _job = rt.spawn(move || {
+        started_tx.send(()).unwrap();
+        evco::time::sleep(Duration::from_millis(50));
+        e.store(1, Ordering::SeqCst);
+    });
+    started_rx.recv().unwrap();
+    let out = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let o = out.clone();
+    let mut co = evco::coroutine::Coroutine::new(move || {
+        *o.borrow_mut() = Some(rt.shutdown(BOUND));
+    })
+    .unwrap();
+    co.resume().unwrap();
+    assert!(co.is_finished());
+    assert_eq!(out.borrow_mut().take().unwrap().unwrap(), 0);
+    assert_eq!(
+        ended.load(Ordering::SeqCst),
+        1,
+        "shutdown returned before the job ended"
+    );
+}
+
 /// In a child forked after a runtime was built, none of its threads exist. Before, a spawn there
 /// was posted to a queue nobody takes from (its join waited for ever), a join of a coroutine
 /// still running in the parent waited for ever, and shutting the runtime down (or dropping it)
@@ -749,13 +1183,14 @@ fn a_forked_child_gets_errors_from_its_parents_runtime_not_hangs() {
     if pid == 0 {
         let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _w = watchdog(20); // the parent's watchdog thread is not here
-            let e = rt.spawn(|| 2).join().unwrap_err();
-            let e = e.downcast::<std::io::Error>().expect("an io::Error");
+            let e = io_error(rt.spawn(|| 2).join().unwrap_err());
             assert!(e.to_string().contains("forked"), "{e}");
-            let e = running.join().unwrap_err();
-            let e = e.downcast::<std::io::Error>().expect("an io::Error");
+            let e = io_error(running.join().unwrap_err());
             assert!(e.to_string().contains("forked"), "{e}");
             let e = rt.serve("127.0.0.1:0", |_| {}).unwrap_err();
+            assert!(e.to_string().contains("forked"), "{e}");
+            // A closure that never ran is block_on's error.
+            let e = rt.block_on(|| 4).unwrap_err();
             assert!(e.to_string().contains("forked"), "{e}");
             assert_eq!(evco::run(|| evco::spawn(|| 3).join().unwrap()), 3);
             let e = rt.shutdown(BOUND).unwrap_err();

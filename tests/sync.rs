@@ -510,6 +510,43 @@ fn a_coroutine_cancelled_in_condvar_wait_leaves_the_mutex_usable() {
     });
 }
 
+/// A waiter notified and then cancelled while it waits to relock the mutex (held here)
+/// passes the notification on: the other waiter wakes. Before, nobody did.
+#[test]
+fn a_notified_condvar_waiter_cancelled_while_relocking_passes_it_on() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let s = Rc::new((Mutex::new(0u32), Condvar::new()));
+        let waiter = |s: Rc<(Mutex<u32>, Condvar)>| {
+            move || {
+                let g = s.1.wait(s.0.lock().unwrap()).unwrap();
+                *g
+            }
+        };
+        let first = evco::spawn(waiter(s.clone()));
+        let second = evco::spawn(waiter(s.clone()));
+        evco::yield_now().unwrap(); // both wait, `first` ahead
+        let mut g = s.0.lock().unwrap();
+        *g = 1;
+        s.1.notify_one(); // to `first`
+        evco::yield_now().unwrap(); // `first` wakes and parks relocking: the mutex is held
+        let dbg = format!("{:?}", s.0);
+        assert!(
+            dbg.contains("waiters: 1"),
+            "`first` waits for the mutex: {dbg}"
+        );
+        first.cancel().unwrap();
+        assert!(first.join().is_err());
+        drop(g);
+        assert_eq!(
+            second.join().unwrap(),
+            1,
+            "the notification went on to `second`"
+        );
+        assert!(!s.0.is_locked());
+    });
+}
+
 #[test]
 fn condvar_wait_outside_a_coroutine_is_an_error_and_releases_the_lock() {
     let _w = watchdog(20);

@@ -607,7 +607,72 @@ fn a_cancelled_condvar_waiter_that_was_notified_passes_it_on() {
     });
 }
 
+/// The same, cancelled later: the notified waiter wakes and parks relocking the mutex (held
+/// here), and is cancelled there. Before, the notification ended with it and `second` was
+/// never woken.
+#[test]
+fn a_notified_condvar_waiter_cancelled_while_relocking_passes_it_on() {
+    let _w = watchdog(20);
+    evco::run(|| {
+        let s = Arc::new((Mutex::new(0u32), Condvar::new()));
+        let waiter = |s: Arc<(Mutex<u32>, Condvar)>| {
+            move || {
+                let g = s.1.wait(s.0.lock().unwrap()).unwrap();
+                *g
+            }
+        };
+        let first = evco::spawn(waiter(s.clone()));
+        let second = evco::spawn(waiter(s.clone()));
+        evco::yield_now().unwrap(); // both listed, `first` ahead
+        let mut g = s.0.lock().unwrap();
+        *g = 1;
+        s.1.notify_one(); // to `first`
+        evco::yield_now().unwrap(); // `first` wakes and parks relocking: the mutex is held
+        let dbg = format!("{:?}", s.0);
+        assert!(
+            dbg.contains("waiters: 1"),
+            "`first` waits for the mutex: {dbg}"
+        );
+        first.cancel().unwrap();
+        assert!(first.join().is_err());
+        drop(g);
+        assert_eq!(
+            second.join().unwrap(),
+            1,
+            "the notification went on to `second`"
+        );
+        assert!(!s.0.is_locked());
+    });
+}
+
 // ---- Semaphore ----
+
+/// Adding permits past `usize::MAX` panics with the count unchanged, in release builds too;
+/// before, a release build wrapped the count (to 0 for one permit too many) and lost them all.
+#[test]
+fn adding_permits_past_usize_max_panics_and_keeps_the_count() {
+    let sem = Semaphore::new(usize::MAX - 1);
+    sem.add_permits(1);
+    assert_eq!(sem.available_permits(), usize::MAX);
+    let p = std::panic::catch_unwind(|| sem.add_permits(1)).unwrap_err();
+    let msg = p.downcast_ref::<String>().map_or("", String::as_str);
+    assert!(msg.contains("more than usize::MAX permits"), "{msg}");
+    assert_eq!(sem.available_permits(), usize::MAX);
+    let permit = sem.acquire().unwrap();
+    assert_eq!(sem.available_permits(), usize::MAX - 1);
+    drop(permit);
+    assert_eq!(sem.available_permits(), usize::MAX);
+    // Permits taken count too: filling up the free ones while one is out would overflow
+    // when it comes back. Before, that give-back panicked in debug and wrapped to 0 free
+    // in release. A forgotten permit no longer counts.
+    let sem = Semaphore::new(2);
+    let out = sem.try_acquire().unwrap();
+    sem.try_acquire().unwrap().forget();
+    std::panic::catch_unwind(|| sem.add_permits(usize::MAX)).unwrap_err();
+    sem.add_permits(usize::MAX - 1);
+    drop(out);
+    assert_eq!(sem.available_permits(), usize::MAX);
+}
 
 #[test]
 fn a_permit_released_on_another_thread_wakes_a_parked_coroutine() {

@@ -71,6 +71,9 @@ struct Inner<T> {
     outcome: Option<Outcome<T>>,
     /// Taken by `join`.
     taken: bool,
+    /// The outcome is the `io::Error` of a closure that never ran (set with it, by `fail`),
+    /// not a panic of the closure: what `Runtime::block_on` tells apart.
+    never_ran: bool,
     /// Whoever waits in `join` (one at a time: `join` takes the handle).
     waiter: Option<Arc<Signal>>,
 }
@@ -85,6 +88,7 @@ where
             inner: Mutex::new(Inner {
                 outcome: None,
                 taken: false,
+                never_ran: false,
                 waiter: None,
             }),
             cancelled: AtomicBool::new(false),
@@ -131,11 +135,26 @@ where
 
     fn abandon(&self) {
         // SAFETY: called once, instead of `run`, from the posted message (see `Body`).
-        drop(unsafe { self.take_body() });
-        self.finish(Err(Box::new(io::Error::new(
+        let body = unsafe { self.take_body() };
+        // The handle learns the job never ran even if the closure's destructor panics.
+        let dropped = catch_unwind(AssertUnwindSafe(|| drop(body)));
+        self.fail(io::Error::new(
             io::ErrorKind::NotConnected,
             "the coroutine never ran: its runtime thread was shut down",
-        ))));
+        ));
+        if let Err(p) = dropped {
+            // The destructor ran on a coroutine that was cancelled meanwhile (a failed post
+            // drops the job on the posting thread): its unwinding goes on. Not when this drop
+            // itself runs in an unwinding (a guard's destructor that spawned): a second panic
+            // out of it would abort the process, and the coroutine ends with the first anyway.
+            if crate::coroutine::is_cancellation(&*p) && !std::thread::panicking() {
+                resume_unwind(p);
+            }
+            log::error!(
+                "evco: the closure of a spawn that never ran panicked when dropped: {}",
+                crate::event::panic_message(&*p)
+            );
+        }
     }
 }
 
@@ -145,12 +164,19 @@ impl<T, B: ?Sized> Spawn<T, B> {
     }
 
     fn finish(&self, outcome: Outcome<T>) {
+        self.finish_as(outcome, false);
+    }
+
+    /// [`finish`](Spawn::finish), saying whether the closure never ran (`outcome` is then
+    /// the `io::Error` why).
+    fn finish_as(&self, outcome: Outcome<T>, never_ran: bool) {
         let waiter = {
             let mut g = self.lock();
             if g.outcome.is_some() || g.taken {
                 return;
             }
             g.outcome = Some(outcome);
+            g.never_ran = never_ran;
             g.waiter.take()
         };
         if let Some(w) = waiter {
@@ -160,7 +186,7 @@ impl<T, B: ?Sized> Spawn<T, B> {
 
     /// Reports that the spawn failed (or could not be attempted) with `e`.
     pub(super) fn fail(&self, e: io::Error) {
-        self.finish(Err(Box::new(e)));
+        self.finish_as(Err(Box::new(e)), true);
     }
 }
 
@@ -277,6 +303,20 @@ impl<T> JoinHandle<T> {
         }
     }
 
+    /// [`join`](JoinHandle::join), with a closure that never ran (and a join that could not
+    /// wait) as the `Err` and the coroutine's own outcome, panics included, as the `Ok`:
+    /// even a panic whose payload is an `io::Error` is the `Ok`.
+    pub(super) fn join_ran(self) -> io::Result<std::thread::Result<T>> {
+        match self.wait(None)? {
+            Some(Err(p)) if self.state.lock().never_ran => match p.downcast::<io::Error>() {
+                Ok(e) => Err(*e),
+                Err(p) => Ok(Err(p)),
+            },
+            Some(outcome) => Ok(outcome),
+            None => unreachable!("a wait without a deadline ends with the outcome"),
+        }
+    }
+
     /// [`join`](JoinHandle::join) for at most `timeout`: the handle back when it passed first.
     pub fn join_timeout(self, timeout: Duration) -> Result<std::thread::Result<T>, JoinHandle<T>> {
         let deadline = Instant::now().checked_add(timeout);
@@ -321,6 +361,25 @@ impl<T> JoinHandle<T> {
 
     /// Waits until finished or `deadline` and takes the outcome: `None` at the deadline.
     fn wait(&self, deadline: Option<Instant>) -> io::Result<Option<Outcome<T>>> {
+        // A coroutine joining one spawned on its own thread: the new coroutine is in the ready
+        // queue ahead of the caller, and one turn of the queue often ends it. Taking that turn
+        // first saves listing a `Signal` (an allocation, and a wake-up through it) for the
+        // common short job; a job that waits costs the caller one extra turn.
+        if !self.is_finished()
+            && crate::coroutine::is_coroutine()
+            && Scheduler::current().is_some_and(|s| s.owns_inbox(&self.inbox))
+        {
+            // Its own handle (ids are process-unique; 0 is no coroutine yet): it would wait
+            // for itself.
+            let me = crate::coroutine::current().map_or(0, |c| c.id().as_u64());
+            if me != 0 && self.state.id.load(Ordering::SeqCst) == me {
+                return Err(io::Error::new(
+                    io::ErrorKind::Deadlock,
+                    "a coroutine cannot join itself",
+                ));
+            }
+            crate::yield_now()?;
+        }
         loop {
             // One lock: the outcome if it is there, else the waiter listed.
             let signal = {

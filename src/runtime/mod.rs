@@ -42,7 +42,14 @@
 //!   thread had shut down, or no stack could be had).
 //! - In a child forked after the runtime was built, none of its threads exist: a spawn or a
 //!   `serve` there fails, a join of a coroutine not finished before the fork reports an
-//!   `io::Error` instead of waiting, and a shutdown (or the drop) joins nothing.
+//!   `io::Error` instead of waiting, and a shutdown (or the drop) joins nothing. A child
+//!   forked from one of the runtime's coroutines has a copy of that one thread: the coroutine
+//!   goes on there (spawns onto the runtime fail there as well), and once that thread's
+//!   coroutines are done it winds down as at shutdown (its `on_thread_stop` runs) and ends, and
+//!   with it the child, when it was the child's only thread. A coroutine of that copy that was
+//!   already parked in a cross-thread wait when the process forked (a join of another
+//!   thread's coroutine, a `sync::shared` receive) is never woken there: its waker is in the
+//!   parent. Fork from a coroutine that has nothing else in flight on its thread.
 //!
 //! [`Cancelled`]: crate::coroutine::Cancelled
 
@@ -126,7 +133,7 @@ impl Builder {
         self
     }
 
-    /// The threads' names: `<prefix>-<index>`.
+    /// The threads' names: `<prefix>-<index>` (`build` fails on a prefix with a NUL byte).
     pub fn name_prefix(mut self, prefix: impl Into<String>) -> Builder {
         self.name_prefix = prefix.into();
         self
@@ -142,7 +149,7 @@ impl Builder {
     }
 
     /// Runs `f` on each runtime thread after its coroutines ended at shutdown, before its
-    /// scheduler goes.
+    /// scheduler goes. A panic in it is caught and logged; the thread winds down all the same.
     pub fn on_thread_stop(mut self, f: impl Fn() + Send + Sync + 'static) -> Builder {
         self.on_thread_stop = Some(Arc::new(f));
         self
@@ -167,6 +174,12 @@ impl Builder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
         };
+        if self.name_prefix.contains('\0') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a runtime's thread name prefix cannot contain a NUL byte",
+            ));
+        }
         static NEXT_RUNTIME: AtomicU64 = AtomicU64::new(1);
         static AT_FORK: std::sync::Once = std::sync::Once::new();
         // SAFETY: registers a child handler that only bumps an atomic (async-signal-safe), once
@@ -307,12 +320,9 @@ impl Runtime {
                  join instead",
             ));
         }
-        match self.spawn(f).join() {
+        match self.spawn(f).join_ran()? {
             Ok(v) => Ok(v),
-            Err(p) => match p.downcast::<io::Error>() {
-                Ok(e) => Err(*e),
-                Err(p) => std::panic::resume_unwind(p),
-            },
+            Err(p) => std::panic::resume_unwind(p),
         }
     }
 
@@ -325,7 +335,9 @@ impl Runtime {
     /// yet (the kernel resets them); those accepted carry on until the deadline.
     ///
     /// Called from one of the runtime's own threads, it cannot join them: it tells them to
-    /// stop (with `timeout`) and returns an error at once; they end on their own.
+    /// stop (with `timeout`) and returns an error at once; they end on their own. Called from
+    /// a coroutine of another scheduler, it parks that coroutine (a helper thread joins), so
+    /// the other coroutines of its thread run meanwhile.
     ///
     /// [`serve`]: Runtime::serve
     pub fn shutdown(mut self, timeout: Duration) -> io::Result<usize> {
@@ -365,21 +377,63 @@ impl Runtime {
                  many coroutines were cancelled is not known",
             ));
         }
-        let mut cancelled = 0;
-        let mut panicked = false;
-        for t in self.threads.drain(..) {
-            match t.join() {
-                Ok(n) => cancelled += n,
-                Err(_) => panicked = true,
-            }
+        let threads = std::mem::take(&mut self.threads);
+        if crate::coroutine::is_coroutine()
+            && !std::thread::panicking()
+            && crate::scheduler::can_wait().is_ok()
+        {
+            // Joining blocks: inside a coroutine (of another scheduler) it would stop every
+            // coroutine of this thread for the whole grace period, and those the runtime's
+            // coroutines wait for could not answer. A helper thread joins; the caller parks.
+            return join_from_coroutine(threads);
         }
-        if panicked {
-            return Err(io::Error::other(
-                "a runtime thread panicked while shutting down",
-            ));
-        }
-        Ok(cancelled)
+        join_threads(threads)
     }
+}
+
+/// Joins a runtime's threads: how many coroutines they cancelled at the deadline.
+fn join_threads(threads: Vec<std::thread::JoinHandle<usize>>) -> io::Result<usize> {
+    let mut cancelled = 0;
+    let mut panicked = false;
+    for t in threads {
+        match t.join() {
+            Ok(n) => cancelled += n,
+            Err(_) => panicked = true,
+        }
+    }
+    if panicked {
+        return Err(io::Error::other(
+            "a runtime thread panicked while shutting down",
+        ));
+    }
+    Ok(cancelled)
+}
+
+/// [`join_threads`] on a helper thread while the calling coroutine (one that can park) parks.
+/// When no thread can be started it joins here, blocking. A caller cancelled while it waits
+/// leaves the helper to finish the joins.
+fn join_from_coroutine(threads: Vec<std::thread::JoinHandle<usize>>) -> io::Result<usize> {
+    let (tx, rx) = crate::sync::shared::oneshot::channel();
+    // The threads go to the helper once it runs: a helper that cannot be had leaves them here.
+    let (give, take) = std::sync::mpsc::channel();
+    let helper = std::thread::Builder::new()
+        .name("evco-rt-join".into())
+        .spawn(move || {
+            let threads = take.recv().unwrap_or_default();
+            let _ = tx.send(join_threads(threads));
+        });
+    if helper.is_err() {
+        return join_threads(threads);
+    }
+    if let Err(back) = give.send(threads) {
+        return join_threads(back.0); // the helper is gone before it took them
+    }
+    rx.recv().unwrap_or_else(|_| {
+        Err(io::Error::other(
+            "the runtime's threads are being joined on a helper thread: this coroutine could \
+             not wait for them",
+        ))
+    })
 }
 
 impl Drop for Runtime {
@@ -444,8 +498,9 @@ impl Handle {
     }
 
     /// Spawns `f` as a coroutine on the next thread, round-robin. The closure crosses threads
-    /// (`Send`); what it makes while it runs need not be. A runtime that is shutting down does
-    /// not run it: joining then reports an `io::Error`.
+    /// (`Send`); what it makes while it runs need not be. During a shutdown's grace period it
+    /// still runs, and is cancelled at the deadline like the coroutines already there; once
+    /// its thread has wound down it never runs: joining then reports an `io::Error`.
     pub fn spawn<F, T>(&self, f: F) -> JoinHandle<T>
     where
         F: FnOnce() -> T + Send + 'static,

@@ -150,6 +150,7 @@ fn main(
     if go.recv() != Ok(true) {
         return 0;
     }
+    let forks = shared.forks;
     CURRENT.with(|c| *c.borrow_mut() = Some((Handle { shared }, index)));
     let hook = match &on_start {
         Some(f) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f())).map_err(|p| {
@@ -164,8 +165,15 @@ fn main(
     let _ = started.send(hook);
     drop(started);
     if hook_ok {
-        // The hold keeps the loop waiting for posts: it ends only when the stop comes.
-        if let Err(e) = scheduler::block_outside(|| STOP.with(Cell::get).is_some(), None) {
+        // The hold keeps the loop waiting for posts: it ends only when the stop comes. In a
+        // child forked from one of its coroutines, where no stop can come (the runtime's
+        // handles refuse to post there), it ends once this copy's coroutines are done.
+        let stop = || {
+            STOP.with(Cell::get).is_some()
+                || (super::FORKS.load(std::sync::atomic::Ordering::Relaxed) != forks
+                    && scheduler::live_coroutines() == 0)
+        };
+        if let Err(e) = scheduler::block_outside(stop, None) {
             log::error!("evco: runtime thread {index}: its loop failed: {e}");
         }
     } else {
@@ -181,7 +189,13 @@ fn main(
     super::serve::reset_connections();
     let _ = scheduler::wind_down(Some(std::time::Duration::ZERO));
     if let Some(f) = &on_stop {
-        f();
+        // A panic here must not skip the rest of the thread's wind-down (nor lose its count).
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f())) {
+            log::error!(
+                "evco: on_thread_stop panicked on runtime thread {index}: {}",
+                crate::event::panic_message(&*p)
+            );
+        }
     }
     drop(hold);
     drop(guard);

@@ -103,8 +103,12 @@ impl Condvar {
         let woken = self.waiters.wait(deadline, &|| {
             self.waiters.notify_one();
         });
+        // A notification this coroutine had when the relock below unwinds (cancelled while it
+        // waits for the mutex) goes on to the next waiter: nobody else would act on it.
+        let pass_on = PassOn(self, matches!(woken, Ok(Woken::Notified)));
         // Parking can only fail for reasons checked above; relock either way.
         let guard = mutex.lock()?;
+        std::mem::forget(pass_on);
         // Not notified is not timed out: a park may end early (see `WaitList::wait`).
         let timed_out =
             woken? == Woken::NotNotified && deadline.is_some_and(|d| Instant::now() >= d);
@@ -119,6 +123,17 @@ impl Condvar {
     /// Wakes every waiting coroutine.
     pub fn notify_all(&self) {
         self.waiters.notify_all();
+    }
+}
+
+/// Passes a notification on unless forgotten (see `wait_until`).
+struct PassOn<'a>(&'a Condvar, bool);
+
+impl Drop for PassOn<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.notify_one();
+        }
     }
 }
 

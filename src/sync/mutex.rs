@@ -18,6 +18,9 @@ use crate::scheduler;
 /// the network, while other coroutines that want the same data wait their turn. The lock goes
 /// to waiters in the order they asked for it (unlocking hands it to the first one directly).
 ///
+/// Unlike std's, it is never poisoned: a guard dropped by a panic (or a cancellation) unlocks
+/// it like any other, and the next `lock` gets the data as the panicking holder left it.
+///
 /// ```
 /// use std::rc::Rc;
 /// use std::time::Duration;

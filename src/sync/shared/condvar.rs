@@ -97,8 +97,13 @@ impl Condvar {
         std::mem::forget(guard);
         mutex.unlock();
         let woken = listed.wait(deadline).map(|(w, _)| w);
+        // A notification this waiter had when the relock below fails or unwinds (a coroutine
+        // cancelled while it waits for the mutex) goes on to the next waiter: nobody else
+        // would act on it.
+        let pass_on = PassOn(self, matches!(woken, Ok(Woken::Notified)));
         // Relock either way (a cancelled coroutine unwinds out of the wait above instead).
         let guard = mutex.lock()?;
+        std::mem::forget(pass_on);
         let timed_out = woken? == Woken::NotNotified && super::passed(deadline);
         Ok((guard, timed_out))
     }
@@ -113,6 +118,17 @@ impl Condvar {
     pub fn notify_all(&self) {
         let all = lock(&self.waiters).take();
         notify_all(all);
+    }
+}
+
+/// Passes a notification on unless forgotten (see `wait_until`).
+struct PassOn<'a>(&'a Condvar, bool);
+
+impl Drop for PassOn<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.notify_one();
+        }
     }
 }
 

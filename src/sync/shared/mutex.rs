@@ -32,6 +32,9 @@ const QUEUED: u8 = 2;
 /// it would block the whole thread. The lock goes to waiters in the order they asked for it:
 /// unlocking hands it to the first one directly.
 ///
+/// Unlike std's, it is never poisoned: a guard dropped by a panic (or a cancellation) unlocks
+/// it like any other, and the next `lock` gets the data as the panicking holder left it.
+///
 /// ```
 /// use std::sync::Arc;
 /// use evco::sync::shared::Mutex;

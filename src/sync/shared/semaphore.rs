@@ -51,6 +51,9 @@ pub struct Semaphore {
 struct State {
     /// Free permits; 0 while anyone waits.
     permits: usize,
+    /// Free permits and those taken (not forgotten): what `add_permits` keeps within
+    /// `usize::MAX`, so that giving a permit back never overflows `permits`.
+    total: usize,
     waiters: WaitQueue,
 }
 
@@ -77,6 +80,7 @@ impl Semaphore {
         Semaphore {
             state: StdMutex::new(State {
                 permits,
+                total: permits,
                 waiters: WaitQueue::new(),
             }),
         }
@@ -133,8 +137,22 @@ impl Semaphore {
     }
 
     /// Adds `n` permits: handed to up to `n` waiters, the rest free.
+    ///
+    /// # Panics
+    ///
+    /// When the permits, free and taken, would pass `usize::MAX` (nothing is changed then):
+    /// wrapping would lose every permit.
     pub fn add_permits(&self, n: usize) {
         let mut st = lock(&self.state);
+        let Some(total) = st.total.checked_add(n) else {
+            let had = st.total;
+            drop(st);
+            panic!(
+                "Semaphore::add_permits({n}) with {had} free and taken: more than usize::MAX \
+                 permits"
+            );
+        };
+        st.total = total;
         let woken: Vec<_> = (0..n).map_while(|_| st.waiters.pop()).collect();
         st.permits += n - woken.len();
         drop(st);
@@ -150,6 +168,7 @@ impl Semaphore {
 impl SemaphorePermit<'_> {
     /// Keeps the permit taken for good: dropping the semaphore's count by one.
     pub fn forget(self) {
+        lock(&self.sem.state).total -= 1;
         std::mem::forget(self);
     }
 }
