@@ -87,6 +87,13 @@ impl fmt::Debug for Ready {
 /// cancelled while it waits). Errors: [`io::ErrorKind::TimedOut`] on timeout; `EBADF` for a
 /// bad fd or when the fd is closed through [`close`] (or a hooked `close`, on any thread) while
 /// waiting; [`io::ErrorKind::InvalidInput`] outside a scheduled coroutine.
+///
+/// Without the `hook` feature evco does not see raw fds being made: one that takes the number
+/// of an fd another thread is closing at that moment (past the close's system call, before
+/// evco's close path has ended) may get `EBADF` from its first wait. A wait that starts as its
+/// own fd is closed must end with `EBADF` (so that a close can end a wait on any thread), and
+/// the two look alike; retry on an fd you know is open. With the hooks, and for evco's own
+/// sockets, the fd's making clears the earlier close's mark.
 pub fn wait(fd: impl AsRawFd, interest: Interest, timeout: Option<Duration>) -> io::Result<Ready> {
     let fd = fd.as_raw_fd();
     // Read first: a close after it, before the wait is listed, shows as a later generation

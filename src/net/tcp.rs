@@ -314,6 +314,8 @@ impl From<OwnedFd> for TcpStream {
 /// Non-blocking connect: `EINPROGRESS`, wait for writability, then `SO_ERROR`.
 fn connect_addr(addr: SocketAddr, timeout: Option<Duration>) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
+    // It waits below, before `Sock::new` would do this.
+    crate::reactor::adopted(socket.as_raw_fd());
     match socket.connect(&SockAddr::from(addr)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {

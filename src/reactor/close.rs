@@ -191,6 +191,20 @@ pub(crate) fn closed(fd: RawFd) {
     }
 }
 
+/// `fd` is open and the caller's (a socket evco just made, or one handed to it): a `CLOSING`
+/// mark on its number can only be an earlier fd's, whose close (on another thread) is past its
+/// system call and has not reached [`closed`] yet. This ends the mark as `closed` will, or the
+/// fd's first wait would take it for its own close (`EBADF`). Nothing else changes: waits on
+/// this very fd go on. The hooks' [`renumbered`] does this (and more) for every fd they see
+/// made; without the hooks, evco's sockets need it. One load when there is no mark.
+pub(crate) fn adopted(fd: RawFd) {
+    if let Some(slot) = fd_table::get(fd) {
+        if slot.flags.load(Ordering::Relaxed) & CLOSING != 0 {
+            slot.flags.fetch_and(!CLOSING, Ordering::AcqRel);
+        }
+    }
+}
+
 /// A new fd has the number `fd` (one the hooks saw created, or a `dup2` target): whatever evco
 /// knew of an earlier fd with the number is forgotten, as by [`forget`], without `CLOSING`.
 pub(crate) fn renumbered(fd: RawFd) {

@@ -90,7 +90,7 @@ use crate::event::{RawEvent, What};
 use crate::fd_table::{self, CLOSING, SHARED};
 use crate::sys;
 
-pub(crate) use close::{closed, forget, renumbered};
+pub(crate) use close::{adopted, closed, forget, renumbered};
 pub(crate) use state::FdState;
 
 use close::{claim_doorbell, doorbell, release_doorbell};
