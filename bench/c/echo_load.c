@@ -9,7 +9,10 @@
  * last line as examples/echo_client (msgs_per_sec is connections per second in churn mode):
  *
  *   echo_load --addr 127.0.0.1:7878 --conns 100 --size 64 --secs 5 [--mode echo|churn] [--rate R]
- *   RESULT msgs_per_sec=<f> p50_us=<f> p99_us=<f> errors=<n>
+ *   RESULT msgs_per_sec=<f> p50_us=<f> p99_us=<f> errors=<n> cpu_ns_per_msg=<f>
+ *
+ * cpu_ns_per_msg is the client's own CPU time (user + system, getrusage) per message over the
+ * run: whether the load generator itself was near a CPU's worth.
  *
  * --rate R paces the echo mode at R messages per second in all: a connection whose echo is back
  * waits in a queue until the next message is due (due times spaced 1/R apart from the start,
@@ -33,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +54,14 @@ static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* This process's CPU time so far (user + system), in seconds. */
+static double cpu_secs(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static void die(const char *msg) {
@@ -200,6 +212,7 @@ int main(int argc, char **argv) {
         die("out of memory");
     }
     double start = now(), deadline = start + secs;
+    double cpu_start = cpu_secs();
     uint64_t msgs = 0, errors = 0;
     size_t live = 0;
     for (size_t i = 0; i < conns; i++) {
@@ -355,9 +368,10 @@ int main(int argc, char **argv) {
     double p50 = lat_len ? lat[(size_t)((double)(lat_len - 1) * 0.5)] : 0;
     double p99 = lat_len ? lat[(size_t)((double)(lat_len - 1) * 0.99)] : 0;
     double achieved = (double)msgs / elapsed;
+    double cpu_ns_per_msg = msgs ? (cpu_secs() - cpu_start) * 1e9 / (double)msgs : 0;
     printf("%zu conns x %zu B: %.0f msgs/s, latency p50 %.0f us, p99 %.0f us, %llu errors\n", conns,
            size, achieved, p50, p99, (unsigned long long)errors);
-    printf("RESULT msgs_per_sec=%.1f p50_us=%.1f p99_us=%.1f errors=%llu\n", achieved, p50, p99,
-           (unsigned long long)errors);
+    printf("RESULT msgs_per_sec=%.1f p50_us=%.1f p99_us=%.1f errors=%llu cpu_ns_per_msg=%.0f\n",
+           achieved, p50, p99, (unsigned long long)errors, cpu_ns_per_msg);
     return errors ? 1 : 0;
 }
