@@ -12,8 +12,14 @@
 //! - `owner`: which thread's reactor keeps state (an edge registration, waiters) for the fd, and
 //!   where in that reactor: `reactor id << 32 | index`, 0 for none. Only the owning reactor
 //!   reads the index; any thread may clear the word when it closes the fd, and then knows whose
-//!   doorbell to ring (`crate::reactor`). `SHARED` in `flags` says a second reactor keeps state
-//!   for the fd too, `CLOSING` that it is being closed.
+//!   doorbell to ring (`crate::reactor`). `SHARED` in the flags says a second reactor keeps
+//!   state for the fd too, `CLOSING` that it is being closed.
+//!
+//! The generation and the flags share one word (`gen_flags`: generation `<< 32 | flags`), so
+//! that a close's end clears its own `CLOSING` mark and never a later close's: between a close's
+//! system call and the end of its close path, another thread may get the number, and close it
+//! too; the first close's end must then leave the second's mark alone, or a wait that starts in
+//! between would sleep on the dying fd. A compare-and-swap on one word says both at once.
 //!
 //! # Layout
 //!
@@ -32,7 +38,7 @@
 //! thread made for a number is never used by that thread for a later fd of the same number.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 /// Fds at or above this have no slot (see "Layout").
 pub const MAX_FDS: usize = 1 << 26;
@@ -51,8 +57,74 @@ pub(crate) const CLOSING: u32 = 2;
 pub(crate) struct Slot {
     pub(crate) bits: AtomicU64,
     pub(crate) owner: AtomicU64,
-    pub(crate) generation: AtomicU32,
-    pub(crate) flags: AtomicU32,
+    /// The generation `<< 32 | flags` (see "Layout" in the module docs).
+    gen_flags: AtomicU64,
+}
+
+impl Slot {
+    /// How many times the number was created or closed (wrapping).
+    #[inline]
+    pub(crate) fn generation(&self) -> u32 {
+        (self.gen_flags.load(Ordering::Acquire) >> 32) as u32
+    }
+
+    /// The generation, or `None` while a close of the fd is under way.
+    #[inline]
+    pub(crate) fn generation_unless_closing(&self) -> Option<u32> {
+        let w = self.gen_flags.load(Ordering::Acquire);
+        (w as u32 & CLOSING == 0).then_some((w >> 32) as u32)
+    }
+
+    /// Marks the slot `SHARED` (a second reactor keeps state for the fd).
+    pub(crate) fn mark_shared(&self) {
+        self.gen_flags.fetch_or(u64::from(SHARED), Ordering::AcqRel);
+    }
+
+    /// Starts a close (`flags` is `CLOSING`) or a renumbering (0): the generation moves on and
+    /// the flags become `flags`, in one step. Returns whether the slot was `SHARED` and the new
+    /// generation.
+    pub(crate) fn bump(&self, flags: u32) -> (bool, u32) {
+        let mut w = self.gen_flags.load(Ordering::Relaxed);
+        loop {
+            let generation = ((w >> 32) as u32).wrapping_add(1);
+            let new = (u64::from(generation) << 32) | u64::from(flags);
+            match self
+                .gen_flags
+                .compare_exchange_weak(w, new, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return (w as u32 & SHARED != 0, generation),
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Ends the `CLOSING` mark of the close that made `generation` (see [`bump`]), unless the
+    /// number has moved on since: a later close's mark stays.
+    ///
+    /// [`bump`]: Slot::bump
+    pub(crate) fn end_closing(&self, generation: u32) {
+        let mut w = self.gen_flags.load(Ordering::Acquire);
+        while (w >> 32) as u32 == generation && w as u32 & CLOSING != 0 {
+            match self.gen_flags.compare_exchange_weak(
+                w,
+                w & !u64::from(CLOSING),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(now) => w = now,
+            }
+        }
+    }
+
+    /// Ends whatever `CLOSING` mark the slot has: the caller holds an open fd with the number,
+    /// so the mark is an earlier fd's, whose close is past its system call.
+    pub(crate) fn end_any_closing(&self) {
+        if self.gen_flags.load(Ordering::Relaxed) & u64::from(CLOSING) != 0 {
+            self.gen_flags
+                .fetch_and(!u64::from(CLOSING), Ordering::AcqRel);
+        }
+    }
 }
 
 static CHUNK_PTRS: [AtomicPtr<Slot>; CHUNKS] =
@@ -136,20 +208,18 @@ pub(crate) fn bits(fd: RawFd) -> u64 {
 /// `fd`'s generation (0 for a number never recorded).
 #[inline]
 pub(crate) fn generation(fd: RawFd) -> u32 {
-    get(fd).map_or(0, |s| s.generation.load(Ordering::Acquire))
+    get(fd).map_or(0, Slot::generation)
 }
 
 /// `fd`'s generation for a wait about to start on it, or `None` while a close of it is under
-/// way (`CLOSING`). A close marks the slot before it bumps the generation: a generation read
-/// here that is already the close's own comes with the mark still set (or cleared only after
-/// the fd was closed, which the caller's open check then sees). Without this, a wait that read
+/// way (`CLOSING`). A close marks the slot as it bumps the generation (one word): a generation
+/// read here that is already the close's own comes with the mark still set (or cleared only
+/// after the fd was closed, which the caller's open check then sees). Without this, a wait that read
 /// the new generation, found the fd still open, and claimed the slot after the close had
 /// finished saw nothing stale and slept on a closed fd (1 wait in ~60,000 of the racing-close
 /// stress test).
 pub(crate) fn generation_unless_closing(fd: RawFd) -> Option<u32> {
-    let Some(s) = get(fd) else { return Some(0) };
-    let g = s.generation.load(Ordering::Acquire);
-    (s.flags.load(Ordering::Acquire) & CLOSING == 0).then_some(g)
+    get(fd).map_or(Some(0), Slot::generation_unless_closing)
 }
 
 #[cfg(test)]

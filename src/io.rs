@@ -188,9 +188,9 @@ fn once_on(st: &FdState, what: What, timeout: Option<Duration>) -> io::Result<Wh
 /// Closes `fd`, first ending every wait on it with `EBADF` (closing an fd that epoll watches
 /// would otherwise leave its waiters asleep forever), on this thread or any other.
 pub fn close(fd: RawFd) -> io::Result<()> {
-    reactor::forget(fd);
+    let closing = reactor::forget(fd);
     let r = crate::os::close(fd);
-    reactor::closed(fd);
+    reactor::closed(closing);
     r
 }
 

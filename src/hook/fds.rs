@@ -319,10 +319,10 @@ pub(super) unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: s
 /// registration goes), then libc's close.
 #[unsafe(no_mangle)]
 pub(super) unsafe extern "C" fn close(fd: c_int) -> c_int {
-    crate::reactor::forget(fd);
+    let closing = crate::reactor::forget(fd);
     // SAFETY: the caller's argument, passed on.
     let r = unsafe { real::close(fd) };
-    crate::reactor::closed(fd);
+    crate::reactor::closed(closing);
     r
 }
 

@@ -148,9 +148,9 @@ impl<T: AsRawFd> Deref for Sock<T> {
 impl<T: AsRawFd> Drop for Sock<T> {
     fn drop(&mut self) {
         let fd = self.0.as_raw_fd();
-        crate::reactor::forget(fd);
+        let closing = crate::reactor::forget(fd);
         // SAFETY: dropped once, here; `self.0` is not touched afterwards.
         unsafe { ManuallyDrop::drop(&mut self.0) };
-        crate::reactor::closed(fd);
+        crate::reactor::closed(closing);
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use super::state::FdState;
 use super::{GONE, Reactor, with_current};
-use crate::fd_table::{self, CLOSING, SHARED};
+use crate::fd_table::{self, CLOSING};
 use crate::sys;
 
 /// Most reactors (threads with a scheduler) that have a doorbell at once. More still work,
@@ -180,14 +180,29 @@ pub(super) fn claim_doorbell() -> (u32, RawFd) {
 /// reactor's own doorbell: its loop sweeps the state on its next turn, and the waiters get
 /// `EBADF` then. (A reactor without a doorbell, past the 1,024th, cannot be rung: its waits on
 /// an fd closed there end by their timeout.)
-pub(crate) fn forget(fd: RawFd) {
-    forget_as(fd, CLOSING);
+pub(crate) fn forget(fd: RawFd) -> Closing {
+    Closing {
+        fd,
+        generation: forget_as(fd, CLOSING),
+    }
 }
 
-/// `fd` was just closed (see [`forget`]): waits on its number may start again.
-pub(crate) fn closed(fd: RawFd) {
-    if let Some(slot) = fd_table::get(fd) {
-        slot.flags.fetch_and(!CLOSING, Ordering::AcqRel);
+/// A close under way: [`forget`] made it, [`closed`] ends it.
+#[must_use = "a close ends with `reactor::closed`, after the close system call"]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Closing {
+    fd: RawFd,
+    /// The generation the close gave the number (`None`: the fd has no slot).
+    generation: Option<u32>,
+}
+
+/// The close that [`forget`] began is past its system call: waits on the number may start
+/// again. Only this close's mark ends: if the number was made and closed again since (on
+/// other threads, between this close's system call and now), that later close's mark stays,
+/// or a wait starting before its system call would sleep on its dying fd.
+pub(crate) fn closed(closing: Closing) {
+    if let (Some(slot), Some(generation)) = (fd_table::get(closing.fd), closing.generation) {
+        slot.end_closing(generation);
     }
 }
 
@@ -199,20 +214,19 @@ pub(crate) fn closed(fd: RawFd) {
 /// made; without the hooks, evco's sockets need it. One load when there is no mark.
 pub(crate) fn adopted(fd: RawFd) {
     if let Some(slot) = fd_table::get(fd) {
-        if slot.flags.load(Ordering::Relaxed) & CLOSING != 0 {
-            slot.flags.fetch_and(!CLOSING, Ordering::AcqRel);
-        }
+        slot.end_any_closing();
     }
 }
 
 /// A new fd has the number `fd` (one the hooks saw created, or a `dup2` target): whatever evco
 /// knew of an earlier fd with the number is forgotten, as by [`forget`], without `CLOSING`.
 pub(crate) fn renumbered(fd: RawFd) {
-    forget_as(fd, 0);
+    let _ = forget_as(fd, 0);
 }
 
-/// [`forget`] or [`renumbered`]: the slot's flags become `flags`.
-fn forget_as(fd: RawFd, flags: u32) {
+/// [`forget`] or [`renumbered`]: the slot's flags become `flags`. Returns the slot's new
+/// generation (`None`: no slot).
+fn forget_as(fd: RawFd, flags: u32) -> Option<u32> {
     // A close maps the slot's chunk if it is the first fd of its range that evco meets: a wait
     // on another thread may map it right after this looked, claim the slot, find neither a mark
     // nor a new generation, and sleep on the closed fd with nobody to ring it (7 of 1,200
@@ -228,15 +242,15 @@ fn forget_as(fd: RawFd, flags: u32) {
         // Beyond the table (or no memory for its chunk): only a map of this thread's can know
         // it.
         with_current(|r| r.forget_local(fd, None));
-        return;
+        return None;
     };
     slot.bits.store(0, Ordering::Relaxed);
-    // `CLOSING` first, the owner word last: a state that claims the slot after this `forget`
-    // cleared it must see the mark (or the generation) in its check; with the mark set after
-    // the swap, one that read the new generation claimed the slot in between, saw neither, and
-    // its wait slept on a closed fd (1 wait in ~64,000 of the racing-close stress).
-    let shared = slot.flags.swap(flags, Ordering::AcqRel) & SHARED != 0;
-    slot.generation.fetch_add(1, Ordering::AcqRel);
+    // `CLOSING` and the generation first, the owner word last: a state that claims the slot
+    // after this `forget` cleared it must see the mark (or the generation) in its check; with
+    // the mark set after the swap, one that read the new generation claimed the slot in
+    // between, saw neither, and its wait slept on a closed fd (1 wait in ~64,000 of the
+    // racing-close stress).
+    let (shared, generation) = slot.bump(flags);
     let owner = slot.owner.swap(0, Ordering::AcqRel);
     let owner_id = (owner >> 32) as u32;
     let me = with_current(|r| {
@@ -250,6 +264,7 @@ fn forget_as(fd: RawFd, flags: u32) {
     if shared {
         ring_all(me.unwrap_or(0));
     }
+    Some(generation)
 }
 
 impl Reactor {
@@ -362,7 +377,7 @@ impl Reactor {
             let local = states.iter().enumerate().filter(|(i, st)| {
                 fd_table::get(st.fd).is_none_or(|slot| {
                     slot.owner.load(Ordering::Acquire) != me | *i as u64
-                        || slot.generation.load(Ordering::Acquire) != st.generation
+                        || slot.generation() != st.generation
                 })
             });
             local
@@ -477,13 +492,13 @@ mod tests {
         assert!(fd_table::get(fd).is_none(), "a range nothing has mapped");
         let before = fd_table::generation_unless_closing(fd);
         assert_eq!(before, Some(0));
-        forget(fd);
+        let closing = forget(fd);
         assert_eq!(
             fd_table::generation_unless_closing(fd),
             None,
             "a wait starting now sees the close under way"
         );
-        closed(fd);
+        closed(closing);
         assert_eq!(
             fd_table::generation_unless_closing(fd),
             Some(1),
@@ -493,5 +508,34 @@ mod tests {
         let other: RawFd = 4096 * 1001 + 17;
         renumbered(other);
         assert!(fd_table::get(other).is_none());
+    }
+
+    /// A close's end clears its own `CLOSING` mark only. Between a close's system call and its
+    /// end, another thread can get the number and begin closing it too: the first close's end
+    /// must leave that mark, or a wait that starts before the second close's system call reads
+    /// the fd as open and unmarked, claims the slot after the closer looked at it, and sleeps
+    /// on the dying fd. Before, `closed` cleared any mark. Table only, as above.
+    #[test]
+    fn the_end_of_an_earlier_close_leaves_a_later_closes_mark() {
+        let fd: RawFd = 4096 * 1002 + 5;
+        let first = forget(fd);
+        // The number is made again (unseen: no hooks here) and a second close begins.
+        let second = forget(fd);
+        closed(first);
+        assert_eq!(
+            fd_table::generation_unless_closing(fd),
+            None,
+            "the second close is still under way"
+        );
+        closed(second);
+        assert_eq!(fd_table::generation_unless_closing(fd), Some(2));
+        // A number the hooks saw made in between: the earlier close's end changes nothing.
+        let third = forget(fd);
+        renumbered(fd);
+        let fourth = forget(fd);
+        closed(third);
+        assert_eq!(fd_table::generation_unless_closing(fd), None);
+        closed(fourth);
+        assert_eq!(fd_table::generation_unless_closing(fd), Some(5));
     }
 }

@@ -57,7 +57,8 @@
 //! events (the scheduler's deadlock detection relies on that).
 //!
 //! A close is two steps around the real one: `forget` (above) marks the slot `CLOSING`, and
-//! `closed` clears it. A state made meanwhile, on any thread, fails with `EBADF` (its maker
+//! `closed` clears that mark (its own only: one the number got from a later close stays; see
+//! `fd_table`). A state made meanwhile, on any thread, fails with `EBADF` (its maker
 //! checks the flags, the generation and that the fd is open after it claims the slot, so a
 //! close either sees the claim and rings, or the maker sees the close).
 //!
@@ -87,7 +88,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 use crate::event::{RawEvent, What};
-use crate::fd_table::{self, CLOSING, SHARED};
+use crate::fd_table;
 use crate::sys;
 
 pub(crate) use close::{adopted, closed, forget, renumbered};
@@ -194,7 +195,7 @@ impl Reactor {
             let owner = slot.owner.load(Ordering::Acquire);
             if self.id != 0 && owner >> 32 == u64::from(self.id) {
                 let st = self.states.borrow().get(owner as u32 as usize).cloned()?;
-                return (st.generation == slot.generation.load(Ordering::Acquire)).then_some(st);
+                return (st.generation == slot.generation()).then_some(st);
             }
         }
         self.find_foreign(fd)
@@ -225,8 +226,7 @@ impl Reactor {
         }
         self.sweep_fd(fd);
         let slot = fd_table::get_or_grow(fd);
-        let generation =
-            seen.unwrap_or_else(|| slot.map_or(0, |s| s.generation.load(Ordering::Acquire)));
+        let generation = seen.unwrap_or_else(|| slot.map_or(0, fd_table::Slot::generation));
         let st = Rc::new(FdState {
             ready: Cell::new((What::READ | What::WRITE).bits()),
             generation,
@@ -257,7 +257,7 @@ impl Reactor {
             drop(states);
             if let Some(s) = slot {
                 // Another reactor owns the slot: a close must ring every doorbell.
-                s.flags.fetch_or(SHARED, Ordering::AcqRel);
+                s.mark_shared();
             }
             self.foreign.borrow_mut().insert(fd, st.clone());
         }
@@ -266,10 +266,7 @@ impl Reactor {
         // will not ring for it): it shows in the flags, or in the generation, which every
         // close bumps before it closes (one that is over already, since the caller last used
         // the fd, too: `seen`). From here on, a close finds the owner word.
-        let closing = slot.is_some_and(|s| {
-            s.flags.load(Ordering::Acquire) & CLOSING != 0
-                || s.generation.load(Ordering::Acquire) != generation
-        });
+        let closing = slot.is_some_and(|s| s.generation_unless_closing() != Some(generation));
         if closing {
             self.unlink(&st);
             return Err(io::Error::from_raw_os_error(libc::EBADF));
