@@ -70,6 +70,10 @@ pub(super) fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // The number may be one another thread's close (often the pool thread's, of the previous
+    // request's eventfd) has not finished with: its `CLOSING` mark would fail the wait below
+    // with `EBADF` (1 pooled lookup in ~10,000). Ours now, the mark is stale.
+    crate::reactor::adopted(fd);
     let request = Arc::new(Request {
         result: Mutex::new(None),
         // SAFETY: a fresh fd, owned by nothing else.
