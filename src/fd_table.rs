@@ -38,7 +38,7 @@
 //! thread made for a number is never used by that thread for a later fd of the same number.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Fds at or above this have no slot (see "Layout").
 pub const MAX_FDS: usize = 1 << 26;
@@ -129,6 +129,8 @@ impl Slot {
 
 static CHUNK_PTRS: [AtomicPtr<Slot>; CHUNKS] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; CHUNKS];
+/// One more than the highest chunk index ever mapped (bounds the scan after a fork).
+static CHUNKS_SEEN: AtomicUsize = AtomicUsize::new(0);
 
 fn split(fd: RawFd) -> Option<(usize, usize)> {
     let i = usize::try_from(fd).ok().filter(|&i| i < MAX_FDS)?;
@@ -188,7 +190,10 @@ fn grow(c: usize) -> Option<*mut Slot> {
         Ordering::AcqRel,
         Ordering::Acquire,
     ) {
-        Ok(_) => Some(fresh),
+        Ok(_) => {
+            CHUNKS_SEEN.fetch_max(c + 1, Ordering::AcqRel);
+            Some(fresh)
+        }
         Err(won) => {
             // Another thread mapped it first: use theirs.
             // SAFETY: `p` is the mapping made above, never published.
@@ -220,6 +225,39 @@ pub(crate) fn generation(fd: RawFd) -> u32 {
 /// stress test).
 pub(crate) fn generation_unless_closing(fd: RawFd) -> Option<u32> {
     get(fd).map_or(Some(0), Slot::generation_unless_closing)
+}
+
+/// In a forked child: ends every `CLOSING` mark. A mark is its closing thread's to end, and
+/// only the forking thread exists in the child: a close another thread had under way at the
+/// fork (past its system call, the number free) would otherwise leave its mark for good, and
+/// every wait on a later fd with the number, made where evco does not see (an `eventfd`, an
+/// `epoll_create`), would fail `EBADF` for the child's whole life. Async-signal-safe (atomics
+/// only), as a child handler of a multi-threaded parent must be.
+extern "C" fn end_closing_after_fork() {
+    let seen = CHUNKS_SEEN.load(Ordering::Acquire).min(CHUNKS);
+    for c in &CHUNK_PTRS[..seen] {
+        let chunk = c.load(Ordering::Acquire);
+        if chunk.is_null() {
+            continue;
+        }
+        for i in 0..CHUNK {
+            // SAFETY: as in `get`: a mapped chunk of `CHUNK` slots, never unmapped.
+            unsafe { &*chunk.add(i) }.end_any_closing();
+        }
+    }
+}
+
+/// Registers [`end_closing_after_fork`] before `main`, before any close can mark a slot, and
+/// before evco's other child handlers (which run after it, in registration order).
+// SAFETY: `.init_array` entries are called once before `main` with `(argc, argv, envp)`, which
+// an `extern "C" fn()` ignores under the C calling convention; pthread_atfork is fine then.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static END_CLOSING_AFTER_FORK: extern "C" fn() = register_after_fork;
+
+extern "C" fn register_after_fork() {
+    // SAFETY: registers a child handler that only touches atomics; no other preconditions.
+    unsafe { libc::pthread_atfork(None, None, Some(end_closing_after_fork)) };
 }
 
 #[cfg(test)]

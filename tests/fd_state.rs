@@ -619,3 +619,163 @@ fn a_hooked_accept_on_a_socket_that_is_no_listener_fails_at_once() {
         assert_eq!(on_stream, (-1, Some(libc::EINVAL)));
     });
 }
+
+/// A TCP socket (a raw fd) whose close lingers: `SO_LINGER` of `secs` with unsent data its peer
+/// never reads. Linux frees the number at the start of `close(2)`, then waits up to `secs`, so
+/// the window between a close's system call and the end of evco's close path (the number's
+/// `CLOSING` mark) lasts until the returned peer is dropped (its reset ends the linger).
+fn lingering_socket(secs: i32) -> (RawFd, std::net::TcpStream) {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (peer, _) = l.accept().unwrap();
+    c.set_nonblocking(true).unwrap();
+    let chunk = vec![0u8; 1 << 16];
+    loop {
+        match (&c).write(&chunk) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("fill: {e}"),
+        }
+    }
+    c.set_nonblocking(false).unwrap();
+    let lg = libc::linger {
+        l_onoff: 1,
+        l_linger: secs,
+    };
+    // SAFETY: sets SO_LINGER from `lg`, a linger of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            c.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lg as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    (c.into_raw_fd(), peer)
+}
+
+/// Closes `fd` (a [`lingering_socket`]) through evco's close path on another thread, and
+/// returns once its number is free, with the close still lingering (past its system call's
+/// start, before `reactor::closed`).
+fn close_lingering_elsewhere(fd: RawFd) -> std::thread::JoinHandle<()> {
+    let closer = std::thread::spawn(move || {
+        let _ = evco::io::close(fd);
+    });
+    while common::fd_is_open(fd) {
+        std::thread::yield_now();
+    }
+    assert!(!closer.is_finished(), "the close lingers");
+    closer
+}
+
+/// An fd made by `make` (past the hooks, or by a call they do not see) at the number `at`,
+/// the lowest free one or near it: the fds made on the way are closed again.
+fn unhooked_fd_at(at: RawFd, make: impl Fn() -> RawFd) -> RawFd {
+    let mut extra = Vec::new();
+    let fd = loop {
+        let fd = make();
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        if fd == at {
+            break fd;
+        }
+        assert!(fd < at && extra.len() < 10_000, "{at} was taken");
+        extra.push(fd);
+    };
+    for e in extra {
+        // SAFETY: closes an fd made above, owned by nothing else.
+        unsafe { libc::syscall(libc::SYS_close, e) };
+    }
+    fd
+}
+
+/// A hooked `epoll_wait` on an epoll fd that took the number of a socket another thread is
+/// still closing (its close lingers) suspends its coroutine: another coroutine of the thread
+/// runs and makes an fd in the set ready, and the call reports it. Before (found in review),
+/// each wait on the epoll fd failed `EBADF` at once on the close's `CLOSING` mark, and the
+/// hook looked again without yielding: the thread spun until the call's own timeout (0
+/// events), the other coroutine never ran.
+#[test]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn a_hooked_epoll_wait_on_a_number_still_being_closed_elsewhere_lets_its_thread_run() {
+    let _serial = serial();
+    let _w = watchdog(60);
+    // The close lingers for longer than the epoll_wait below waits.
+    let (n, peer) = lingering_socket(20);
+    let closer = close_lingering_elsewhere(n);
+    // SAFETY: epoll_create1 and eventfd make fds of ours.
+    let ep = unhooked_fd_at(n, || unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) });
+    // SAFETY: as above.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(efd >= 0);
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 7,
+    };
+    // SAFETY: adds `efd` to `ep` with a valid event.
+    assert_eq!(
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, efd, &mut ev) },
+        0
+    );
+    let (r, first) = evco::run(move || {
+        let writer = evco::spawn(move || {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from `one` to the eventfd.
+            unsafe { libc::write(efd, (&one as *const u64).cast(), 8) };
+        });
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        // SAFETY: room for 4 events in `evs`.
+        let r = unsafe { libc::epoll_wait(ep, evs.as_mut_ptr(), 4, 10_000) };
+        writer.join().unwrap();
+        (r, evs[0].u64)
+    });
+    drop(peer);
+    closer.join().unwrap();
+    // SAFETY: closes the two fds made above.
+    unsafe {
+        libc::close(efd);
+        libc::close(ep);
+    }
+    assert_eq!(
+        (r, first),
+        (1, 7),
+        "the eventfd's readiness, made by the other coroutine while the call waited"
+    );
+}
+
+/// A child forked while another thread's close is under way (past its system call, the number
+/// free) can wait on a later fd with that number: the mark is that thread's to end, and the
+/// thread is not in the child. Before (found in review), the child kept the mark for good,
+/// and every wait on an fd made there at the number (an eventfd, which no hook sees made)
+/// failed `EBADF`.
+#[test]
+fn a_child_forked_during_a_close_on_another_thread_can_wait_on_the_number() {
+    let _serial = serial();
+    let _w = watchdog(60);
+    let (n, peer) = lingering_socket(20);
+    let closer = close_lingering_elsewhere(n);
+    // SAFETY: the child makes an fd, runs a scheduler and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: a 20 s alarm bounds the child (its default action ends it).
+        unsafe { libc::alarm(20) };
+        // SAFETY: eventfd makes an fd of the child's.
+        let efd = unhooked_fd_at(n, || unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) });
+        let ok =
+            evco::run(move || wait(efd, Interest::READABLE, Some(Duration::from_secs(10))).is_ok());
+        // SAFETY: ends the child without running the parent's test harness's exit paths.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child made above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    drop(peer);
+    closer.join().unwrap();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child's wait on a readable eventfd at the number failed (status {status:#x})"
+    );
+}

@@ -131,6 +131,7 @@ fn coop_nothing(timeout: c_int) -> c_int {
 /// polls.
 fn coop_poll(list: &mut [libc::pollfd], timeout: c_int) -> c_int {
     let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
+    let mut backoff = Backoff::default();
     loop {
         // SAFETY: `list` is the caller's pollfd array, borrowed for this call.
         let n = unsafe { real::poll(list.as_mut_ptr(), list.len() as libc::nfds_t, 0) };
@@ -142,11 +143,13 @@ fn coop_poll(list: &mut [libc::pollfd], timeout: c_int) -> c_int {
             Err(()) => return 0,
         };
         let mut live = list.iter().filter(|p| p.fd >= 0);
-        let waited = stop_cancellation(|| match (live.next(), live.next()) {
-            (Some(p), None) if own_socket_wait(p) => {
-                crate::io::wait(p.fd, poll_interest(p.events), left).map(drop)
-            }
-            _ => wait_any(list, left),
+        let waited = stop_cancellation(|| {
+            backoff.wait(left, || match (live.next(), live.next()) {
+                (Some(p), None) if own_socket_wait(p) => {
+                    crate::io::wait(p.fd, poll_interest(p.events), left).map(drop)
+                }
+                _ => wait_any(list, left),
+            })
         });
         if let Err(r) = after_wait(waited) {
             return r;
@@ -170,6 +173,41 @@ fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>, ()> {
             Some(l) if !l.is_zero() => Ok(Some(l)),
             _ => Err(()),
         },
+    }
+}
+
+/// How long a wait loop sleeps instead of waiting on its fds after a wait that ended `EBADF`
+/// found them open again (see [`Backoff`]).
+const STALE_MARK_NAP: Duration = Duration::from_millis(1);
+
+/// Keeps a wait loop from spinning on a number another thread is still closing. A wait ends
+/// `EBADF` at once while an fd's number carries a close's `CLOSING` mark; the fd the caller
+/// polls may be a new one that got the number after that close's system call (made where the
+/// hooks do not see, `epoll_create` say), and the mark stays until the closing thread ends its
+/// close (seconds, with `SO_LINGER`). The first `EBADF` is looked at again at once (a close
+/// under the wait: the next zero-timeout call reports it); while they go on, each wait is a
+/// nap of [`STALE_MARK_NAP`] instead, so the thread's other coroutines run and the loop costs
+/// a few system calls a millisecond. Before, the loop spun without yielding until the close
+/// ended (a 10 ms ticker coroutine ticked 0 times in a 500 ms `epoll_wait`).
+#[derive(Default)]
+struct Backoff {
+    stale: bool,
+}
+
+impl Backoff {
+    fn wait(
+        &mut self,
+        left: Option<Duration>,
+        wait: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
+        let r = if self.stale {
+            let nap = left.map_or(STALE_MARK_NAP, |l| l.min(STALE_MARK_NAP));
+            crate::scheduler::sleep(Some(nap))
+        } else {
+            wait()
+        };
+        self.stale = matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EBADF));
+        r
     }
 }
 
@@ -439,6 +477,7 @@ fn coop_epoll_wait(
         return None;
     }
     let deadline = (ms > 0).then(|| Instant::now() + Duration::from_millis(ms as u64));
+    let mut backoff = Backoff::default();
     loop {
         // SAFETY: the caller's arguments, with a zero timeout.
         let n = unsafe { real::epoll_wait(ep, events, max, 0) };
@@ -448,7 +487,9 @@ fn coop_epoll_wait(
         let Ok(left) = remaining(deadline) else {
             return Some(0);
         };
-        let waited = stop_cancellation(|| crate::io::wait_for(ep, Interest::READABLE, left));
+        let waited = stop_cancellation(|| {
+            backoff.wait(left, || crate::io::wait_for(ep, Interest::READABLE, left))
+        });
         if let Err(r) = after_wait(waited) {
             return Some(r);
         }
