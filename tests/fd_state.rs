@@ -705,9 +705,13 @@ fn a_hooked_epoll_wait_on_a_number_still_being_closed_elsewhere_lets_its_thread_
     // The close lingers for longer than the epoll_wait below waits.
     let (n, peer) = lingering_socket(20);
     let closer = close_lingering_elsewhere(n);
-    // SAFETY: epoll_create1 and eventfd make fds of ours.
-    let ep = unhooked_fd_at(n, || unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) });
-    // SAFETY: as above.
+    // The raw system call: an epoll fd made past the hooks (whose `epoll_create1` would end
+    // the mark, as for every fd they see made).
+    // SAFETY: epoll_create1 makes an fd of ours.
+    let ep = unhooked_fd_at(n, || unsafe {
+        libc::syscall(libc::SYS_epoll_create1, libc::EPOLL_CLOEXEC) as RawFd
+    });
+    // SAFETY: eventfd makes an fd of ours.
     let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     assert!(efd >= 0);
     let mut ev = libc::epoll_event {
@@ -745,6 +749,53 @@ fn a_hooked_epoll_wait_on_a_number_still_being_closed_elsewhere_lets_its_thread_
     );
 }
 
+/// An eventfd, an epoll fd, a timerfd and a signalfd made through libc (the hooks) at a number
+/// another thread is still closing are waited on normally: the hooks tell the reactor each
+/// number is a new fd's. Before, nothing saw them made, and each wait read the close's
+/// `CLOSING` mark as its own fd's close: `EBADF` until the close ended (seconds, here).
+#[test]
+#[cfg(all(feature = "hook", target_os = "linux"))]
+fn pollable_fds_the_hooks_see_made_at_a_number_still_being_closed_wait_normally() {
+    let _serial = serial();
+    let _w = watchdog(60);
+    type Maker = fn() -> RawFd;
+    let makers: [(&str, Maker); 4] = [
+        // SAFETY (each): makes an fd of ours, already readable or not.
+        ("eventfd", || unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) }),
+        ("epoll_create1", || unsafe {
+            libc::epoll_create1(libc::EPOLL_CLOEXEC)
+        }),
+        ("timerfd_create", || unsafe {
+            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_CLOEXEC)
+        }),
+        ("signalfd", || unsafe {
+            let mut set = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut set);
+            libc::signalfd(-1, &set, libc::SFD_CLOEXEC)
+        }),
+    ];
+    for (name, make) in makers {
+        let (n, peer) = lingering_socket(20);
+        let closer = close_lingering_elsewhere(n);
+        let fd = unhooked_fd_at(n, make);
+        // Readable at once for the eventfd; a 10 ms wait that times out for the others.
+        let got = evco::run(move || {
+            wait(fd, Interest::READABLE, Some(Duration::from_millis(10)))
+                .map(drop)
+                .map_err(|e| (e.kind(), e.raw_os_error()))
+        });
+        drop(peer);
+        closer.join().unwrap();
+        // SAFETY: closes the fd made above.
+        unsafe { libc::close(fd) };
+        match got {
+            Ok(()) => assert_eq!(name, "eventfd", "{name}: ready"),
+            Err((std::io::ErrorKind::TimedOut, _)) => assert_ne!(name, "eventfd"),
+            Err(e) => panic!("{name}: {e:?}: the wait took the close's mark for its own"),
+        }
+    }
+}
+
 /// A child forked while another thread's close is under way (past its system call, the number
 /// free) can wait on a later fd with that number: the mark is that thread's to end, and the
 /// thread is not in the child. Before (found in review), the child kept the mark for good,
@@ -762,8 +813,10 @@ fn a_child_forked_during_a_close_on_another_thread_can_wait_on_the_number() {
     if pid == 0 {
         // SAFETY: a 20 s alarm bounds the child (its default action ends it).
         unsafe { libc::alarm(20) };
-        // SAFETY: eventfd makes an fd of the child's.
-        let efd = unhooked_fd_at(n, || unsafe { libc::eventfd(1, libc::EFD_CLOEXEC) });
+        // SAFETY: eventfd2 (the raw system call, past the hooks) makes an fd of the child's.
+        let efd = unhooked_fd_at(n, || unsafe {
+            libc::syscall(libc::SYS_eventfd2, 1, libc::EFD_CLOEXEC) as RawFd
+        });
         let ok =
             evco::run(move || wait(efd, Interest::READABLE, Some(Duration::from_secs(10))).is_ok());
         // SAFETY: ends the child without running the parent's test harness's exit paths.

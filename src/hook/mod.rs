@@ -3,7 +3,9 @@
 //!
 //! With the `hook` feature (on by default) evco defines `socket`, `accept`, `connect`, `read`,
 //! `write`, `recv`, `send` and their relatives, `close`, `dup`, `fcntl`, `ioctl`,
-//! `setsockopt` and the sleeps itself. The linker binds calls in the program to these before
+//! `setsockopt` and the sleeps itself, and the makers of other pollable fds (`pipe`,
+//! `eventfd`, `epoll_create`, `timerfd_create`, `signalfd`), so that it knows every such number
+//! is a new fd's. The linker binds calls in the program to these before
 //! libc's (and, for libraries loaded with the program, the dynamic linker does the same for
 //! the symbols they use); each one finds libc's own with `dlsym(RTLD_NEXT)` and calls it.
 //!
@@ -376,7 +378,7 @@ fn cancelling() -> bool {
 /// Null-terminated.
 #[repr(transparent)]
 #[derive(Debug)]
-pub struct HookTable([*const std::ffi::c_void; 44]);
+pub struct HookTable([*const std::ffi::c_void; 49]);
 
 // SAFETY: the table is immutable and holds only addresses of functions, never dereferenced as
 // data by anyone.
@@ -425,6 +427,11 @@ pub static evco_hook_table: HookTable = hook_table![
     poll::epoll_pwait,
     pipe::pipe,
     pipe::pipe2,
+    pipe::eventfd,
+    pipe::epoll_create,
+    pipe::epoll_create1,
+    pipe::timerfd_create,
+    pipe::signalfd,
     fds::fcntl64,
     resolve::getaddrinfo,
     resolve::getnameinfo,

@@ -1,8 +1,10 @@
-//! Pipes: `pipe` and `pipe2` record both ends, and a `read`/`readv` of a blocking pipe end this
-//! process made, inside a scheduled coroutine, first waits cooperatively until the read would
-//! not block (bytes are queued, or no writer is left), then makes libc's call. The self-pipe
-//! trick and C code that hands work between coroutines over a pipe then suspend only the
-//! reader.
+//! Pipes, and the other makers of pollable fds. `eventfd`, `epoll_create`, `epoll_create1`,
+//! `timerfd_create` and `signalfd` only tell the reactor the number is a new fd's (see the end
+//! of this file). `pipe` and `pipe2` record both ends, and a `read`/`readv` of a blocking pipe
+//! end this process made, inside a scheduled coroutine, first waits cooperatively until the
+//! read would not block (bytes are queued, or no writer is left), then makes libc's call. The
+//! self-pipe trick and C code that hands work between coroutines over a pipe then suspend only
+//! the reader.
 //!
 //! The check before the read (`FIONREAD`, and a zero-timeout `poll` for a write end that went)
 //! is what keeps two reader coroutines of one pipe from blocking the thread: both wake when
@@ -99,6 +101,63 @@ pub(super) unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
         let (a, b) = unsafe { (*fds, *fds.add(1)) };
         fresh(a, pipe_bits(flags));
         fresh(b, pipe_bits(flags));
+    }
+    r
+}
+
+// ---- other pollable fds: the number is a new fd's ----------------------------------------
+//
+// These make fds a coroutine may wait on (`poll`, `epoll_wait`, `io::wait`) and that the hooks
+// keep nothing for: each only tells the reactor the number is a new fd's (`renumbered`), as
+// every fd the hooks see made does. Without that, an fd that got a number another thread is
+// still closing (past its close's system call, before evco's close path ends) would read that
+// close's `CLOSING` mark as its own close, and its waits would fail `EBADF` until it ended.
+
+/// Hook: libc's `eventfd`, and the number is a new fd's.
+#[unsafe(no_mangle)]
+pub(super) unsafe extern "C" fn eventfd(initval: libc::c_uint, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    made(unsafe { real::eventfd(initval, flags) })
+}
+
+/// Hook: libc's `epoll_create`, and the number is a new fd's.
+#[unsafe(no_mangle)]
+pub(super) unsafe extern "C" fn epoll_create(size: c_int) -> c_int {
+    // SAFETY: the caller's argument, passed on.
+    made(unsafe { real::epoll_create(size) })
+}
+
+/// Hook: libc's `epoll_create1`, and the number is a new fd's.
+#[unsafe(no_mangle)]
+pub(super) unsafe extern "C" fn epoll_create1(flags: c_int) -> c_int {
+    // SAFETY: the caller's argument, passed on.
+    made(unsafe { real::epoll_create1(flags) })
+}
+
+/// Hook: libc's `timerfd_create`, and the number is a new fd's.
+#[unsafe(no_mangle)]
+pub(super) unsafe extern "C" fn timerfd_create(clock: libc::clockid_t, flags: c_int) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    made(unsafe { real::timerfd_create(clock, flags) })
+}
+
+/// Hook: libc's `signalfd`; a new fd's number when it made one (`fd` -1), not when it changed
+/// the mask of the signalfd `fd`.
+#[unsafe(no_mangle)]
+pub(super) unsafe extern "C" fn signalfd(
+    fd: c_int,
+    mask: *const libc::sigset_t,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: the caller's arguments, passed on.
+    let r = unsafe { real::signalfd(fd, mask, flags) };
+    if fd == -1 { made(r) } else { r }
+}
+
+/// `r`, a maker's result: a new fd's number is told to the reactor (see above).
+fn made(r: c_int) -> c_int {
+    if r >= 0 {
+        crate::reactor::renumbered(r);
     }
     r
 }

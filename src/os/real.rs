@@ -112,6 +112,11 @@ real_fns! {
     poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int;
     pipe(fds: *mut c_int) -> c_int;
     pipe2(fds: *mut c_int, flags: c_int) -> c_int;
+    eventfd(initval: libc::c_uint, flags: c_int) -> c_int;
+    epoll_create(size: c_int) -> c_int;
+    epoll_create1(flags: c_int) -> c_int;
+    timerfd_create(clock: libc::clockid_t, flags: c_int) -> c_int;
+    signalfd(fd: c_int, mask: *const libc::sigset_t, flags: c_int) -> c_int;
     ppoll(fds: *mut libc::pollfd, nfds: libc::nfds_t, tmo: *const timespec, mask: *const libc::sigset_t) -> c_int;
     select(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tmo: *mut libc::timeval) -> c_int;
     pselect(nfds: c_int, r: *mut libc::fd_set, w: *mut libc::fd_set, e: *mut libc::fd_set, tmo: *const timespec, mask: *const libc::sigset_t) -> c_int;
