@@ -245,9 +245,8 @@ fn wait_any(list: &[libc::pollfd], timeout: Option<Duration>) -> io::Result<()> 
     if ep < 0 {
         return Err(io::Error::last_os_error());
     }
-    // A `CLOSING` mark on the number is an earlier fd's (see `reactor::adopted`): it would end
-    // the wait on `ep` with `EBADF` at once, for another round.
-    crate::reactor::adopted(ep);
+    // `libc::epoll_create1` is evco's hook: an earlier close's `CLOSING` mark on the number,
+    // which would end the wait on `ep` with `EBADF` at once, is gone.
     // SAFETY: `ep` was just made and is owned by nothing else. Owned, it is closed however the
     // wait ends, a cancellation's unwinding included.
     let owned = unsafe { OwnedFd::from_raw_fd(ep) };

@@ -71,9 +71,9 @@ pub(super) fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         return Err(io::Error::last_os_error());
     }
     // The number may be one another thread's close (often the pool thread's, of the previous
-    // request's eventfd) has not finished with: its `CLOSING` mark would fail the wait below
-    // with `EBADF` (1 pooled lookup in ~10,000). Ours now, the mark is stale.
-    crate::reactor::adopted(fd);
+    // request's eventfd) has not finished with. `libc::eventfd` is evco's hook here (this
+    // module is the hooks'), which ends that close's `CLOSING` mark; without it the wait below
+    // failed `EBADF` (1 pooled lookup in ~10,000).
     let request = Arc::new(Request {
         result: Mutex::new(None),
         // SAFETY: a fresh fd, owned by nothing else.
